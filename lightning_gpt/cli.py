@@ -1,0 +1,102 @@
+"""The command line: LightningCLI over ``GPTModule`` and ``CharDataModule``."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from lightning_gpt.data import CharDataModule
+from lightning_gpt.errors import UserError
+from lightning_gpt.module import GPTModule
+
+# The seed recipe, so `fit` with no --config trains it (configs/shakespeare_char.yaml spells it out).
+TRAINER_DEFAULTS = {
+    "max_steps": 5000,
+    "val_check_interval": 250,
+    "check_val_every_n_epoch": None,
+    "gradient_clip_val": 1.0,
+    "log_every_n_steps": 50,
+}
+
+_LIGHTNING_CKPT_ALIASES = ("best", "hpc", "registry")
+
+
+def check_checkpoint(path: Path) -> dict:
+    """Load ``path`` safely (weights_only) and check it is a checkpoint of this project."""
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist; pass the path of a .ckpt file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated file, not a torch file, or an unsafe pickle
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"cannot load checkpoint {path}: {reason[:200]}") from None
+    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    if not isinstance(hparams, dict) or not hparams.get("vocab") or "state_dict" not in checkpoint:
+        raise UserError(f"{path} is not a lightning-gpt checkpoint (no model vocabulary or weights)")
+    return checkpoint
+
+
+class GPTLightningCLI(LightningCLI):
+    """LightningCLI with checkpointing defaults, data/model links and one-line errors."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("model.context_length", "data.context_length")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.dirpath": "checkpoints",
+                "checkpoint.filename": "best-step{step:06d}-val{val_loss:.4f}",
+                "checkpoint.auto_insert_metric_name": False,
+                "checkpoint.monitor": "val_loss",
+                "checkpoint.mode": "min",
+                "checkpoint.save_top_k": 1,
+                "checkpoint.save_last": True,
+            }
+        )
+
+    def _parse_ckpt_path(self) -> None:
+        """Resolve ``last``, refuse bad checkpoints in one line, then let Lightning merge hparams."""
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        section = self.config[subcommand]
+        ckpt_path = section.get("ckpt_path")
+        if ckpt_path and ckpt_path not in _LIGHTNING_CKPT_ALIASES:
+            if ckpt_path == "last":
+                ckpt_path = str(Path(section.checkpoint.dirpath or "checkpoints") / "last.ckpt")
+                if not Path(ckpt_path).is_file():
+                    raise UserError(f"no checkpoint at {ckpt_path} to resume from; run fit without --ckpt_path first")
+                section.ckpt_path = ckpt_path
+            check_checkpoint(Path(ckpt_path))
+        super()._parse_ckpt_path()
+
+    def before_fit(self) -> None:
+        """Never overwrite an earlier run's checkpoints by starting a new run over them."""
+        last = Path(self.config.fit.checkpoint.dirpath or "checkpoints") / "last.ckpt"
+        if self.config.fit.ckpt_path is None and last.exists():
+            raise UserError(
+                f"{last} exists from an earlier run; resume it with --ckpt_path last, or start anew "
+                "with another --checkpoint.dirpath (or move the old checkpoints away)"
+            )
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of ``python cli.py`` and the ``lightning-gpt`` command."""
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    try:
+        GPTLightningCLI(
+            GPTModule,
+            CharDataModule,
+            trainer_defaults=TRAINER_DEFAULTS,
+            seed_everything_default=1337,
+            save_config_kwargs={"overwrite": True},
+            args=args,
+        )
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,191 @@
+"""Corpus -> token ids -> batches. The DataModule only moves data; the model lives elsewhere."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+
+from lightning_gpt.download import SHAKESPEARE_SHA256, SHAKESPEARE_URL, download
+from lightning_gpt.errors import UserError
+from lightning_gpt.tokenizer import CharTokenizer
+
+
+def read_corpus(path: str | os.PathLike) -> str:
+    """The UTF-8 text of ``path``, or a UserError saying what is wrong with the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"corpus file {path} does not exist; pass an existing text file with --data.path")
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise UserError(f"cannot read corpus {path}: {error.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise UserError(
+            f"corpus {path} is not UTF-8: byte 0x{raw[error.start]:02x} at offset {error.start}; "
+            "convert it, e.g. iconv -f latin1 -t utf-8"
+        ) from None
+    if not text:
+        raise UserError(f"corpus {path} is empty; pass a text file with --data.path")
+    return text
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """The smallest unsigned dtype that holds ids below ``vocab_size``."""
+    return np.dtype(np.uint8 if vocab_size <= 256 else np.uint16 if vocab_size <= 65536 else np.int32)
+
+
+def stream_seed(seed: int, rank: int, worker: int) -> int:
+    """A distinct 63-bit seed for each (seed, rank, dataloader worker)."""
+    return (seed * 1_000_003 + rank * 10_007 + worker) % (2**63)
+
+
+class RandomWindows(IterableDataset):
+    """Endless batches of random windows: x = data[i : i+T], y = data[i+1 : i+T+1], each [B, T].
+
+    Each (rank, dataloader worker) draws offsets from its own generator, seeded from ``seed``,
+    so workers and DDP ranks never repeat each other's windows, and a run is reproducible.
+    """
+
+    def __init__(self, tokens: torch.Tensor, context_length: int, batch_size: int, seed: int, rank: int = 0):
+        self.tokens = tokens
+        self.context_length = context_length
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        worker = get_worker_info()
+        generator = torch.Generator().manual_seed(stream_seed(self.seed, self.rank, worker.id if worker else 0))
+        span = torch.arange(self.context_length + 1)  # [T+1]
+        num_starts = len(self.tokens) - self.context_length  # last start i has i + T + 1 == len
+        while True:
+            starts = torch.randint(num_starts, (self.batch_size,), generator=generator)  # [B]
+            window = self.tokens[starts[:, None] + span].long()  # [B, T+1]
+            yield window[:, :-1], window[:, 1:]  # x [B, T], y [B, T]
+
+
+class ConsecutiveWindows(Dataset):
+    """Non-overlapping windows covering the split in order: the same windows on every run."""
+
+    def __init__(self, tokens: torch.Tensor, context_length: int):
+        self.tokens = tokens
+        self.context_length = context_length
+
+    def __len__(self) -> int:
+        return (len(self.tokens) - 1) // self.context_length
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        start = index * self.context_length
+        window = self.tokens[start : start + self.context_length + 1].long()  # [T+1]
+        return window[:-1], window[1:]  # x [T], y [T]
+
+
+class CharDataModule(L.LightningDataModule):
+    """Tiny Shakespeare (downloaded, sha256-checked) or any UTF-8 text file, per character.
+
+    Args:
+        path: a local UTF-8 text file to train on; when unset, ``url`` is downloaded into ``cache_dir``.
+        url: where to download the corpus from when ``path`` is unset.
+        sha256: expected hash of the download (``None`` skips the check).
+        cache_dir: folder for downloads.
+        filename: name of the downloaded file inside ``cache_dir``.
+        batch_size: windows per batch (per device).
+        context_length: window length T; linked from ``model.context_length`` by the CLI.
+        val_fraction: the last part of the corpus held out for validation.
+        num_workers: DataLoader worker processes.
+    """
+
+    def __init__(
+        self,
+        path: str | None = None,
+        url: str = SHAKESPEARE_URL,
+        sha256: str | None = SHAKESPEARE_SHA256,
+        cache_dir: str = "data",
+        filename: str = "tinyshakespeare.txt",
+        batch_size: int = 64,
+        context_length: int = 256,
+        val_fraction: float = 0.1,
+        num_workers: int = 0,
+    ):
+        super().__init__()
+        if batch_size < 1:
+            raise UserError(f"data.batch_size must be at least 1, got {batch_size}")
+        if not 0.0 < val_fraction < 1.0:
+            raise UserError(f"data.val_fraction must be between 0 and 1, got {val_fraction}")
+        self.path = path
+        self.url = url
+        self.sha256 = sha256
+        self.cache_dir = cache_dir
+        self.filename = filename
+        self.batch_size = batch_size
+        self.context_length = context_length
+        self.val_fraction = val_fraction
+        self.num_workers = num_workers
+        self.tokenizer: CharTokenizer | None = None
+        self.train_tokens: torch.Tensor | None = None
+        self.val_tokens: torch.Tensor | None = None
+
+    @property
+    def corpus_path(self) -> Path:
+        return Path(self.path) if self.path else Path(self.cache_dir) / self.filename
+
+    def prepare_data(self) -> None:
+        if not self.path:
+            download(self.url, self.corpus_path, self.sha256)
+
+    def setup(self, stage: str) -> None:
+        if self.tokenizer is not None:
+            return
+        text = read_corpus(self.corpus_path)
+        self.tokenizer = CharTokenizer.from_text(text)
+        ids = torch.from_numpy(self.tokenizer.encode(text, token_dtype(self.tokenizer.vocab_size)))
+        split = int(len(ids) * (1.0 - self.val_fraction))
+        self.train_tokens, self.val_tokens = ids[:split], ids[split:]
+        for name, part in (("training", self.train_tokens), ("validation", self.val_tokens)):
+            if len(part) < self.context_length + 1:
+                raise UserError(
+                    f"the {name} split of {self.corpus_path} has {len(part)} characters, fewer than "
+                    f"context_length + 1 = {self.context_length + 1}; use a longer corpus or a smaller "
+                    "--model.context_length"
+                )
+
+    @property
+    def vocab(self) -> str:
+        """The sorted vocabulary of the corpus (available after ``setup``)."""
+        if self.tokenizer is None:
+            raise RuntimeError("call setup() before reading the vocabulary")
+        return self.tokenizer.vocab
+
+    def _seed(self) -> int:
+        if "PL_GLOBAL_SEED" in os.environ:  # set by seed_everything / the CLI's seed_everything
+            return int(os.environ["PL_GLOBAL_SEED"])
+        return torch.initial_seed()
+
+    def train_dataloader(self) -> DataLoader:
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        dataset = RandomWindows(self.train_tokens, self.context_length, self.batch_size, self._seed(), rank)
+        return DataLoader(
+            dataset,
+            batch_size=None,  # the dataset yields whole batches
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(
+            ConsecutiveWindows(self.val_tokens, self.context_length),
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )

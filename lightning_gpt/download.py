@@ -1,0 +1,106 @@
+"""Download a file over HTTP(S) with a pinned sha256, retries, and an atomic write."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+from lightning_gpt.errors import UserError
+
+SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+_CHUNK = 1 << 16
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fetch_once(url: str, temp: Path, timeout: float, progress: bool) -> str:
+    """Stream ``url`` into ``temp``; return the body's sha256. Raises requests errors."""
+    digest = hashlib.sha256()
+    with requests.get(url, stream=True, timeout=timeout) as response:
+        response.raise_for_status()
+        expected = int(response.headers.get("Content-Length") or 0)
+        bar = None
+        if progress and expected > (4 << 20):
+            from tqdm import tqdm
+
+            bar = tqdm(total=expected, unit="B", unit_scale=True, desc=f"downloading {Path(url).name}")
+        received = 0
+        with open(temp, "wb") as file:
+            for chunk in response.iter_content(_CHUNK):
+                file.write(chunk)
+                digest.update(chunk)
+                received += len(chunk)
+                if bar is not None:
+                    bar.update(len(chunk))
+            file.flush()
+            os.fsync(file.fileno())
+        if bar is not None:
+            bar.close()
+        if expected and received != expected:
+            raise requests.exceptions.ChunkedEncodingError(
+                f"connection closed after {received} of {expected} bytes"
+            )
+    return digest.hexdigest()
+
+
+def download(
+    url: str,
+    dest: str | os.PathLike,
+    sha256: str | None = None,
+    retries: int = 3,
+    timeout: float = 30.0,
+    backoff: float = 1.0,
+    progress: bool = True,
+) -> Path:
+    """Make ``dest`` hold the file at ``url``, verified against ``sha256`` when given.
+
+    A file already at ``dest`` with the right hash is kept (no request is made). The body is
+    written to a temporary file next to ``dest`` and renamed into place only once complete and
+    verified, so ``dest`` never holds a partial or wrong file. Connection errors, timeouts and
+    5xx answers are retried ``retries`` times with exponential backoff.
+    """
+    dest = Path(dest)
+    if dest.is_file() and (sha256 is None or sha256_of(dest) == sha256):
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    manual = f"download it yourself and pass --data.path FILE, or place it at {dest}"
+    last_problem = ""
+    for attempt in range(retries + 1):
+        if attempt:
+            time.sleep(backoff * 2 ** (attempt - 1))
+        fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+        os.close(fd)
+        temp = Path(name)
+        try:
+            digest = _fetch_once(url, temp, timeout, progress)
+            if sha256 is not None and digest != sha256:
+                raise UserError(
+                    f"{url} sent a file with sha256 {digest}, expected {sha256}; nothing was saved. "
+                    f"Check the URL, or {manual}"
+                )
+            os.replace(temp, dest)
+            return dest
+        except requests.HTTPError as error:
+            status = error.response.status_code if error.response is not None else 0
+            if status < 500:
+                raise UserError(f"cannot download {url}: HTTP {status}; {manual}") from None
+            last_problem = f"HTTP {status}"
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as error:
+            last_problem = type(error).__name__
+        finally:
+            temp.unlink(missing_ok=True)
+    raise UserError(
+        f"cannot download {url} after {retries + 1} attempts (last: {last_problem}); {manual}"
+    )

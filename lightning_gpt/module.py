@@ -1,0 +1,151 @@
+"""A thin LightningModule over the plain ``GPT``: loss, metrics, optimizer and schedule."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+from torchmetrics.text import Perplexity
+
+from lightning_gpt.config import GPTConfig
+from lightning_gpt.errors import UserError
+from lightning_gpt.model import GPT
+from lightning_gpt.tokenizer import CharTokenizer
+
+
+def warmup_cosine(step: int, warmup_steps: int, decay_steps: int, min_lr_ratio: float) -> float:
+    """LR multiplier: linear warmup to 1 over ``warmup_steps``, cosine down to ``min_lr_ratio``
+    at ``decay_steps``, then flat."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if step >= decay_steps:
+        return min_lr_ratio
+    progress = (step - warmup_steps) / max(1, decay_steps - warmup_steps)
+    return min_lr_ratio + 0.5 * (1.0 - min_lr_ratio) * (1.0 + math.cos(math.pi * progress))
+
+
+class GPTModule(L.LightningModule):
+    """Trains ``GPT`` with AdamW and warmup + cosine LR.
+
+    Every argument is a plain value, saved as a hyperparameter, so a checkpoint alone rebuilds
+    the model and its tokenizer. ``vocab`` is filled from the corpus on the first ``fit``.
+
+    Args:
+        d_model: width of the residual stream.
+        num_heads: attention heads (head_size = d_model / num_heads).
+        num_blocks: transformer blocks.
+        context_length: longest sequence T the model sees.
+        dropout: dropout probability in training.
+        positional: "learned" (default) or "sinusoidal" positional encoding.
+        bias: whether Linear layers have biases.
+        vocab: the sorted character vocabulary; taken from the data when unset.
+        learning_rate: peak AdamW learning rate.
+        min_lr_ratio: final learning rate as a fraction of the peak.
+        warmup_steps: optimizer steps of linear warmup.
+        decay_steps: step at which the cosine reaches its floor (default: ``trainer.max_steps``).
+        weight_decay: AdamW weight decay, applied to matrices only (not biases or LayerNorms).
+        beta1: AdamW beta1.
+        beta2: AdamW beta2.
+    """
+
+    def __init__(
+        self,
+        d_model: int = 256,
+        num_heads: int = 8,
+        num_blocks: int = 6,
+        context_length: int = 256,
+        dropout: float = 0.1,
+        positional: str = "learned",
+        bias: bool = True,
+        vocab: str | None = None,
+        learning_rate: float = 1e-3,
+        min_lr_ratio: float = 0.1,
+        warmup_steps: int = 100,
+        decay_steps: int | None = None,
+        weight_decay: float = 0.1,
+        beta1: float = 0.9,
+        beta2: float = 0.99,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model: GPT | None = None
+        self.tokenizer: CharTokenizer | None = None
+        self.val_perplexity = Perplexity()
+        if vocab is not None:
+            self._build(vocab)
+
+    def config(self, vocab_size: int) -> GPTConfig:
+        h = self.hparams
+        try:
+            return GPTConfig(
+                vocab_size=vocab_size,
+                context_length=h.context_length,
+                d_model=h.d_model,
+                num_heads=h.num_heads,
+                num_blocks=h.num_blocks,
+                dropout=h.dropout,
+                positional=h.positional,
+                bias=h.bias,
+            )
+        except ValueError as error:
+            raise UserError(f"invalid model settings: {error}") from None
+
+    def _build(self, vocab: str) -> None:
+        self.tokenizer = CharTokenizer(vocab)
+        self.hparams.vocab = vocab
+        self.model = GPT(self.config(len(vocab)))
+
+    def configure_model(self) -> None:
+        """Build the model once the data's vocabulary is known (before weights are restored)."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        data_vocab = getattr(datamodule, "tokenizer", None) and datamodule.vocab
+        if self.model is None:
+            if not data_vocab:
+                raise UserError("no vocabulary: pass a corpus (--data.path) or a checkpoint (--ckpt_path)")
+            self._build(data_vocab)
+        elif data_vocab and data_vocab != self.hparams.vocab:
+            raise UserError(
+                f"the corpus vocabulary ({len(data_vocab)} characters) differs from the model's "
+                f"({len(self.hparams.vocab)}); use the corpus the checkpoint was trained on"
+            )
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        return self.model(idx, targets)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch  # [B, T] each
+        _, loss = self.model(x, y)
+        self.log("train_loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch  # [B, T] each
+        logits, _ = self.model(x)  # [B, T, V]
+        self.val_perplexity.update(logits.float(), y)
+
+    def on_validation_epoch_end(self) -> None:
+        # exp(mean cross-entropy over every target token), summed across ranks by torchmetrics
+        perplexity = self.val_perplexity.compute()
+        self.val_perplexity.reset()
+        loss = torch.log(perplexity)
+        self.log("val_loss", loss, prog_bar=True, sync_dist=False)
+        self.log("val_bpc", loss / math.log(2))
+        self.log("val_ppl", perplexity)
+
+    def configure_optimizers(self):
+        h = self.hparams
+        matrices = [p for p in self.model.parameters() if p.requires_grad and p.dim() >= 2]
+        others = [p for p in self.model.parameters() if p.requires_grad and p.dim() < 2]
+        optimizer = torch.optim.AdamW(
+            [{"params": matrices, "weight_decay": h.weight_decay}, {"params": others, "weight_decay": 0.0}],
+            lr=h.learning_rate,
+            betas=(h.beta1, h.beta2),
+        )
+        decay_steps = h.decay_steps or self.trainer.max_steps
+        if decay_steps is None or decay_steps < 0:
+            raise UserError("set --trainer.max_steps or --model.decay_steps for the learning-rate schedule")
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, h.warmup_steps, decay_steps, h.min_lr_ratio)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
