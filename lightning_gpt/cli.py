@@ -13,6 +13,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning_gpt.data import CharDataModule
 from lightning_gpt.errors import UserError
 from lightning_gpt.module import GPTModule
+from lightning_gpt.precision import auto_precision
 
 # The seed recipe, so `fit` with no --config trains it (configs/shakespeare_char.yaml spells it out).
 TRAINER_DEFAULTS = {
@@ -70,10 +71,20 @@ class GPTLightningCLI(LightningCLI):
             if ckpt_path == "last":
                 ckpt_path = str(Path(section.checkpoint.dirpath or "checkpoints") / "last.ckpt")
                 if not Path(ckpt_path).is_file():
-                    raise UserError(f"no checkpoint at {ckpt_path} to resume from; run fit without --ckpt_path first")
+                    raise UserError(
+                        f"no checkpoint at {ckpt_path} to resume from; run fit without --ckpt_path first"
+                    )
                 section.ckpt_path = ckpt_path
             check_checkpoint(Path(ckpt_path))
         super()._parse_ckpt_path()
+
+    def before_instantiate_classes(self) -> None:
+        """``trainer.precision: null`` (the default) means: the fastest safe precision here."""
+        subcommand = self.config.get("subcommand")
+        trainer = self.config[subcommand].trainer if subcommand else self.config.trainer
+        if trainer.precision is None:
+            accelerator = trainer.accelerator if isinstance(trainer.accelerator, str) else "auto"
+            trainer.precision = auto_precision(accelerator)
 
     def before_fit(self) -> None:
         """Never overwrite an earlier run's checkpoints by starting a new run over them."""

@@ -63,7 +63,9 @@ class RandomWindows(IterableDataset):
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         worker = get_worker_info()
-        generator = torch.Generator().manual_seed(stream_seed(self.seed, self.rank, worker.id if worker else 0))
+        generator = torch.Generator().manual_seed(
+            stream_seed(self.seed, self.rank, worker.id if worker else 0)
+        )
         span = torch.arange(self.context_length + 1)  # [T+1]
         num_starts = len(self.tokens) - self.context_length  # last start i has i + T + 1 == len
         while True:

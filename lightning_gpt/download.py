@@ -97,10 +97,12 @@ def download(
             if status < 500:
                 raise UserError(f"cannot download {url}: HTTP {status}; {manual}") from None
             last_problem = f"HTTP {status}"
-        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as error:
+        except (
+            requests.ConnectionError,
+            requests.Timeout,
+            requests.exceptions.ChunkedEncodingError,
+        ) as error:
             last_problem = type(error).__name__
         finally:
             temp.unlink(missing_ok=True)
-    raise UserError(
-        f"cannot download {url} after {retries + 1} attempts (last: {last_problem}); {manual}"
-    )
+    raise UserError(f"cannot download {url} after {retries + 1} attempts (last: {last_problem}); {manual}")

@@ -72,6 +72,7 @@ class GPTModule(L.LightningModule):
         self.model: GPT | None = None
         self.tokenizer: CharTokenizer | None = None
         self.val_perplexity = Perplexity()
+        self.config(vocab_size=1)  # check the shape settings now, before any data is read
         if vocab is not None:
             self._build(vocab)
 

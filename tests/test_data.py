@@ -1,0 +1,95 @@
+import itertools
+
+import pytest
+import torch
+
+from lightning_gpt.data import CharDataModule, ConsecutiveWindows, RandomWindows, read_corpus
+from lightning_gpt.errors import UserError
+
+
+def setup_module_for(path, **kwargs) -> CharDataModule:
+    data = CharDataModule(path=str(path), **kwargs)
+    data.prepare_data()
+    data.setup("fit")
+    return data
+
+
+def test_split_sizes_on_shakespeare(shakespeare_path):
+    data = setup_module_for(shakespeare_path)
+    assert len(data.train_tokens) == 1_003_854
+    assert len(data.val_tokens) == 111_540
+    assert data.train_tokens.dtype == torch.uint8
+    assert len(data.vocab) == 65
+
+
+def offsets_of(x: torch.Tensor, tokens: torch.Tensor) -> list[int]:
+    """Where each row of x [B, T] starts in tokens (windows are exact slices of the corpus)."""
+    T = x.shape[1]
+    windows = tokens.long().unfold(0, T, 1)  # [N - T + 1, T]
+    found = []
+    for row in x:
+        matches = (windows == row).all(dim=1).nonzero().flatten()
+        assert len(matches) >= 1, "a training window is not a slice of the corpus"
+        found.append(int(matches[0]))
+    return found
+
+
+def test_training_batches_are_shifted_windows(small_corpus):
+    data = setup_module_for(small_corpus, batch_size=4, context_length=16)
+    x, y = next(iter(RandomWindows(data.train_tokens, 16, 4, seed=0)))
+    assert x.shape == y.shape == (4, 16)
+    assert x.dtype == torch.long
+    assert torch.equal(x[:, 1:], y[:, :-1])
+    for offset, row_y in zip(offsets_of(x, data.train_tokens), y, strict=True):
+        assert torch.equal(row_y, data.train_tokens[offset + 1 : offset + 17].long())
+
+
+def test_same_seed_same_batches_other_rank_other_batches(small_corpus):
+    data = setup_module_for(small_corpus, batch_size=8, context_length=16)
+
+    def first(seed, rank):
+        return next(iter(RandomWindows(data.train_tokens, 16, 8, seed=seed, rank=rank)))[0]
+
+    assert torch.equal(first(7, 0), first(7, 0))
+    assert not torch.equal(first(7, 0), first(7, 1))
+    assert not torch.equal(first(7, 0), first(8, 0))
+
+
+def test_dataloader_workers_draw_different_windows(small_corpus):
+    data = setup_module_for(small_corpus, batch_size=8, context_length=16, num_workers=2)
+    loader = data.train_dataloader()
+    batches = [x for x, _ in itertools.islice(iter(loader), 4)]  # workers take turns
+    starts = [tuple(offsets_of(x, data.train_tokens)) for x in batches]
+    assert len(set(starts)) == 4, "two dataloader workers produced the same windows"
+    again = [x for x, _ in itertools.islice(iter(data.train_dataloader()), 4)]
+    assert all(torch.equal(a, b) for a, b in zip(batches, again, strict=True))  # reproducible
+
+
+def test_validation_windows_are_fixed_and_cover_the_split(small_corpus):
+    data = setup_module_for(small_corpus, batch_size=4, context_length=16)
+    windows = ConsecutiveWindows(data.val_tokens, 16)
+    assert len(windows) == (len(data.val_tokens) - 1) // 16
+    x0, y0 = windows[0]
+    x1, _ = windows[1]
+    assert torch.equal(x0, data.val_tokens[:16].long()) and torch.equal(y0, data.val_tokens[1:17].long())
+    assert torch.equal(x1, data.val_tokens[16:32].long())
+    first = [torch.cat(b) for b in data.val_dataloader()]
+    second = [torch.cat(b) for b in data.val_dataloader()]
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+
+
+def test_bad_corpora_give_clear_errors(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        read_corpus(tmp_path / "missing.txt")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(UserError, match="is empty"):
+        read_corpus(empty)
+    latin = tmp_path / "latin1.txt"
+    latin.write_bytes(b"caf" + b"\xe9 au lait")
+    with pytest.raises(UserError, match="byte 0xe9 at offset 3"):
+        read_corpus(latin)
+    short = tmp_path / "short.txt"
+    short.write_text("a short text " * 10)
+    with pytest.raises(UserError, match="fewer than context_length"):
+        setup_module_for(short, context_length=64)

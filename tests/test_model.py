@@ -1,0 +1,101 @@
+import pytest
+import torch
+
+from lightning_gpt import GPT, GPTConfig, preset
+
+
+def expected_parameters(c: GPTConfig) -> int:
+    """Count by hand from the seed's shape tables (biases on, learned positions, tied head)."""
+    C = c.d_model
+    per_block = (
+        2 * C  # ln1
+        + C * 3 * C
+        + 3 * C  # qkv
+        + C * C
+        + C  # output projection
+        + 2 * C  # ln2
+        + C * 4 * C
+        + 4 * C  # FFN up
+        + 4 * C * C
+        + C  # FFN down
+    )
+    return c.vocab_size * C + c.context_length * C + c.num_blocks * per_block + 2 * C
+
+
+def test_seed_parameter_count():
+    config = preset("seed")
+    model = GPT(config)
+    count = model.num_parameters()
+    print(f"seed GPT parameters (tied head counted once): {count:,}")
+    assert count == expected_parameters(config) == 4_821_248
+    assert model.head.weight is model.token_embedding.weight
+
+
+def test_sinusoidal_positions_have_no_parameters():
+    learned = GPT(preset("seed")).num_parameters()
+    fixed = GPT(preset("seed", positional="sinusoidal")).num_parameters()
+    assert learned - fixed == 256 * 256
+
+
+@pytest.mark.parametrize("positional", ["learned", "sinusoidal"])
+def test_forward_shapes_and_loss(positional):
+    model = GPT(preset("tiny", positional=positional))
+    idx = torch.randint(0, 65, (3, 32))
+    logits, loss = model(idx)
+    assert logits.shape == (3, 32, 65) and loss is None
+    _, loss = model(idx, idx)
+    assert loss.ndim == 0 and abs(loss.item() - torch.log(torch.tensor(65.0)).item()) < 0.5
+
+
+@pytest.mark.parametrize("positional", ["learned", "sinusoidal"])
+def test_causality(positional):
+    torch.manual_seed(0)
+    model = GPT(preset("tiny", positional=positional)).eval()
+    idx = torch.randint(0, 65, (2, 32))
+    logits, _ = model(idx)
+    for t in (0, 7, 30):
+        changed = idx.clone()
+        changed[:, t + 1 :] = torch.randint(0, 65, changed[:, t + 1 :].shape)
+        other, _ = model(changed)
+        assert torch.allclose(logits[:, : t + 1], other[:, : t + 1], atol=1e-6)
+        if t < 30:
+            assert not torch.allclose(logits[:, t + 1 :], other[:, t + 1 :])
+
+
+def test_dropout_only_in_training():
+    model = GPT(preset("tiny", dropout=0.5))
+    idx = torch.randint(0, 65, (2, 16))
+    model.eval()
+    assert torch.equal(model(idx)[0], model(idx)[0])
+    model.train()
+    assert not torch.equal(model(idx)[0], model(idx)[0])
+
+
+def test_rejects_sequences_longer_than_context():
+    model = GPT(preset("tiny"))
+    with pytest.raises(ValueError, match="context_length"):
+        model(torch.zeros(1, 33, dtype=torch.long))
+
+
+def test_invalid_config():
+    with pytest.raises(ValueError, match="divisible"):
+        GPTConfig(d_model=30, num_heads=4)
+    with pytest.raises(ValueError, match="positional"):
+        GPTConfig(positional="rotary")
+
+
+def test_tiny_model_overfits_tiny_text():
+    torch.manual_seed(0)
+    text = "to be or not to be, that is the question. " * 4
+    vocab = sorted(set(text))
+    ids = torch.tensor([vocab.index(c) for c in text])
+    model = GPT(preset("tiny", vocab_size=len(vocab)))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    x = torch.stack([ids[i : i + 32] for i in range(0, 120, 8)])
+    y = torch.stack([ids[i + 1 : i + 33] for i in range(0, 120, 8)])
+    for _ in range(150):
+        _, loss = model(x, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.1
