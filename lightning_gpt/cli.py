@@ -10,10 +10,14 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from lightning_gpt.data import CharDataModule
+from lightning_gpt.data import CharDataModule, read_corpus
 from lightning_gpt.errors import UserError
+from lightning_gpt.generation import GenerationSettings, prepare_prompt
+from lightning_gpt.interactive import interactive_session
 from lightning_gpt.module import GPTModule
 from lightning_gpt.precision import auto_precision
+from lightning_gpt.tokenizer import UnknownCharacterError
+from lightning_gpt.writer import SampleWriter
 
 # The seed recipe, so `fit` with no --config trains it (configs/shakespeare_char.yaml spells it out).
 TRAINER_DEFAULTS = {
@@ -47,6 +51,7 @@ class GPTLightningCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.context_length", "data.context_length")
+        parser.add_class_arguments(GenerationSettings, "generate")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {
@@ -85,6 +90,49 @@ class GPTLightningCLI(LightningCLI):
         if trainer.precision is None:
             accelerator = trainer.accelerator if isinstance(trainer.accelerator, str) else "auto"
             trainer.precision = auto_precision(accelerator)
+            if (
+                subcommand == "predict"
+                and trainer.precision == "bf16-mixed"
+                and not torch.cuda.is_available()
+            ):
+                trainer.precision = "32-true"  # batch-1 decoding on a CPU gains nothing from autocast
+        if subcommand == "predict":
+            if trainer.enable_progress_bar is None:
+                trainer.enable_progress_bar = False  # stdout carries the generated text
+            try:
+                GenerationSettings(**self.config.predict.generate).check()
+            except ValueError as error:
+                raise UserError(f"invalid --generate settings: {error}") from None
+
+    def before_predict(self) -> None:
+        """Hand prompts to the DataModule and sampling settings to the model; print the samples."""
+        settings = GenerationSettings(**self.config.predict.generate)
+        settings.check()
+        self.model.generation = settings
+        prompts = list(settings.prompt)
+        if settings.prompt_file:
+            prompts.append(read_corpus(settings.prompt_file))
+        if self.model.tokenizer is None:
+            raise UserError("predict needs a trained model: pass --ckpt_path CHECKPOINT")
+        try:
+            prompts = [prepare_prompt(p, self.model.tokenizer, settings.drop_unknown) for p in prompts]
+        except UnknownCharacterError as error:
+            raise UserError(str(error)) from None
+        self.datamodule.prompts = prompts
+        headers = len(prompts) * settings.num_samples > 1
+        self.trainer.callbacks.append(SampleWriter(settings.output, headers=headers))
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """``predict --generate.interactive true`` runs the interactive loop instead of trainer.predict."""
+        if subcommand == "predict" and self.config.predict.generate.interactive:
+            if self.model.tokenizer is None:
+                raise UserError("interactive mode needs a trained model: pass --ckpt_path CHECKPOINT")
+            checkpoint = torch.load(self.config.predict.ckpt_path, map_location="cpu", weights_only=True)
+            self.model.load_state_dict(checkpoint["state_dict"])
+            self.model.to("cuda" if torch.cuda.is_available() else "cpu")
+            interactive_session(self.model, GenerationSettings(**self.config.predict.generate))
+            return
+        super()._run_subcommand(subcommand)
 
     def before_fit(self) -> None:
         """Never overwrite an earlier run's checkpoints by starting a new run over them."""
@@ -99,6 +147,7 @@ class GPTLightningCLI(LightningCLI):
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``python cli.py`` and the ``lightning-gpt`` command."""
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    warnings.filterwarnings("ignore", message=r".*infer the batch indices.*")
     try:
         GPTLightningCLI(
             GPTModule,

@@ -134,17 +134,21 @@ class CharDataModule(L.LightningDataModule):
         self.tokenizer: CharTokenizer | None = None
         self.train_tokens: torch.Tensor | None = None
         self.val_tokens: torch.Tensor | None = None
+        self.prompts: list[str] = []  # filled by the CLI for predict
 
     @property
     def corpus_path(self) -> Path:
         return Path(self.path) if self.path else Path(self.cache_dir) / self.filename
 
+    def _predicting(self) -> bool:
+        return self.trainer is not None and self.trainer.state.fn == "predict"
+
     def prepare_data(self) -> None:
-        if not self.path:
+        if not self.path and not self._predicting():  # generation needs no corpus
             download(self.url, self.corpus_path, self.sha256)
 
     def setup(self, stage: str) -> None:
-        if self.tokenizer is not None:
+        if self.tokenizer is not None or stage == "predict":
             return
         text = read_corpus(self.corpus_path)
         self.tokenizer = CharTokenizer.from_text(text)
@@ -191,3 +195,8 @@ class CharDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
+
+    def predict_dataloader(self) -> DataLoader:
+        """One item per prompt: ``{"prompt": str, "index": int}``."""
+        items = [{"prompt": prompt, "index": i} for i, prompt in enumerate(self.prompts)]
+        return DataLoader(items, batch_size=None)

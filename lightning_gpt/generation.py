@@ -10,10 +10,12 @@ at every step past the context: exactly the seed's crop-and-recompute loop. The 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
 from lightning_gpt.model import GPT
+from lightning_gpt.tokenizer import CharTokenizer, UnknownCharacterError
 
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None, max_new_tokens: int) -> None:
@@ -103,3 +105,91 @@ def generate_tokens(
             logits, _ = model(new.to(device), cache=cache)  # one position: [B, 1, V]
         else:
             logits, _ = model(tokens[:, start:].to(device))  # the whole window again
+
+
+@dataclass
+class GenerationSettings:
+    """What to generate: prompts and sampling controls (never model hyperparameters).
+
+    Args:
+        prompt: one or more prompts (``--generate.prompt "ROMEO:"`` or a list in YAML).
+        prompt_file: a UTF-8 file whose whole text is one more prompt.
+        num_samples: continuations per prompt.
+        max_new_tokens: characters to generate per sample.
+        temperature: softmax temperature; 0 means greedy (always the most likely character).
+        top_k: sample only among the k most likely characters.
+        top_p: sample only from the smallest set of characters whose probability reaches p.
+        seed: makes sampling reproducible (each prompt uses seed + its index).
+        output: also write the samples to this file.
+        interactive: read prompts from stdin and stream continuations; EOF (Ctrl-D) ends.
+        drop_unknown: drop prompt characters outside the vocabulary instead of failing.
+    """
+
+    prompt: str | list[str] = "\n"
+    prompt_file: str | None = None
+    num_samples: int = 1
+    max_new_tokens: int = 500
+    temperature: float = 0.8
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int = 1337
+    output: str | None = None
+    interactive: bool = False
+    drop_unknown: bool = False
+
+    def check(self) -> None:
+        """Raise ValueError with a one-line reason for impossible settings."""
+        check_sampling(self.temperature, self.top_k, self.top_p, self.max_new_tokens)
+        if isinstance(self.prompt, str):
+            self.prompt = [self.prompt]
+        if self.num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
+
+
+def prepare_prompt(prompt: str, tokenizer: CharTokenizer, drop_unknown: bool = False) -> str:
+    """Check a prompt against the vocabulary; an empty prompt starts from a newline."""
+    unknown = tokenizer.unknown_characters(prompt)
+    if unknown and drop_unknown:
+        prompt = "".join(c for c in prompt if c not in set(unknown))
+    elif unknown:
+        names = ", ".join(repr(c) for c in unknown)
+        raise UnknownCharacterError(
+            f"prompt characters not in the model's vocabulary: {names} "
+            "(drop them with --generate.drop_unknown true)"
+        )
+    if not prompt:
+        prompt = "\n" if "\n" in tokenizer.vocab else tokenizer.vocab[0]
+    return prompt
+
+
+def stream_text(
+    model: GPT,
+    tokenizer: CharTokenizer,
+    prompt: str,
+    max_new_tokens: int,
+    temperature: float = 0.8,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    num_samples: int = 1,
+) -> Iterator[list[str]]:
+    """Yield the next character of each of ``num_samples`` continuations of ``prompt``, step by step.
+
+    The model is put in eval mode while sampling and left in the mode it was found in.
+    """
+    ids = torch.from_numpy(tokenizer.encode(prompt)).unsqueeze(0).repeat(num_samples, 1)  # [S, T0]
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    was_training = model.training
+    model.eval()
+    try:
+        for new in generate_tokens(model, ids, max_new_tokens, temperature, top_k, top_p, generator):
+            yield [tokenizer.decode(row) for row in new]  # S characters
+    finally:
+        model.train(was_training)
+
+
+def generate_text(model: GPT, tokenizer: CharTokenizer, prompt: str, max_new_tokens: int, **sampling) -> str:
+    """``prompt`` followed by ``max_new_tokens`` sampled characters."""
+    return prompt + "".join(
+        chars[0] for chars in stream_text(model, tokenizer, prompt, max_new_tokens, **sampling)
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import lightning as L
 import torch
@@ -10,6 +11,7 @@ from torchmetrics.text import Perplexity
 
 from lightning_gpt.config import GPTConfig
 from lightning_gpt.errors import UserError
+from lightning_gpt.generation import GenerationSettings, generate_text, stream_text
 from lightning_gpt.model import GPT
 from lightning_gpt.tokenizer import CharTokenizer
 
@@ -72,6 +74,7 @@ class GPTModule(L.LightningModule):
         self.model: GPT | None = None
         self.tokenizer: CharTokenizer | None = None
         self.val_perplexity = Perplexity()
+        self.generation = GenerationSettings()  # set by the CLI for predict; not a hyperparameter
         self.config(vocab_size=1)  # check the shape settings now, before any data is read
         if vocab is not None:
             self._build(vocab)
@@ -113,6 +116,33 @@ class GPTModule(L.LightningModule):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         return self.model(idx, targets)
+
+    def stream_text(self, prompt: str, max_new_tokens: int = 500, **sampling) -> Iterator[list[str]]:
+        """Stream characters continuing ``prompt``; see ``lightning_gpt.generation.stream_text``."""
+        return stream_text(self.model, self.tokenizer, prompt, max_new_tokens, **sampling)
+
+    def generate_text(self, prompt: str, max_new_tokens: int = 500, **sampling) -> str:
+        """``prompt`` and ``max_new_tokens`` sampled characters, e.g. ``generate_text("ROMEO:", 200,
+        temperature=0.8, top_k=None, top_p=None, seed=1)``."""
+        return generate_text(self.model, self.tokenizer, prompt, max_new_tokens, **sampling)
+
+    def predict_step(self, batch: dict, batch_idx: int) -> list[str]:
+        """One prompt -> ``num_samples`` texts (prompt + continuation), per ``self.generation``."""
+        g = self.generation
+        chars = list(
+            stream_text(
+                self.model,
+                self.tokenizer,
+                batch["prompt"],
+                g.max_new_tokens,
+                temperature=g.temperature,
+                top_k=g.top_k,
+                top_p=g.top_p,
+                seed=g.seed + batch["index"],
+                num_samples=g.num_samples,
+            )
+        )
+        return [batch["prompt"] + "".join(step[s] for step in chars) for s in range(g.num_samples)]
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch  # [B, T] each

@@ -1,0 +1,56 @@
+"""The seed's interactive mode: read a prompt, stream its continuation, repeat until EOF."""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+from lightning_gpt.generation import GenerationSettings, prepare_prompt
+from lightning_gpt.tokenizer import UnknownCharacterError
+
+
+def interactive_session(module, settings: GenerationSettings, stdin: TextIO = sys.stdin,
+                        stdout: TextIO = sys.stdout) -> int:  # fmt: skip
+    """Loop over prompts from ``stdin``; return how many were answered.
+
+    Ctrl-C stops the current generation and asks for the next prompt; Ctrl-D (EOF) ends.
+    """
+    interactive = stdin.isatty()
+    if interactive:
+        print("Type a prompt and press Enter. Ctrl-C stops a generation, Ctrl-D quits.", file=sys.stderr)
+    answered = 0
+    while True:
+        if interactive:
+            stdout.write("> ")
+            stdout.flush()
+        try:
+            line = stdin.readline()
+        except KeyboardInterrupt:
+            stdout.write("\n")
+            continue
+        if not line:  # EOF
+            break
+        try:
+            prompt = prepare_prompt(line.rstrip("\r\n"), module.tokenizer, settings.drop_unknown)
+        except UnknownCharacterError as error:
+            print(f"error: {error}", file=sys.stderr)
+            continue
+        stdout.write(prompt)
+        try:
+            stream = module.stream_text(
+                prompt,
+                settings.max_new_tokens,
+                temperature=settings.temperature,
+                top_k=settings.top_k,
+                top_p=settings.top_p,
+                seed=settings.seed + answered,
+            )
+            for chars in stream:
+                stdout.write(chars[0])
+                stdout.flush()
+        except KeyboardInterrupt:
+            stdout.write(" [stopped]")
+        stdout.write("\n")
+        stdout.flush()
+        answered += 1
+    return answered
