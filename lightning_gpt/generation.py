@@ -112,7 +112,7 @@ class GenerationSettings:
     """What to generate: prompts and sampling controls (never model hyperparameters).
 
     Args:
-        prompt: one or more prompts (``--generate.prompt "ROMEO:"`` or a list in YAML).
+        prompt: one prompt (``--generate.prompt "ROMEO:"``) or a list (``'["ROMEO:", "JULIET:"]'``).
         prompt_file: a UTF-8 file whose whole text is one more prompt.
         num_samples: continuations per prompt.
         max_new_tokens: characters to generate per sample.
@@ -125,7 +125,7 @@ class GenerationSettings:
         drop_unknown: drop prompt characters outside the vocabulary instead of failing.
     """
 
-    prompt: str | list[str] = "\n"
+    prompt: list[str] | str = "\n"
     prompt_file: str | None = None
     num_samples: int = 1
     max_new_tokens: int = 500

@@ -9,8 +9,9 @@ from lightning_gpt.generation import GenerationSettings, prepare_prompt
 from lightning_gpt.tokenizer import UnknownCharacterError
 
 
-def interactive_session(module, settings: GenerationSettings, stdin: TextIO = sys.stdin,
-                        stdout: TextIO = sys.stdout) -> int:  # fmt: skip
+def interactive_session(
+    module, settings: GenerationSettings, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout
+) -> int:
     """Loop over prompts from ``stdin``; return how many were answered.
 
     Ctrl-C stops the current generation and asks for the next prompt; Ctrl-D (EOF) ends.

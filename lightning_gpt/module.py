@@ -102,7 +102,8 @@ class GPTModule(L.LightningModule):
 
     def configure_model(self) -> None:
         """Build the model once the data's vocabulary is known (before weights are restored)."""
-        datamodule = getattr(self.trainer, "datamodule", None)
+        trainer = self._trainer  # None when called by load_from_checkpoint
+        datamodule = getattr(trainer, "datamodule", None)
         data_vocab = getattr(datamodule, "tokenizer", None) and datamodule.vocab
         if self.model is None:
             if not data_vocab:
@@ -148,6 +149,7 @@ class GPTModule(L.LightningModule):
         x, y = batch  # [B, T] each
         _, loss = self.model(x, y)
         self.log("train_loss", loss, prog_bar=True)
+        self.log("lr", self.optimizers().param_groups[0]["lr"], prog_bar=True)
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:

@@ -35,8 +35,16 @@ class SampleWriter(BasePredictionWriter):
         self.headers = headers
         self.texts: list[str] = []
 
-    def write_on_batch_end(self, trainer, pl_module, prediction: list[str], batch_indices, batch: Any,
-                           batch_idx: int, dataloader_idx: int = 0) -> None:  # fmt: skip
+    def write_on_batch_end(
+        self,
+        trainer,
+        pl_module,
+        prediction: list[str],
+        batch_indices,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         for sample, text in enumerate(prediction):
             block = (
                 f"==> prompt {batch['index'] + 1}, sample {sample + 1} <==\n{text}" if self.headers else text

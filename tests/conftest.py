@@ -81,3 +81,14 @@ def tiny_fit_args(corpus: Path, steps: int = 6, val_every: int = 3) -> list[str]
         "--trainer.enable_progress_bar=false",
         "--trainer.enable_model_summary=false",
     ]
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, shakespeare: str) -> Path:
+    """A checkpoint of a tiny model fitted for a few steps on Shakespeare's first 20,000 characters."""
+    root = tmp_path_factory.mktemp("tiny_fit")
+    corpus = root / "corpus.txt"
+    corpus.write_text(shakespeare[:20_000], encoding="utf-8")
+    result = run_cli(*tiny_fit_args(corpus, steps=30, val_every=15), cwd=root)
+    assert result.returncode == 0, result.stderr
+    return root / "checkpoints" / "last.ckpt"

@@ -1,0 +1,122 @@
+"""Sampling and the KV cache: exactness against recomputation, and the sampling filters."""
+
+import pytest
+import torch
+
+import lightning_gpt.generation as generation
+from lightning_gpt import GPT, preset
+from lightning_gpt.generation import filter_logits, generate_tokens, sample_next
+from lightning_gpt.module import GPTModule
+
+
+@pytest.fixture
+def model() -> GPT:
+    torch.manual_seed(0)
+    model = GPT(preset("tiny", context_length=16))
+    with torch.no_grad():
+        for parameter in model.parameters():  # sharper distributions than the default init
+            parameter.normal_(0.0, 1.0)
+    return model.eval()
+
+
+def run(model, idx, steps, **kwargs) -> torch.Tensor:
+    return torch.cat(list(generate_tokens(model, idx, steps, **kwargs)), dim=1)
+
+
+def seed_loop(model, idx, steps) -> torch.Tensor:
+    """The seed's greedy loop: crop to the last context_length tokens, recompute everything."""
+    for _ in range(steps):
+        logits, _ = model(idx[:, -model.config.context_length :])
+        idx = torch.cat((idx, logits[:, -1].argmax(-1, keepdim=True)), dim=1)
+    return idx
+
+
+@pytest.mark.parametrize("keep", [None, 1, 16])
+def test_cached_and_uncached_logits_match_past_the_context(model, monkeypatch, keep):
+    recorded = {True: [], False: []}
+    idx = torch.randint(0, 65, (2, 5))
+    for use_cache in (True, False):
+
+        def spy(logits, *args, use_cache=use_cache, **kwargs):
+            recorded[use_cache].append(logits.clone())
+            return sample_next(logits, *args, **kwargs)
+
+        monkeypatch.setattr(generation, "sample_next", spy)
+        run(model, idx, 60, temperature=0, use_cache=use_cache, keep=keep)
+    assert len(recorded[True]) == len(recorded[False]) == 60  # 65 tokens: well past context 16
+    for cached, uncached in zip(recorded[True], recorded[False], strict=True):
+        torch.testing.assert_close(cached, uncached, atol=1e-4, rtol=1e-4)  # logits ~ 1e2
+
+
+def test_greedy_same_with_and_without_cache_and_seed_loop(model):
+    idx = torch.randint(0, 65, (2, 5))
+    cached = run(model, idx, 60, temperature=0)
+    assert torch.equal(cached, run(model, idx, 60, temperature=0, use_cache=False))
+    assert len(set(cached[0].tolist())) > 3  # not a degenerate constant output
+    # keep = context_length re-runs the full window every step: exactly the seed's loop
+    full = run(model, idx, 60, temperature=0, keep=16)
+    assert torch.equal(full, seed_loop(model, idx, 60)[:, 5:])
+
+
+def test_sampling_is_reproducible_with_a_seed(model):
+    idx = torch.randint(0, 65, (3, 4))
+
+    def sample(seed, use_cache=True):
+        g = torch.Generator().manual_seed(seed)
+        return run(model, idx, 40, temperature=1.0, top_k=20, generator=g, use_cache=use_cache)
+
+    assert torch.equal(sample(1), sample(1))
+    assert torch.equal(sample(1), sample(1, use_cache=False))
+    assert not torch.equal(sample(1), sample(2))
+
+
+def crafted_logits() -> torch.Tensor:
+    probs = torch.tensor([[0.05, 0.5, 0.02, 0.3, 0.1, 0.03]])
+    return probs.log()
+
+
+def test_top_k_masks_with_minus_infinity_and_never_leaves_the_set():
+    filtered = filter_logits(crafted_logits(), top_k=2)
+    assert torch.isinf(filtered[0, [0, 2, 4, 5]]).all() and (filtered[0, [0, 2, 4, 5]] < 0).all()
+    g = torch.Generator().manual_seed(0)
+    draws = {sample_next(crafted_logits(), top_k=2, generator=g).item() for _ in range(500)}
+    assert draws == {1, 3}
+
+
+@pytest.mark.parametrize(
+    ("top_p", "allowed"), [(0.5, {1}), (0.8, {1, 3}), (0.81, {1, 3, 4}), (1.0, set(range(6)))]
+)
+def test_top_p_keeps_the_smallest_set_reaching_p(top_p, allowed):
+    g = torch.Generator().manual_seed(0)
+    draws = {sample_next(crafted_logits(), top_p=top_p, generator=g).item() for _ in range(2000)}
+    assert draws <= allowed
+    assert len(draws) >= len(allowed) - 1  # the likely members do get drawn
+
+
+def test_temperature_zero_is_greedy():
+    assert sample_next(crafted_logits(), temperature=0).item() == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"temperature": -1}, "temperature"),
+        ({"top_k": 0}, "top_k"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+    ],
+)
+def test_invalid_sampling_settings(model, kwargs, message):
+    settings = {"max_new_tokens": 5, **kwargs}
+    steps = settings.pop("max_new_tokens")
+    with pytest.raises(ValueError, match=message):
+        run(model, torch.zeros(1, 1, dtype=torch.long), steps, **settings)
+
+
+def test_python_api_from_checkpoint(tiny_checkpoint):
+    module = GPTModule.load_from_checkpoint(tiny_checkpoint, map_location="cpu", weights_only=True)
+    text = module.generate_text("ROMEO:", 50, temperature=0.8, seed=3)
+    assert text.startswith("ROMEO:") and len(text) == 56
+    assert text == module.generate_text("ROMEO:", 50, temperature=0.8, seed=3)
+    assert module.training  # generation restored the mode it found

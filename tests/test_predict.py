@@ -1,0 +1,107 @@
+"""``cli.py predict`` from a checkpoint alone: no config file, no corpus on disk."""
+
+import shutil
+
+import pytest
+from conftest import run_cli
+
+
+@pytest.fixture
+def bare_dir(tmp_path, tiny_checkpoint):
+    """A directory holding only a copy of the checkpoint."""
+    shutil.copy(tiny_checkpoint, tmp_path / "model.ckpt")
+    return tmp_path
+
+
+def test_predict_from_checkpoint_alone(bare_dir):
+    result = run_cli(
+        "predict",
+        "--ckpt_path=model.ckpt",
+        "--generate.prompt=ROMEO:",
+        "--generate.max_new_tokens=40",
+        "--generate.output=out/samples.txt",
+        cwd=bare_dir,
+    )
+    assert result.returncode == 0, result.stderr
+    text = result.stdout.rstrip("\n")
+    assert text.startswith("ROMEO:") and len(text) == len("ROMEO:") + 40
+    assert (bare_dir / "out" / "samples.txt").read_text() == text + "\n"
+    assert not (bare_dir / "data").exists()  # no corpus was needed or downloaded
+    again = run_cli(
+        "predict",
+        "--ckpt_path=model.ckpt",
+        "--generate.prompt=ROMEO:",
+        "--generate.max_new_tokens=40",
+        cwd=bare_dir,
+    )
+    assert again.stdout.rstrip("\n") == text  # same seed, same text
+
+
+def test_several_prompts_and_samples(bare_dir):
+    result = run_cli(
+        "predict",
+        "--ckpt_path=model.ckpt",
+        '--generate.prompt=["First", "All:"]',
+        "--generate.num_samples=2",
+        "--generate.max_new_tokens=10",
+        "--generate.top_k=5",
+        "--generate.top_p=0.9",
+        cwd=bare_dir,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("==> prompt") == 4
+    assert "==> prompt 2, sample 2 <==\nAll:" in result.stdout
+
+
+def test_interactive_mode_with_piped_stdin(bare_dir):
+    result = run_cli(
+        "predict",
+        "--ckpt_path=model.ckpt",
+        "--generate.interactive=true",
+        "--generate.max_new_tokens=15",
+        cwd=bare_dir,
+        stdin="ROMEO:\nJULIET:\n",
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("ROMEO:") and len(lines[0]) >= len("ROMEO:")
+    assert "JULIET:" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--generate.prompt=ROMEO 2:"], "'2'"),
+        (["--generate.temperature=-1"], "temperature"),
+        (["--generate.top_k=0"], "top_k"),
+        (["--generate.top_p=1.5"], "top_p"),
+        (["--generate.max_new_tokens=0"], "max_new_tokens"),
+    ],
+)
+def test_bad_generation_input(bare_dir, args, message):
+    result = run_cli("predict", "--ckpt_path=model.ckpt", *args, cwd=bare_dir)
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last and "Traceback" not in result.stderr
+
+
+def test_unknown_characters_can_be_dropped_and_empty_prompt_starts_a_line(bare_dir):
+    result = run_cli(
+        "predict",
+        "--ckpt_path=model.ckpt",
+        "--generate.prompt=ROMEO 2:",
+        "--generate.drop_unknown=true",
+        "--generate.max_new_tokens=5",
+        cwd=bare_dir,
+    )
+    assert result.returncode == 0 and result.stdout.startswith("ROMEO :")
+    empty = run_cli(
+        "predict", "--ckpt_path=model.ckpt", "--generate.prompt=", "--generate.max_new_tokens=5", cwd=bare_dir
+    )
+    assert empty.returncode == 0 and empty.stdout.startswith("\n") and len(empty.stdout.rstrip("\n")) >= 1
+
+
+def test_predict_without_checkpoint(tmp_path):
+    result = run_cli("predict", "--generate.prompt=hi", cwd=tmp_path)
+    assert result.returncode == 2 and "--ckpt_path" in result.stderr.strip().splitlines()[-1]
