@@ -1,0 +1,73 @@
+"""Batch-1 generation speed of the seed-size model: KV cache vs the seed's recompute loop.
+
+    python benchmarks/generation_speed.py [--new 500] [--repeats 3]
+
+Random weights (speed does not depend on them). Contenders alternate within each repeat;
+the medians and their ratio are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from machine import describe  # noqa: E402
+
+from lightning_gpt import GPT, CharTokenizer, preset  # noqa: E402
+from lightning_gpt.generation import generate_tokens  # noqa: E402
+
+PROMPT = "First Citizen"  # 13 characters, as in the seed's walkthrough
+
+
+@torch.no_grad()
+def seed_loop(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0) -> torch.Tensor:
+    """The seed's generate(): crop to the last context_length tokens and recompute them all."""
+    for _ in range(max_new_tokens):
+        logits, _ = model(idx[:, -model.config.context_length :])
+        probs = torch.softmax(logits[:, -1, :] / temperature, dim=-1)
+        idx = torch.cat((idx, torch.multinomial(probs, num_samples=1)), dim=1)
+    return idx
+
+
+def cached(model: GPT, idx: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+    return torch.cat(list(generate_tokens(model, idx, max_new_tokens, temperature=1.0)), dim=1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--new", type=int, default=500, help="characters to generate")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    vocab = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+    model = GPT(preset("seed", vocab_size=len(vocab))).eval()
+    idx = torch.from_numpy(CharTokenizer(vocab).encode(PROMPT)).unsqueeze(0)  # [1, 13]
+    contenders = {"seed recompute loop": seed_loop, "KV cache (this project)": cached}
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    cached(model, idx, 20)  # warm-up
+    for _ in range(args.repeats):
+        for name, run in contenders.items():
+            start = time.perf_counter()
+            run(model, idx, args.new)
+            times[name].append(time.perf_counter() - start)
+    print(f"machine: {describe()}")
+    print(
+        f"seed-size model ({model.num_parameters():,} parameters), batch 1, {len(PROMPT)}-character prompt, "
+        f"{args.new} new characters, median of {args.repeats}"
+    )
+    baseline = statistics.median(times["seed recompute loop"])
+    for name, values in times.items():
+        median = statistics.median(values)
+        print(f"{name:26s} {median:7.2f} s  {args.new / median:8.1f} chars/s  {baseline / median:6.2f}x")
+
+
+if __name__ == "__main__":
+    main()
