@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import warnings
 from pathlib import Path
 
+import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from lightning_gpt.callbacks import TextSampler, TrainingSpeed
+from lightning_gpt.checkpoint_io import AtomicCheckpointIO
 from lightning_gpt.data import CharDataModule, read_corpus
 from lightning_gpt.errors import UserError
 from lightning_gpt.generation import GenerationSettings, prepare_prompt
@@ -26,6 +31,7 @@ TRAINER_DEFAULTS = {
     "check_val_every_n_epoch": None,
     "gradient_clip_val": 1.0,
     "log_every_n_steps": 50,
+    "callbacks": [TrainingSpeed()],
 }
 
 _LIGHTNING_CKPT_ALIASES = ("best", "hpc", "registry")
@@ -38,7 +44,15 @@ def check_checkpoint(path: Path) -> dict:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated file, not a torch file, or an unsafe pickle
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        message = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", message)
+        if unsafe or "Weights only load failed" in message:
+            what = f" ({unsafe.group(1)})" if unsafe else ""
+            raise UserError(
+                f"refused to load checkpoint {path}: it holds Python objects{what}, not only tensors "
+                "and plain data; nothing from it was run. Load only checkpoints you trust"
+            ) from None
+        reason = message.strip().splitlines()[0].strip() if message.strip() else type(error).__name__
         raise UserError(f"cannot load checkpoint {path}: {reason[:200]}") from None
     hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
     if not isinstance(hparams, dict) or not hparams.get("vocab") or "state_dict" not in checkpoint:
@@ -52,6 +66,7 @@ class GPTLightningCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.context_length", "data.context_length")
         parser.add_class_arguments(GenerationSettings, "generate")
+        parser.add_lightning_class_args(TextSampler, "sample")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {
@@ -64,6 +79,13 @@ class GPTLightningCLI(LightningCLI):
                 "checkpoint.save_last": True,
             }
         )
+
+    def instantiate_trainer(self, **kwargs) -> L.Trainer:
+        """Every trainer saves checkpoints atomically and loads them with weights_only."""
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
 
     def _parse_ckpt_path(self) -> None:
         """Resolve ``last``, refuse bad checkpoints in one line, then let Lightning merge hparams."""

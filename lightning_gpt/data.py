@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,36 +43,49 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint8 if vocab_size <= 256 else np.uint16 if vocab_size <= 65536 else np.int32)
 
 
-def stream_seed(seed: int, rank: int, worker: int) -> int:
-    """A distinct 63-bit seed for each (seed, rank, dataloader worker)."""
-    return (seed * 1_000_003 + rank * 10_007 + worker) % (2**63)
+def batch_seed(seed: int, rank: int, batch: int) -> int:
+    """A distinct 63-bit seed for each (run seed, DDP rank, batch number)."""
+    return ((seed * 1_000_003 + rank) * 1_000_000_007 + batch) % (2**63)
 
 
 class RandomWindows(IterableDataset):
     """Endless batches of random windows: x = data[i : i+T], y = data[i+1 : i+T+1], each [B, T].
 
-    Each (rank, dataloader worker) draws offsets from its own generator, seeded from ``seed``,
-    so workers and DDP ranks never repeat each other's windows, and a run is reproducible.
+    Batch number g's offsets come from a generator seeded by (seed, rank, g), so every DDP rank
+    draws its own windows, any dataloader worker can make any batch (worker w of W makes
+    g = start + w, start + w + W, ... and the DataLoader interleaves them in order), and a run
+    resumed at batch ``start`` continues with exactly the batches it would have drawn.
     """
 
-    def __init__(self, tokens: torch.Tensor, context_length: int, batch_size: int, seed: int, rank: int = 0):
+    def __init__(
+        self,
+        tokens: torch.Tensor,
+        context_length: int,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        start: int = 0,
+    ):
         self.tokens = tokens
         self.context_length = context_length
         self.batch_size = batch_size
         self.seed = seed
         self.rank = rank
+        self.start = start
+
+    def batch(self, number: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch ``number`` of this rank's stream: x [B, T], y [B, T]."""
+        generator = torch.Generator().manual_seed(batch_seed(self.seed, self.rank, number))
+        num_starts = len(self.tokens) - self.context_length  # last start i has i + T + 1 == len
+        starts = torch.randint(num_starts, (self.batch_size,), generator=generator)  # [B]
+        window = self.tokens[starts[:, None] + torch.arange(self.context_length + 1)].long()  # [B, T+1]
+        return window[:, :-1], window[:, 1:]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         worker = get_worker_info()
-        generator = torch.Generator().manual_seed(
-            stream_seed(self.seed, self.rank, worker.id if worker else 0)
-        )
-        span = torch.arange(self.context_length + 1)  # [T+1]
-        num_starts = len(self.tokens) - self.context_length  # last start i has i + T + 1 == len
-        while True:
-            starts = torch.randint(num_starts, (self.batch_size,), generator=generator)  # [B]
-            window = self.tokens[starts[:, None] + span].long()  # [B, T+1]
-            yield window[:, :-1], window[:, 1:]  # x [B, T], y [B, T]
+        first, step = (worker.id, worker.num_workers) if worker else (0, 1)
+        for number in itertools.count(self.start + first, step):
+            yield self.batch(number)
 
 
 class ConsecutiveWindows(Dataset):
@@ -135,6 +149,7 @@ class CharDataModule(L.LightningDataModule):
         self.train_tokens: torch.Tensor | None = None
         self.val_tokens: torch.Tensor | None = None
         self.prompts: list[str] = []  # filled by the CLI for predict
+        self._run_seed: int | None = None
 
     @property
     def corpus_path(self) -> Path:
@@ -176,25 +191,39 @@ class CharDataModule(L.LightningDataModule):
         return torch.initial_seed()
 
     def train_dataloader(self) -> DataLoader:
-        rank = self.trainer.global_rank if self.trainer is not None else 0
-        dataset = RandomWindows(self.train_tokens, self.context_length, self.batch_size, self._seed(), rank)
-        return DataLoader(
-            dataset,
-            batch_size=None,  # the dataset yields whole batches
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
+        trainer = self.trainer
+        rank = trainer.global_rank if trainer is not None else 0
+        # Resuming: global_step was restored before this call; skip the batches already trained on.
+        start = trainer.global_step * trainer.accumulate_grad_batches if trainer is not None else 0
+        self._run_seed = self._run_seed if self._run_seed is not None else self._seed()
+        dataset = RandomWindows(
+            self.train_tokens, self.context_length, self.batch_size, self._run_seed, rank, start
         )
+        return self._loader(dataset, batch_size=None)
 
     def val_dataloader(self) -> DataLoader:
+        return self._loader(
+            ConsecutiveWindows(self.val_tokens, self.context_length), batch_size=self.batch_size
+        )
+
+    def _loader(self, dataset: Dataset, batch_size: int | None) -> DataLoader:
         return DataLoader(
-            ConsecutiveWindows(self.val_tokens, self.context_length),
-            batch_size=self.batch_size,
-            shuffle=False,
+            dataset,
+            batch_size=batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
+            # Its own generator: creating an iterator must not draw from the global torch RNG,
+            # or a resumed run's dropout masks would drift from the uninterrupted run's.
+            generator=torch.Generator().manual_seed(0),
         )
+
+    def state_dict(self) -> dict[str, int]:
+        """The run's data seed, so a resumed run draws the same windows."""
+        return {"seed": self._run_seed} if self._run_seed is not None else {}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._run_seed = state.get("seed", self._run_seed)
 
     def predict_dataloader(self) -> DataLoader:
         """One item per prompt: ``{"prompt": str, "index": int}``."""

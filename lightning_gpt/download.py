@@ -25,34 +25,53 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fetch_once(url: str, temp: Path, timeout: float, progress: bool) -> str:
-    """Stream ``url`` into ``temp``; return the body's sha256. Raises requests errors."""
+def _fetch_once(url: str, temp: Path, timeout: float, progress: bool, progress_min_bytes: int) -> str:
+    """Stream ``url`` into ``temp``; return the body's sha256. Raises requests errors.
+
+    The body is asked for without compression, so ``Content-Length`` is the file's size; a body
+    shorter than it (the server closed the connection early) raises ChunkedEncodingError.
+    """
     digest = hashlib.sha256()
-    with requests.get(url, stream=True, timeout=timeout) as response:
+    headers = {"Accept-Encoding": "identity"}
+    with requests.get(url, stream=True, timeout=timeout, headers=headers) as response:
         response.raise_for_status()
         expected = int(response.headers.get("Content-Length") or 0)
         bar = None
-        if progress and expected > (4 << 20):
+        if progress and expected > progress_min_bytes:
             from tqdm import tqdm
 
             bar = tqdm(total=expected, unit="B", unit_scale=True, desc=f"downloading {Path(url).name}")
-        received = 0
-        with open(temp, "wb") as file:
-            for chunk in response.iter_content(_CHUNK):
-                file.write(chunk)
-                digest.update(chunk)
-                received += len(chunk)
-                if bar is not None:
-                    bar.update(len(chunk))
-            file.flush()
-            os.fsync(file.fileno())
-        if bar is not None:
-            bar.close()
+        try:
+            with open(temp, "wb") as file:
+                for chunk in response.iter_content(_CHUNK):
+                    file.write(chunk)
+                    digest.update(chunk)
+                    if bar is not None:
+                        bar.update(len(chunk))
+                file.flush()
+                os.fsync(file.fileno())
+        finally:
+            if bar is not None:
+                bar.close()
+        # Bytes read off the wire: Content-Length counts them, not the decoded ones, should a
+        # server compress the body anyway.
+        received = response.raw.tell()
         if expected and received != expected:
             raise requests.exceptions.ChunkedEncodingError(
                 f"connection closed after {received} of {expected} bytes"
             )
     return digest.hexdigest()
+
+
+def _describe(error: requests.RequestException, timeout: float) -> str:
+    """A few words on a retryable failure, for the final error message."""
+    if isinstance(error, requests.Timeout) or "timed out" in str(error).lower():
+        return f"no answer within the {timeout:g} s timeout"
+    if isinstance(error, requests.exceptions.ChunkedEncodingError):
+        return "the connection closed before the whole file arrived"
+    if isinstance(error, requests.exceptions.SSLError):
+        return "a TLS/SSL error"
+    return "cannot connect to the server"
 
 
 def download(
@@ -63,13 +82,16 @@ def download(
     timeout: float = 30.0,
     backoff: float = 1.0,
     progress: bool = True,
+    progress_min_bytes: int = 4 << 20,
 ) -> Path:
     """Make ``dest`` hold the file at ``url``, verified against ``sha256`` when given.
 
     A file already at ``dest`` with the right hash is kept (no request is made). The body is
     written to a temporary file next to ``dest`` and renamed into place only once complete and
     verified, so ``dest`` never holds a partial or wrong file. Connection errors, timeouts and
-    5xx answers are retried ``retries`` times with exponential backoff.
+    5xx answers are retried ``retries`` times with exponential backoff (``backoff`` seconds, then
+    twice that, ...); ``timeout`` bounds each wait for the server, not the whole transfer. Bodies
+    larger than ``progress_min_bytes`` show a progress bar on stderr when ``progress`` is true.
     """
     dest = Path(dest)
     if dest.is_file() and (sha256 is None or sha256_of(dest) == sha256):
@@ -84,7 +106,7 @@ def download(
         os.close(fd)
         temp = Path(name)
         try:
-            digest = _fetch_once(url, temp, timeout, progress)
+            digest = _fetch_once(url, temp, timeout, progress, progress_min_bytes)
             if sha256 is not None and digest != sha256:
                 raise UserError(
                     f"{url} sent a file with sha256 {digest}, expected {sha256}; nothing was saved. "
@@ -102,7 +124,9 @@ def download(
             requests.Timeout,
             requests.exceptions.ChunkedEncodingError,
         ) as error:
-            last_problem = type(error).__name__
+            last_problem = _describe(error, timeout)
+        except requests.RequestException as error:  # a malformed URL, too many redirects, ...
+            raise UserError(f"cannot download {url}: {error}; {manual}") from None
         finally:
             temp.unlink(missing_ok=True)
     raise UserError(f"cannot download {url} after {retries + 1} attempts (last: {last_problem}); {manual}")

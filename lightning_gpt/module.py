@@ -13,6 +13,7 @@ from lightning_gpt.config import GPTConfig
 from lightning_gpt.errors import UserError
 from lightning_gpt.generation import GenerationSettings, generate_text, stream_text
 from lightning_gpt.model import GPT
+from lightning_gpt.rng import rng_states, set_rng_states
 from lightning_gpt.tokenizer import CharTokenizer
 
 
@@ -165,6 +166,19 @@ class GPTModule(L.LightningModule):
         self.log("val_loss", loss, prog_bar=True, sync_dist=False)
         self.log("val_bpc", loss / math.log(2))
         self.log("val_ppl", perplexity)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Log the gradient norm before clipping, every ``log_every_n_steps`` steps."""
+        if self.global_step % self.trainer.log_every_n_steps == 0:
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            self.log("grad_norm", torch.nn.utils.get_total_norm(grads))
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["rng_states"] = rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "rng_states" in checkpoint:
+            set_rng_states(checkpoint["rng_states"])
 
     def configure_optimizers(self):
         h = self.hparams

@@ -1,7 +1,10 @@
 """The real requests code path against a real HTTP server on 127.0.0.1."""
 
+import gzip
 import hashlib
+import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -11,32 +14,53 @@ from lightning_gpt.errors import UserError
 
 BODY = ("It is the east, and Juliet is the sun.\n" * 200).encode()
 GOOD_HASH = hashlib.sha256(BODY).hexdigest()
+BIG = bytes(range(256)) * 1024  # 256 KiB, served at /big.bin
 
 
 class Server:
-    """Serves BODY at /file.txt; ``plan`` lists status codes to answer before succeeding."""
+    """Serves BODY at /file.txt (BIG at /big.bin); ``plan`` lists what to do before succeeding.
+
+    A plan item is an HTTP status to answer, ``"slow"`` (wait ``delay`` seconds, then answer
+    normally), ``"truncate"`` (announce the whole body, send half of it, close the connection) or
+    ``"gzip"`` (send the body gzip-compressed, whatever the client asked for).
+    """
 
     def __init__(self):
         self.requests = 0
-        self.plan: list[int] = []
+        self.plan: list[int | str] = []
+        self.delay = 0.0
+        self.accept_encodings: list[str | None] = []
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
                 server.requests += 1
-                status = server.plan.pop(0) if server.plan else (200 if self.path == "/file.txt" else 404)
-                self.send_response(status)
-                body = BODY if status == 200 else b"no"
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                server.accept_encodings.append(self.headers.get("Accept-Encoding"))
+                action = server.plan.pop(0) if server.plan else None
+                found = {"/file.txt": BODY, "/big.bin": BIG}.get(self.path)
+                status = action if isinstance(action, int) else (200 if found is not None else 404)
+                body = found if status == 200 else b"no"
+                try:
+                    if action == "slow":
+                        time.sleep(server.delay)
+                    self.send_response(status)
+                    if action == "gzip":
+                        body = gzip.compress(body)
+                        self.send_header("Content-Encoding", "gzip")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body[: len(body) // 2] if action == "truncate" else body)
+                    self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up waiting
+                self.close_connection = True
 
             def log_message(self, *args):
                 pass
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
 
     def close(self):
@@ -93,3 +117,98 @@ def test_persistent_server_errors_give_up_clearly(server, tmp_path):
     with pytest.raises(UserError, match="after 3 attempts"):
         download(f"{server.url}/file.txt", tmp_path / "x.txt", GOOD_HASH, retries=2, backoff=0.01)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_timeout_is_retried_then_names_the_url(server, tmp_path):
+    server.plan, server.delay = ["slow"] * 5, 0.6
+    start = time.monotonic()
+    with pytest.raises(
+        UserError, match=r"cannot download http://127\.0\.0\.1:\d+/file\.txt after 2 attempts"
+    ):
+        download(
+            f"{server.url}/file.txt", tmp_path / "x.txt", GOOD_HASH, retries=1, timeout=0.3, backoff=0.01
+        )
+    assert time.monotonic() - start < 2.5
+    assert server.requests == 2
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_timeout_message_says_it_timed_out(server, tmp_path):
+    server.plan, server.delay = ["slow"], 0.6
+    with pytest.raises(UserError, match=r"no answer within the 0\.3 s timeout"):
+        download(f"{server.url}/file.txt", tmp_path / "x.txt", retries=0, timeout=0.3)
+
+
+def test_slow_then_fast_server_succeeds_on_retry(server, tmp_path):
+    server.plan, server.delay = ["slow"], 0.6
+    dest = download(f"{server.url}/file.txt", tmp_path / "x.txt", GOOD_HASH, timeout=0.3, backoff=0.01)
+    assert dest.read_bytes() == BODY and server.requests == 2
+    assert list(tmp_path.iterdir()) == [dest]
+
+
+def test_truncated_body_is_rejected_without_a_hash_and_leaves_nothing(server, tmp_path):
+    # No sha256: only the Content-Length check can tell the body is incomplete.
+    server.plan = ["truncate"] * 5
+    dest = tmp_path / "x.txt"
+    with pytest.raises(UserError, match=r"after 2 attempts \(last: the connection closed before"):
+        download(f"{server.url}/file.txt", dest, retries=1, backoff=0.01)
+    assert server.requests == 2
+    assert list(tmp_path.iterdir()) == []  # no partial file under the final name, no .part files
+
+
+def test_truncated_body_is_retried(server, tmp_path):
+    server.plan = ["truncate", "truncate"]
+    dest = download(f"{server.url}/file.txt", tmp_path / "x.txt", retries=2, backoff=0.01)
+    assert dest.read_bytes() == BODY and server.requests == 3
+    assert list(tmp_path.iterdir()) == [dest]
+
+
+def test_truncated_body_keeps_the_previous_file(server, tmp_path):
+    dest = tmp_path / "x.txt"
+    dest.write_bytes(b"stale")
+    server.plan = ["truncate"] * 5
+    with pytest.raises(UserError, match="closed before"):
+        download(f"{server.url}/file.txt", dest, GOOD_HASH, retries=0)
+    assert dest.read_bytes() == b"stale"  # never a partial file, and no temp file beside it
+    assert list(tmp_path.iterdir()) == [dest]
+
+
+def test_compressed_body_is_not_mistaken_for_a_truncated_one(server, tmp_path):
+    # Content-Length counts compressed bytes; the file on disk is the decoded body.
+    server.plan = ["gzip"]
+    dest = download(f"{server.url}/file.txt", tmp_path / "x.txt", GOOD_HASH, retries=0)
+    assert dest.read_bytes() == BODY and server.requests == 1
+    assert server.accept_encodings == ["identity"]  # asked uncompressed in the first place
+
+
+def test_connection_refused_gives_up_clearly(tmp_path):
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/file.txt"
+    start = time.monotonic()
+    with pytest.raises(
+        UserError, match=rf"{port}/file\.txt after 3 attempts \(last: cannot connect.*--data\.path"
+    ):
+        download(url, tmp_path / "x.txt", GOOD_HASH, retries=2, timeout=1, backoff=0.01)
+    assert time.monotonic() - start < 2.5
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unsupported_url_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match=r"cannot download ftp://example\.invalid/x\.txt"):
+        download("ftp://example.invalid/x.txt", tmp_path / "x.txt", backoff=0)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_large_download_shows_a_progress_bar(server, tmp_path, capsys):
+    dest = download(f"{server.url}/big.bin", tmp_path / "big.bin", progress_min_bytes=100_000)
+    assert dest.read_bytes() == BIG
+    err = capsys.readouterr().err
+    assert "downloading big.bin" in err and "100%" in err
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"progress": False, "progress_min_bytes": 100_000}])
+def test_no_progress_bar_when_small_or_disabled(server, tmp_path, capsys, kwargs):
+    download(f"{server.url}/big.bin", tmp_path / "big.bin", **kwargs)  # 256 KiB < the 4 MiB default
+    assert capsys.readouterr().err == ""
