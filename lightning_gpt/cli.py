@@ -77,6 +77,9 @@ class GPTLightningCLI(LightningCLI):
                 "checkpoint.mode": "min",
                 "checkpoint.save_top_k": 1,
                 "checkpoint.save_last": True,
+                # Always overwrite last.ckpt, even when a resumed run changes the cadence
+                # (Lightning would otherwise write last-v1.ckpt beside it).
+                "checkpoint.enable_version_counter": False,
             }
         )
 

@@ -1,0 +1,129 @@
+"""Exact resume after a kill, and checkpoints that survive kills during saves."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import CLI, TINY_MODEL, run_cli
+
+# Dropout on and two dataloader workers: both must be resumed exactly.
+RUN = [
+    *TINY_MODEL,
+    "--model.dropout=0.1",
+    "--model.decay_steps=60",
+    "--data.num_workers=2",
+    "--trainer.val_check_interval=20",
+    "--trainer.limit_val_batches=2",
+    "--trainer.log_every_n_steps=5",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+    "--sample.print_at_end=false",
+]
+
+
+def fit(corpus: Path, cwd: Path, *extra: str) -> None:
+    result = run_cli("fit", f"--data.path={corpus}", *RUN, *extra, cwd=cwd)
+    assert result.returncode == 0, result.stderr
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    first, second = weights(a), weights(b)
+    assert first.keys() == second.keys()
+    for name in first:
+        assert torch.equal(first[name], second[name]), f"{name} differs after resuming"
+
+
+def step_of(path: Path) -> int:
+    try:
+        return torch.load(path, weights_only=True)["global_step"]
+    except Exception:
+        return -1
+
+
+def test_stop_and_resume_is_bit_for_bit(tmp_path, small_corpus):
+    fit(small_corpus, tmp_path, "--trainer.max_steps=60", "--checkpoint.dirpath=whole")
+    fit(
+        small_corpus,
+        tmp_path,
+        "--trainer.max_steps=27",
+        "--checkpoint.dirpath=split",
+        "--checkpoint.every_n_train_steps=9",
+    )
+    assert step_of(tmp_path / "split" / "last.ckpt") == 27
+    fit(small_corpus, tmp_path, "--trainer.max_steps=60", "--checkpoint.dirpath=split", "--ckpt_path=last")
+    assert_same_weights(tmp_path / "whole" / "last.ckpt", tmp_path / "split" / "last.ckpt")
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_the_uninterrupted_run(tmp_path, small_corpus):
+    fit(small_corpus, tmp_path, "--trainer.max_steps=60", "--checkpoint.dirpath=whole")
+    args = [
+        sys.executable,
+        str(CLI),
+        "fit",
+        f"--data.path={small_corpus}",
+        *RUN,
+        "--trainer.max_steps=60",
+        "--checkpoint.dirpath=killed",
+        "--checkpoint.every_n_train_steps=3",
+    ]
+    process = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = tmp_path / "killed" / "last.ckpt"
+    deadline = time.monotonic() + 120
+    while step_of(last) < 12 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = step_of(last)
+    assert 12 <= killed_at < 60, "the run must be killed part-way"
+    fit(small_corpus, tmp_path, "--trainer.max_steps=60", "--checkpoint.dirpath=killed", "--ckpt_path=last")
+    assert step_of(last) == 60
+    assert_same_weights(tmp_path / "whole" / "last.ckpt", last)
+
+
+@pytest.mark.slow
+def test_kills_during_saves_never_corrupt_checkpoints(tmp_path, small_corpus):
+    # A larger model saved every step, so many kills land in the middle of a save.
+    args = [
+        sys.executable,
+        str(CLI),
+        "fit",
+        f"--data.path={small_corpus}",
+        *RUN,
+        "--model.d_model=256",
+        "--model.num_heads=4",
+        "--model.num_blocks=4",
+        "--trainer.max_steps=1000",
+        "--checkpoint.every_n_train_steps=1",
+        "--checkpoint.save_top_k=-1",
+        "--checkpoint.filename=step{step}",
+        "--checkpoint.monitor=null",
+    ]
+    folder = tmp_path / "checkpoints"
+    for attempt in range(5):
+        extra = ["--ckpt_path=last"] if (folder / "last.ckpt").exists() else []
+        process = subprocess.Popen(
+            args + extra, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        saved_before = len(list(folder.glob("*.ckpt"))) if folder.exists() else 0
+        deadline = time.monotonic() + 120
+        while process.poll() is None and time.monotonic() < deadline:
+            if folder.exists() and len(list(folder.glob("*.ckpt"))) >= saved_before + 2 + attempt:
+                break
+            time.sleep(0.01)
+        time.sleep(0.05 * attempt)  # vary the moment of the kill
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    checkpoints = list(folder.glob("*.ckpt"))
+    assert len(checkpoints) >= 5 and (folder / "last.ckpt").exists()
+    for path in checkpoints:
+        assert step_of(path) >= 1, f"{path.name} does not load"
