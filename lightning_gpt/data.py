@@ -8,39 +8,22 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
+from lightning_gpt.corpus import MappedSlice, TokenCache, build_token_cache, read_corpus, token_dtype
 from lightning_gpt.download import SHAKESPEARE_SHA256, SHAKESPEARE_URL, download
 from lightning_gpt.errors import UserError
 from lightning_gpt.tokenizer import CharTokenizer
 
-
-def read_corpus(path: str | os.PathLike) -> str:
-    """The UTF-8 text of ``path``, or a UserError saying what is wrong with the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"corpus file {path} does not exist; pass an existing text file with --data.path")
-    try:
-        raw = path.read_bytes()
-    except OSError as error:
-        raise UserError(f"cannot read corpus {path}: {error.strerror}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise UserError(
-            f"corpus {path} is not UTF-8: byte 0x{raw[error.start]:02x} at offset {error.start}; "
-            "convert it, e.g. iconv -f latin1 -t utf-8"
-        ) from None
-    if not text:
-        raise UserError(f"corpus {path} is empty; pass a text file with --data.path")
-    return text
-
-
-def token_dtype(vocab_size: int) -> np.dtype:
-    """The smallest unsigned dtype that holds ids below ``vocab_size``."""
-    return np.dtype(np.uint8 if vocab_size <= 256 else np.uint16 if vocab_size <= 65536 else np.int32)
+__all__ = [
+    "CharDataModule",
+    "ConsecutiveWindows",
+    "RandomWindows",
+    "batch_seed",
+    "read_corpus",
+    "token_dtype",
+]
 
 
 def batch_seed(seed: int, rank: int, batch: int) -> int:
@@ -48,7 +31,19 @@ def batch_seed(seed: int, rank: int, batch: int) -> int:
     return ((seed * 1_000_003 + rank) * 1_000_000_007 + batch) % (2**63)
 
 
-class RandomWindows(IterableDataset):
+class _MappedTokensPickle:
+    """Pickles memory-mapped ``self.tokens`` as its file and bounds: a spawned dataloader worker maps
+    the token cache again instead of receiving a copy of the whole corpus."""
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "tokens": getattr(self.tokens, "mapped_slice", self.tokens)}
+
+    def __setstate__(self, state: dict) -> None:
+        tokens = state["tokens"]
+        self.__dict__.update(state, tokens=tokens.open() if isinstance(tokens, MappedSlice) else tokens)
+
+
+class RandomWindows(_MappedTokensPickle, IterableDataset):
     """Endless batches of random windows: x = data[i : i+T], y = data[i+1 : i+T+1], each [B, T].
 
     Batch number g's offsets come from a generator seeded by (seed, rank, g), so every DDP rank
@@ -88,7 +83,7 @@ class RandomWindows(IterableDataset):
             yield self.batch(number)
 
 
-class ConsecutiveWindows(Dataset):
+class ConsecutiveWindows(_MappedTokensPickle, Dataset):
     """Non-overlapping windows covering the split in order: the same windows on every run."""
 
     def __init__(self, tokens: torch.Tensor, context_length: int):
@@ -105,13 +100,17 @@ class ConsecutiveWindows(Dataset):
 
 
 class CharDataModule(L.LightningDataModule):
-    """Tiny Shakespeare (downloaded, sha256-checked) or any UTF-8 text file, per character.
+    """Tiny Shakespeare (downloaded, sha256-checked) or any UTF-8 text, per character.
+
+    The corpus is encoded once into a token cache under ``cache_dir`` and memory-mapped from there
+    (see ``lightning_gpt.corpus``), so corpora much larger than memory train.
 
     Args:
-        path: a local UTF-8 text file to train on; when unset, ``url`` is downloaded into ``cache_dir``.
+        path: a UTF-8 text file, or a folder whose .txt files (recursively, in sorted path order,
+            joined by a blank line) form the corpus; when unset, ``url`` is downloaded into ``cache_dir``.
         url: where to download the corpus from when ``path`` is unset.
         sha256: expected hash of the download (``None`` skips the check).
-        cache_dir: folder for downloads.
+        cache_dir: folder for downloads and token caches.
         filename: name of the downloaded file inside ``cache_dir``.
         batch_size: windows per batch (per device).
         context_length: window length T; linked from ``model.context_length`` by the CLI.
@@ -158,18 +157,24 @@ class CharDataModule(L.LightningDataModule):
     def _predicting(self) -> bool:
         return self.trainer is not None and self.trainer.state.fn == "predict"
 
+    def token_cache(self) -> TokenCache:
+        """The corpus's token cache, built on first use and reused while the corpus is unchanged."""
+        return build_token_cache(self.corpus_path, self.cache_dir)
+
     def prepare_data(self) -> None:
-        if not self.path and not self._predicting():  # generation needs no corpus
+        if self._predicting():  # generation needs no corpus
+            return
+        if not self.path:
             download(self.url, self.corpus_path, self.sha256)
+        self.token_cache()  # built here once (local rank 0), so the other ranks only map it
 
     def setup(self, stage: str) -> None:
         if self.tokenizer is not None or stage == "predict":
             return
-        text = read_corpus(self.corpus_path)
-        self.tokenizer = CharTokenizer.from_text(text)
-        ids = torch.from_numpy(self.tokenizer.encode(text, token_dtype(self.tokenizer.vocab_size)))
-        split = int(len(ids) * (1.0 - self.val_fraction))
-        self.train_tokens, self.val_tokens = ids[:split], ids[split:]
+        cache = self.token_cache()
+        self.tokenizer = CharTokenizer(cache.vocab)
+        split = int(cache.length * (1.0 - self.val_fraction))
+        self.train_tokens, self.val_tokens = cache.tokens(0, split), cache.tokens(split)
         for name, part in (("training", self.train_tokens), ("validation", self.val_tokens)):
             if len(part) < self.context_length + 1:
                 raise UserError(

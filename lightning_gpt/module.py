@@ -149,6 +149,11 @@ class GPTModule(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch  # [B, T] each
         _, loss = self.model(x, y)
+        if not torch.isfinite(loss):
+            raise UserError(
+                f"the training loss became {loss.item()} at step {self.global_step}; training stopped and "
+                "the checkpoints saved so far are kept. Lower --model.learning_rate or resume from one"
+            )
         self.log("train_loss", loss, prog_bar=True)
         self.log("lr", self.optimizers().param_groups[0]["lr"], prog_bar=True)
         return loss

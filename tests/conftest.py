@@ -92,3 +92,17 @@ def tiny_checkpoint(tmp_path_factory, shakespeare: str) -> Path:
     result = run_cli(*tiny_fit_args(corpus, steps=30, val_every=15), cwd=root)
     assert result.returncode == 0, result.stderr
     return root / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(autouse=True)
+def _token_cache_in_tmp(tmp_path, monkeypatch):
+    """Token caches of DataModules built in-process go to the test's tmp folder, not ./data."""
+    from lightning_gpt.data import CharDataModule
+
+    original = CharDataModule.__init__
+
+    def init(self, *args, **kwargs):
+        kwargs.setdefault("cache_dir", str(tmp_path / "cache"))
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(CharDataModule, "__init__", init)

@@ -1,0 +1,284 @@
+"""A corpus (one UTF-8 text file or a folder of .txt files) -> a memory-mapped token cache on disk.
+
+The cache is built once, in two streaming passes over the text (the vocabulary, then the ids), so a
+multi-GB corpus never has to fit in memory, and it is reused until a source file changes, appears
+or disappears. Training then reads the ids through a memory map.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from lightning_gpt.errors import UserError
+from lightning_gpt.tokenizer import CharTokenizer, UnknownCharacterError
+
+SEPARATOR = "\n\n"  # between the files of a folder corpus
+CHUNK_BYTES = 4 * 2**20  # bytes of text decoded and encoded at a time while building a cache
+PROGRESS_MIN_BYTES = 64 * 2**20  # corpora at least this big show a progress bar while building
+CACHE_VERSION = 1
+_CONVERT_HINT = "convert it, e.g. iconv -f latin1 -t utf-8"
+
+
+def read_corpus(path: str | os.PathLike) -> str:
+    """The UTF-8 text of ``path``, or a UserError saying what is wrong with the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"corpus file {path} does not exist; pass an existing text file with --data.path")
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise UserError(f"cannot read corpus {path}: {error.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise UserError(
+            f"corpus {path} is not UTF-8: byte 0x{raw[error.start]:02x} at offset {error.start}; "
+            + _CONVERT_HINT
+        ) from None
+    if not text:
+        raise UserError(f"corpus {path} is empty; pass a text file with --data.path")
+    return text
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """The smallest unsigned dtype that holds ids below ``vocab_size``."""
+    return np.dtype(np.uint8 if vocab_size <= 256 else np.uint16 if vocab_size <= 65536 else np.int32)
+
+
+def corpus_files(path: str | os.PathLike) -> list[Path]:
+    """The files of a corpus: ``path`` itself, or the .txt files under the folder ``path`` (recursively),
+    sorted by their path relative to it."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise UserError(
+            f"corpus file {path} does not exist; pass an existing text file or a folder of .txt files "
+            "with --data.path"
+        )
+    found = [
+        Path(folder, name).relative_to(path)
+        for folder, _, names in os.walk(path)
+        for name in names
+        if name.endswith(".txt") and Path(folder, name).is_file()
+    ]
+    if not found:
+        raise UserError(f"corpus folder {path} has no .txt files; put UTF-8 .txt files in it")
+    return [path / relative for relative in sorted(found, key=lambda p: p.as_posix())]
+
+
+def fingerprint(path: str | os.PathLike, files: list[Path]) -> list[list]:
+    """[relative path, size, mtime_ns] of each file: cheap to take, and changes when a file does."""
+    root = Path(path) if Path(path).is_dir() else Path(path).parent
+    stats = [(file, file.stat()) for file in files]
+    return [[file.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns] for file, st in stats]
+
+
+def cache_folder(path: str | os.PathLike, cache_dir: str | os.PathLike) -> Path:
+    """``cache_dir/tokens-NAME-HASH``: HASH is a short hash of the absolute corpus path."""
+    absolute = Path(path).resolve()
+    digest = hashlib.sha256(os.fsencode(absolute)).hexdigest()[:12]
+    return Path(cache_dir) / f"tokens-{absolute.stem[:40]}-{digest}"
+
+
+def _char_boundary(data: bytes) -> int:
+    """Length of the longest prefix of ``data`` that does not end inside a UTF-8 character."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte & 0xC0 != 0x80:  # ASCII or the lead byte of a multi-byte character
+            needed = 1 if byte < 0x80 else 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return len(data) - back if needed > back else len(data)
+    return len(data)  # only continuation bytes: invalid either way, let the decoder say where
+
+
+def text_chunks(path: Path, chunk_bytes: int = CHUNK_BYTES, progress: tqdm | None = None) -> Iterator[str]:
+    """The UTF-8 text of the file ``path`` in pieces of about ``chunk_bytes`` bytes, split between
+    characters (``progress`` counts the bytes). A UserError names the file and the byte offset of
+    any invalid UTF-8."""
+    offset, carry = 0, b""
+    try:
+        with open(path, "rb") as file:
+            while True:
+                block = file.read(chunk_bytes)
+                data = carry + block
+                if not data:
+                    return
+                cut = _char_boundary(data) if block else len(data)
+                try:
+                    text = data[:cut].decode("utf-8")
+                except UnicodeDecodeError as error:
+                    raise UserError(
+                        f"corpus {path} is not UTF-8: byte 0x{data[error.start]:02x} at offset "
+                        f"{offset + error.start}; {_CONVERT_HINT}"
+                    ) from None
+                offset, carry = offset + cut, data[cut:]
+                if progress is not None:
+                    progress.update(cut)
+                if text:
+                    yield text
+    except OSError as error:
+        raise UserError(f"cannot read corpus {path}: {error.strerror}") from None
+
+
+@dataclass(frozen=True)
+class MappedSlice:
+    """Tokens [start, stop) of a cache file: what a memory-mapped token tensor pickles to, so a
+    spawned dataloader worker maps the file again instead of receiving a copy of the corpus."""
+
+    path: str
+    dtype: str
+    start: int
+    stop: int
+
+    def open(self) -> torch.Tensor:
+        """The tokens as a torch tensor backed by a private, copy-on-write memory map of the file."""
+        dtype = getattr(torch, self.dtype)
+        tensor = torch.from_file(self.path, shared=False, size=self.stop, dtype=dtype)[self.start : self.stop]
+        tensor.mapped_slice = self  # read by the datasets' __getstate__
+        return tensor
+
+
+@dataclass(frozen=True)
+class TokenCache:
+    """A built token cache: ``length`` ids of ``dtype`` in ``folder/tokens.bin``, over ``vocab``."""
+
+    folder: Path
+    vocab: str
+    dtype: str
+    length: int
+    built: bool  # True when this call built it, False when it was reused
+
+    @property
+    def tokens_path(self) -> Path:
+        return self.folder / "tokens.bin"
+
+    def tokens(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Ids [start, stop) as a memory-mapped tensor (nothing is read until it is indexed)."""
+        stop = self.length if stop is None else stop
+        return MappedSlice(str(self.tokens_path), self.dtype, start, stop).open()
+
+
+def _read_meta(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _cache_if_valid(folder: Path, sources: dict) -> TokenCache | None:
+    """The cache in ``folder`` when it was built from exactly ``sources`` and is complete."""
+    meta = _read_meta(folder)
+    if not isinstance(meta, dict) or any(meta.get(key) != value for key, value in sources.items()):
+        return None
+    try:
+        cache = TokenCache(folder, meta["vocab"], meta["dtype"], meta["length"], built=False)
+        complete = cache.tokens_path.stat().st_size == cache.length * np.dtype(cache.dtype).itemsize
+    except (KeyError, TypeError, OSError):
+        return None
+    return cache if complete else None
+
+
+def _write_atomically(target: Path, write) -> None:
+    """Call ``write(file)`` on a temporary file beside ``target``, then move it into place."""
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _progress(total: int, what: str) -> tqdm:
+    """A progress bar over ``total`` bytes, shown only for big corpora."""
+    disable = total < PROGRESS_MIN_BYTES
+    return tqdm(total=total, desc=f"token cache: {what}", unit="B", unit_scale=True, disable=disable)
+
+
+def _scan(files: list[Path], chunk_bytes: int) -> tuple[str, int]:
+    """First pass: the sorted vocabulary of the corpus and its length in characters."""
+    seen = np.zeros(0x110000, dtype=bool)  # one flag per Unicode code point
+    length = 0
+    with _progress(sum(file.stat().st_size for file in files), "vocabulary") as bar:
+        for number, file in enumerate(files):
+            if number:
+                seen[[ord(c) for c in SEPARATOR]] = True
+                length += len(SEPARATOR)
+            before = length
+            for text in text_chunks(file, chunk_bytes, bar):
+                seen[np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)] = True
+                length += len(text)
+            if length == before:
+                where = "pass a text file with --data.path" if len(files) == 1 else "remove it or add text"
+                raise UserError(f"corpus {file} is empty; {where}")
+    return np.flatnonzero(seen).astype(np.uint32).tobytes().decode("utf-32-le"), length
+
+
+def _encode(files: list[Path], tokenizer: CharTokenizer, dtype: np.dtype, chunk_bytes: int, file) -> int:
+    """Second pass: write the ids of the corpus to ``file``; returns how many were written."""
+    written = 0
+    separator = tokenizer.encode(SEPARATOR, dtype) if len(files) > 1 else None
+    with _progress(sum(path.stat().st_size for path in files), "encoding") as bar:
+        for number, path in enumerate(files):
+            if number:
+                file.write(separator)
+                written += len(separator)
+            for text in text_chunks(path, chunk_bytes, bar):
+                file.write(tokenizer.encode(text, dtype))  # the array's bytes, without a copy
+                written += len(text)
+    return written
+
+
+def build_token_cache(
+    path: str | os.PathLike, cache_dir: str | os.PathLike, chunk_bytes: int = CHUNK_BYTES
+) -> TokenCache:
+    """The token cache of the corpus ``path`` under ``cache_dir``: reused when its sources are
+    unchanged, else built (vocabulary pass, then encoding pass) and written atomically."""
+    files = corpus_files(path)
+    folder = cache_folder(path, cache_dir)
+    sources = {
+        "version": CACHE_VERSION,
+        "source": str(Path(path).resolve()),
+        "separator": SEPARATOR,
+        "files": fingerprint(path, files),
+    }
+    cached = _cache_if_valid(folder, sources)
+    if cached is not None:
+        return cached
+    vocab, length = _scan(files, chunk_bytes)
+    tokenizer = CharTokenizer(vocab)
+    dtype = token_dtype(tokenizer.vocab_size)
+
+    def write_tokens(file) -> None:
+        try:
+            written = _encode(files, tokenizer, dtype, chunk_bytes, file)
+        except UnknownCharacterError:  # a character that the first pass did not see
+            written = -1
+        if written != length:
+            raise UserError(f"corpus {path} changed while its token cache was being built; run again")
+
+    meta = {**sources, "vocab": vocab, "dtype": dtype.name, "length": length}
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "meta.json").unlink(missing_ok=True)  # the old cache is invalid from here on
+        _write_atomically(folder / "tokens.bin", write_tokens)
+        _write_atomically(folder / "meta.json", lambda file: file.write(json.dumps(meta, indent=1).encode()))
+    except OSError as error:  # no permission, disk full, ...
+        raise UserError(
+            f"cannot write the token cache {folder}: {error.strerror}; free some space or pass another "
+            "--data.cache_dir"
+        ) from None
+    return TokenCache(folder, vocab, dtype.name, length, built=True)
