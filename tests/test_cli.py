@@ -80,3 +80,51 @@ def test_missing_corpus_and_bad_values(tmp_path):
     assert typo.returncode != 0 and "d_modle" in typo.stderr
     heads = run_cli("fit", "--data.path=x.txt", "--model.num_heads=5", cwd=tmp_path)
     assert heads.returncode == 2 and "divisible" in heads.stderr
+
+
+def test_resuming_on_a_corpus_with_another_vocabulary_is_refused(tmp_path, small_corpus):
+    assert run_cli(*tiny_fit_args(small_corpus, steps=2, val_every=2), cwd=tmp_path).returncode == 0
+    other = tmp_path / "other.txt"
+    other.write_text("0123456789 " * 500)
+    result = run_cli("validate", f"--data.path={other}", "--ckpt_path=checkpoints/last.ckpt", cwd=tmp_path)
+    assert result.returncode == 2 and "differs from the model's" in result.stderr.strip().splitlines()[-1]
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_checkpoints(tmp_path, small_corpus):
+    result = run_cli(
+        *tiny_fit_args(small_corpus, steps=60, val_every=30),
+        "--model.learning_rate=1e30",
+        "--model.warmup_steps=1",
+        "--trainer.gradient_clip_val=null",
+        "--trainer.precision=32-true",
+        "--checkpoint.every_n_train_steps=1",
+        "--checkpoint.monitor=null",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert "the training loss became" in last and "at step" in last and "Traceback" not in result.stderr
+    kept = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert all(torch.isfinite(t).all() for t in kept["state_dict"].values() if t.is_floating_point())
+
+
+def test_print_config_runs_as_is(tmp_path, small_corpus):
+    printed = run_cli(*tiny_fit_args(small_corpus), "--print_config", cwd=tmp_path)
+    assert printed.returncode == 0, printed.stderr
+    config = tmp_path / "printed.yaml"
+    config.write_text(printed.stdout)
+    again = run_cli("fit", f"--config={config}", "--trainer.fast_dev_run=true", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+
+
+def test_tensorboard_gets_scalars_and_text_samples(tmp_path, small_corpus):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert run_cli(*tiny_fit_args(small_corpus, steps=6, val_every=3), cwd=tmp_path).returncode == 0
+    events = EventAccumulator(str(event_files(tmp_path)[0]), size_guidance={"tensors": 0})
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"train_loss", "val_loss", "val_bpc", "val_ppl", "lr", "grad_norm", "tokens_per_sec"} <= scalars
+    samples = events.Tensors("sample/text_summary")
+    assert [s.step for s in samples] == [3, 6]
+    assert all(len(s.tensor_proto.string_val[0]) > 100 for s in samples)
