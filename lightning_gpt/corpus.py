@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from lightning_gpt.atomic import write_atomically
 from lightning_gpt.errors import UserError
 from lightning_gpt.tokenizer import CharTokenizer, UnknownCharacterError
 
@@ -188,20 +188,6 @@ def _cache_if_valid(folder: Path, sources: dict) -> TokenCache | None:
     return cache if complete else None
 
 
-def _write_atomically(target: Path, write) -> None:
-    """Call ``write(file)`` on a temporary file beside ``target``, then move it into place."""
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def _progress(total: int, what: str) -> tqdm:
     """A progress bar over ``total`` bytes, shown only for big corpora."""
     disable = total < PROGRESS_MIN_BYTES
@@ -274,8 +260,8 @@ def build_token_cache(
     try:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "meta.json").unlink(missing_ok=True)  # the old cache is invalid from here on
-        _write_atomically(folder / "tokens.bin", write_tokens)
-        _write_atomically(folder / "meta.json", lambda file: file.write(json.dumps(meta, indent=1).encode()))
+        write_atomically(folder / "tokens.bin", write_tokens)
+        write_atomically(folder / "meta.json", lambda file: file.write(json.dumps(meta, indent=1).encode()))
     except OSError as error:  # no permission, disk full, ...
         raise UserError(
             f"cannot write the token cache {folder}: {error.strerror}; free some space or pass another "

@@ -2,28 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+from lightning_gpt.atomic import write_atomically
 
 
 class SampleWriter(BasePredictionWriter):
@@ -54,5 +39,6 @@ class SampleWriter(BasePredictionWriter):
 
     def on_predict_end(self, trainer, pl_module) -> None:
         if self.output is not None and trainer.is_global_zero:
-            write_atomically(self.output, "\n".join(self.texts) + "\n")
+            text = "\n".join(self.texts) + "\n"
+            write_atomically(self.output, lambda file: file.write(text.encode("utf-8")))
             print(f"wrote {len(self.texts)} samples to {self.output}", file=sys.stderr)
