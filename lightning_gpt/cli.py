@@ -9,7 +9,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
@@ -34,6 +34,7 @@ TRAINER_DEFAULTS = {
     "callbacks": [TrainingSpeed()],
 }
 
+PROGRESS_REFRESH_STEPS = 10  # progress bar redraws (a host sync on GPUs) every this many steps
 _LIGHTNING_CKPT_ALIASES = ("best", "hpc", "registry")
 
 
@@ -88,6 +89,11 @@ class GPTLightningCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        bar = trainer.progress_bar_callback
+        if type(bar) is TQDMProgressBar and bar.refresh_rate == 1:  # Lightning's default bar
+            # Each refresh reads the logged values back from the device and redraws the bar;
+            # every few steps is enough for a reader and costs nothing measurable.
+            bar._refresh_rate = PROGRESS_REFRESH_STEPS
         return trainer
 
     def _parse_ckpt_path(self) -> None:

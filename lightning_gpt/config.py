@@ -17,6 +17,7 @@ class GPTConfig:
     num_heads: int = 8
     num_blocks: int = 6
     dropout: float = 0.1
+    attention_dropout: float | None = None  # dropout on attention weights; None: same as dropout
     positional: str = "learned"
     bias: bool = True
 
@@ -26,10 +27,17 @@ class GPTConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.d_model % self.num_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads})")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        for name in ("dropout", "attention_dropout"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {value}")
         if self.positional not in POSITIONAL_KINDS:
             raise ValueError(f"positional must be one of {POSITIONAL_KINDS}, got {self.positional!r}")
+
+    @property
+    def attention_dropout_p(self) -> float:
+        """Dropout on the attention weights: ``attention_dropout``, or ``dropout`` when unset."""
+        return self.dropout if self.attention_dropout is None else self.attention_dropout
 
     @property
     def head_size(self) -> int:

@@ -175,17 +175,19 @@ def stream_text(
 ) -> Iterator[list[str]]:
     """Yield the next character of each of ``num_samples`` continuations of ``prompt``, step by step.
 
-    The model is put in eval mode while sampling and left in the mode it was found in.
+    The model is put in eval mode while sampling; afterwards every submodule gets back its own
+    train/eval flag (Lightning >= 2.2 relies on mixed modes surviving).
     """
     ids = torch.from_numpy(tokenizer.encode(prompt)).unsqueeze(0).repeat(num_samples, 1)  # [S, T0]
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    was_training = model.training
+    modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
         for new in generate_tokens(model, ids, max_new_tokens, temperature, top_k, top_p, generator):
             yield [tokenizer.decode(row) for row in new]  # S characters
     finally:
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
 
 
 def generate_text(model: GPT, tokenizer: CharTokenizer, prompt: str, max_new_tokens: int, **sampling) -> str:

@@ -48,7 +48,7 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.num_heads = config.num_heads
-        self.dropout = config.dropout
+        self.attention_dropout = config.attention_dropout_p
         self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=config.bias)
         self.proj = nn.Linear(config.d_model, config.d_model, bias=config.bias)
         self.proj_dropout = nn.Dropout(config.dropout)
@@ -70,7 +70,9 @@ class CausalSelfAttention(nn.Module):
             k,
             v,
             is_causal=T > 1,  # one new query (T == 1) may look at every cached position
-            dropout_p=self.dropout if self.training else 0.0,
+            # Dropout on the attention weights needs SDPA's slow "math" kernel on CPU (no fused
+            # kernel there supports it); attention_dropout=0 keeps the fused one.
+            dropout_p=self.attention_dropout if self.training else 0.0,
         )
         y = y.transpose(1, 2).reshape(B, T, C)  # concatenate heads: [B, T, H * hs] = [B, T, C]
         return self.proj_dropout(self.proj(y))  # output projection: [B, T, C]

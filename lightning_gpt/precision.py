@@ -26,12 +26,12 @@ def auto_precision(accelerator: str = "auto") -> str:
 
     CPUs without native bf16 emulate it and train slower than in fp32; MPS stays in fp32.
     """
-    use_cuda = accelerator in ("cuda", "gpu") or (accelerator == "auto" and torch.cuda.is_available())
+    # "gpu" means CUDA where there is CUDA, and MPS on a Mac (as Lightning resolves it)
+    use_cuda = accelerator == "cuda" or (accelerator in ("gpu", "auto") and torch.cuda.is_available())
     if use_cuda:
         return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "16-mixed"
-    use_mps = accelerator == "mps" or (
-        accelerator == "auto" and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
-    )
-    if use_mps:
+    mps = getattr(torch.backends, "mps", None)
+    mps_available = bool(mps and mps.is_available())
+    if accelerator == "mps" or (accelerator in ("gpu", "auto") and mps_available):
         return "32-true"
     return "bf16-mixed" if cpu_has_native_bf16() else "32-true"

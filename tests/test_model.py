@@ -71,6 +71,23 @@ def test_dropout_only_in_training():
     assert not torch.equal(model(idx)[0], model(idx)[0])
 
 
+def test_attention_dropout_is_separate_from_dropout():
+    idx = torch.randint(0, 65, (2, 16))
+    only_attention = GPT(preset("tiny", dropout=0.0, attention_dropout=0.5)).train()
+    assert not torch.equal(only_attention(idx)[0], only_attention(idx)[0])
+    # dropout 0.5 elsewhere, none on the attention weights: the attention output is deterministic
+    no_attention = GPT(preset("tiny", dropout=0.5, attention_dropout=0.0)).train()
+    attention = no_attention.blocks[0].attn
+    assert attention.proj_dropout.p == 0.5
+    attention.proj_dropout.p = 0.0  # leave only what happens inside attention
+    x = torch.randn(2, 16, 32)
+    assert torch.equal(attention(x), attention(x))
+    assert GPTConfig(dropout=0.2).attention_dropout_p == 0.2  # unset: follows dropout
+    assert GPTConfig(dropout=0.2, attention_dropout=0.0).attention_dropout_p == 0.0
+    with pytest.raises(ValueError, match="attention_dropout"):
+        GPTConfig(attention_dropout=1.0)
+
+
 def test_rejects_sequences_longer_than_context():
     model = GPT(preset("tiny"))
     with pytest.raises(ValueError, match="context_length"):

@@ -1,0 +1,234 @@
+"""Monitoring: the loss-curve plot of real runs, TextSampler and train/eval modes, the console script."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import lightning as L
+import pytest
+from conftest import ROOT, run_cli, tiny_fit_args
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from lightning_gpt.callbacks import TextSampler
+from lightning_gpt.data import CharDataModule
+from lightning_gpt.module import GPTModule
+
+PLOT = ROOT / "benchmarks" / "plot_loss_curve.py"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TINY = {"d_model": 32, "num_heads": 2, "num_blocks": 2, "context_length": 32, "dropout": 0.0}
+VOCAB = "\n !,.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def run_plot(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run ``benchmarks/plot_loss_curve.py ARGS`` in a subprocess (text output)."""
+    return subprocess.run(
+        [sys.executable, str(PLOT), *args],
+        cwd=cwd,
+        env=dict(os.environ, PYTHONWARNINGS="ignore"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def table_rows(stdout: str) -> list[tuple[int, float, str]]:
+    """The (step, wall seconds, val_loss as printed) rows of the script's table."""
+    rows = []
+    for line in stdout.splitlines():
+        fields = line.split()
+        if len(fields) == 3 and fields[0].isdigit():
+            rows.append((int(fields[0]), float(fields[1]), fields[2]))
+    return rows
+
+
+def test_plot_loss_curve_reads_a_real_run(tmp_path, small_corpus):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    fit = run_cli(*tiny_fit_args(small_corpus, steps=6, val_every=3), cwd=tmp_path)
+    assert fit.returncode == 0, fit.stderr
+    run_dir = tmp_path / "lightning_logs" / "version_0"
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    logged = [(event.step, f"{event.value:.4f}") for event in events.Scalars("val_loss")]
+    assert len(logged) == 2  # validations after steps 3 and 6
+
+    for x in ("step", "wall"):
+        out = tmp_path / "plots" / f"loss_{x}.png"
+        args = ["--run", f"tiny run={run_dir}", "--not-measured", "GPU seed recipe", "--x", x]
+        result = run_plot(*args, "--out", str(out), cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        image = out.read_bytes()
+        assert image.startswith(PNG_SIGNATURE)
+        assert len(image) > 10_000
+        rows = table_rows(result.stdout)
+        assert [(step, value) for step, _, value in rows] == logged
+        walls = [wall for _, wall, _ in rows]
+        assert 0 <= walls[0] <= walls[1]
+        assert f"tiny run ({run_dir})" in result.stdout
+        assert "GPU seed recipe: not measured" in result.stdout
+
+
+def _event_file_without_val_loss(folder: Path) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(folder))
+    writer.add_scalar("train_loss", 4.0, 0)
+    writer.close()
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda folder: folder.mkdir(), "no TensorBoard event file"),
+        (lambda folder: None, "does not exist"),
+        (_event_file_without_val_loss, "no val_loss scalar"),
+    ],
+    ids=["empty folder", "missing folder", "no val_loss"],
+)
+def test_plot_loss_curve_fails_in_one_line(tmp_path, make: Callable[[Path], None], message: str):
+    run_dir = tmp_path / "run"
+    make(run_dir)
+    out = tmp_path / "loss.png"
+    result = run_plot("--run", f"broken={run_dir}", "--out", str(out), cwd=tmp_path)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert not out.exists()
+
+
+def modes(module: GPTModule) -> dict[str, bool]:
+    """The ``training`` flag of the module and of every submodule, by name."""
+    return {name: submodule.training for name, submodule in module.named_modules()}
+
+
+def _block_eval(module: GPTModule) -> None:
+    module.train()
+    module.model.blocks[0].eval()  # a frozen block, as when fine-tuning
+
+
+def _block_train(module: GPTModule) -> None:
+    module.eval()
+    module.model.blocks[-1].train()
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_text_sampler_keeps_a_uniform_mode(training: bool):
+    module = GPTModule(**TINY, vocab=VOCAB).train(training)
+    before = modes(module)
+    text = TextSampler(prompt="ROMEO:", max_new_tokens=12, seed=0).sample(module)
+    assert text.startswith("ROMEO:") and len(text) == len("ROMEO:") + 12
+    assert modes(module) == before
+
+
+@pytest.mark.parametrize(
+    "mix", [_block_eval, _block_train], ids=["train, block 0 eval", "eval, last block train"]
+)
+def test_text_sampler_keeps_mixed_modes(mix: Callable[[GPTModule], None]):
+    module = GPTModule(**TINY, vocab=VOCAB)
+    mix(module)
+    before = modes(module)
+    assert len(set(before.values())) == 2  # really mixed
+    TextSampler(prompt="ROMEO:", max_new_tokens=12, seed=0).sample(module)
+    changed = sorted(name for name, training in modes(module).items() if training != before[name])
+    assert changed == []
+
+
+class ModeRecorder(L.Callback):
+    """Records every submodule's mode in on_validation_end and on_fit_end; with ``freeze`` it also
+    puts block 0 in eval mode when training starts, so the modes are mixed."""
+
+    def __init__(self, freeze: bool = False):
+        self.freeze = freeze
+        self.records: dict[str, list[dict[str, bool]]] = {"validation_end": [], "fit_end": []}
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.freeze:
+            pl_module.model.blocks[0].eval()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self.records["validation_end"].append(modes(pl_module))
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self.records["fit_end"].append(modes(pl_module))
+
+
+class CountingSampler(TextSampler):
+    """TextSampler that keeps its samples, to show it really sampled."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.samples: list[str] = []
+
+    def sample(self, pl_module) -> str:
+        text = super().sample(pl_module)
+        self.samples.append(text)
+        return text
+
+
+@pytest.fixture(scope="module")
+def recorded_fit(tmp_path_factory, shakespeare: str) -> tuple[ModeRecorder, CountingSampler, ModeRecorder]:
+    """A real 4-step fit, validating every 2 steps, with the sampler between two mode recorders."""
+    root = tmp_path_factory.mktemp("sampler_fit")
+    corpus = root / "corpus.txt"
+    corpus.write_text(shakespeare[:20_000], encoding="utf-8")
+    before, after = ModeRecorder(freeze=True), ModeRecorder()
+    sampler = CountingSampler(prompt="ROMEO:", max_new_tokens=12, print_at_end=True)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        precision="32-true",
+        max_steps=4,
+        val_check_interval=2,
+        check_val_every_n_epoch=None,
+        limit_val_batches=1,
+        log_every_n_steps=1,
+        logger=TensorBoardLogger(str(root), name="logs"),
+        callbacks=[before, sampler, after],  # hooks run in this order
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(root),
+    )
+    data = CharDataModule(path=str(corpus), batch_size=8, context_length=32, cache_dir=str(root / "cache"))
+    trainer.fit(GPTModule(**TINY, warmup_steps=2), datamodule=data)
+    return before, sampler, after
+
+
+def test_text_sampler_in_a_real_fit_keeps_modes_at_validation_end(recorded_fit):
+    before, sampler, after = recorded_fit
+    assert len(sampler.samples) == 3  # two validations, then the end of fit
+    assert len(before.records["validation_end"]) == 2
+    assert after.records["validation_end"] == before.records["validation_end"]
+    at_fit_end = before.records["fit_end"][0]
+    assert at_fit_end["model"] and not at_fit_end["model.blocks.0"]  # mixed modes reach on_fit_end
+
+
+def test_text_sampler_in_a_real_fit_keeps_modes_at_fit_end(recorded_fit):
+    before, _, after = recorded_fit
+    assert after.records["fit_end"] == before.records["fit_end"]
+
+
+def test_console_script_help(tmp_path):
+    beside_python = str(Path(sys.executable).parent)
+    search_path = os.pathsep.join([beside_python, os.environ.get("PATH", "")])
+    script = shutil.which("lightning-gpt", path=search_path)
+    assert script, f"no lightning-gpt command in {beside_python} or on PATH: run pip install -e ."
+    result = subprocess.run(
+        [script, "--help"],
+        cwd=tmp_path,
+        env=dict(os.environ, PYTHONWARNINGS="ignore"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    usage = result.stdout.splitlines()[0]
+    assert usage.startswith("usage: lightning-gpt")
+    assert all(subcommand in usage for subcommand in ("fit", "validate", "predict")), usage
