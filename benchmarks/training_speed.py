@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import logging
 import statistics
 import sys
 import tempfile
@@ -174,6 +175,7 @@ def main() -> None:
     parser.add_argument("--corpus", type=Path, default=ROOT / "data" / "tinyshakespeare.txt")
     parser.add_argument("--only", nargs="*", help="run only these contenders (plain-fp32 always runs)")
     args = parser.parse_args()
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no per-run banners
     if not args.corpus.is_file():
         sys.exit(f"error: corpus {args.corpus} not found; run `python cli.py fit` once or pass --corpus")
     p = PRESETS[args.preset]

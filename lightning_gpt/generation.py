@@ -65,7 +65,7 @@ def sample_next(
     return torch.multinomial(probs, num_samples=1, generator=generator)  # [B, 1]
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate_tokens(
     model: GPT,
     idx: torch.Tensor,
