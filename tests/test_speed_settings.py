@@ -1,0 +1,68 @@
+"""Settings that make training and decoding fast: precision choice, two-core decoding, the
+progress bar's refresh rate and torch.compile (checkpoints must stay plain)."""
+
+import torch
+from conftest import run_cli, tiny_fit_args
+from torch import nn
+
+from lightning_gpt import precision
+from lightning_gpt.cli import PROGRESS_REFRESH_STEPS, GPTLightningCLI
+from lightning_gpt.data import CharDataModule
+from lightning_gpt.model import project
+from lightning_gpt.module import GPTModule
+
+
+def test_automatic_precision(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    assert precision.auto_precision("auto") == "bf16-mixed"
+    assert precision.auto_precision("cpu") == "bf16-mixed"
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    assert precision.auto_precision("auto") == "32-true"  # emulated bf16 would be slower
+    assert precision.auto_precision("gpu") == "32-true"  # no CUDA, no MPS: Lightning picks the CPU
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert precision.auto_precision("gpu") == "32-true"  # "gpu" is MPS on a Mac: fp32 there
+    assert precision.auto_precision("mps") == "32-true"
+
+
+def test_project_splits_one_row_over_two_halves_with_the_same_result():
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for layer in (nn.Linear(16, 24), nn.Linear(16, 24, bias=False), nn.Linear(16, 7)):
+            x = torch.randn(1, 1, 16)
+            with torch.inference_mode():
+                assert torch.allclose(project(layer, x), layer(x), atol=1e-6)
+                assert project(layer, x).shape == (1, 1, layer.out_features)
+                rows = torch.randn(3, 5, 16)  # several rows: the plain Linear
+                assert torch.equal(project(layer, rows), layer(rows))
+        layer = nn.Linear(16, 24)
+        project(layer, torch.randn(1, 16)).sum().backward()  # with autograd: the plain Linear
+        assert layer.weight.grad is not None
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_progress_bar_redraws_every_few_steps(tmp_path, small_corpus):
+    cli = GPTLightningCLI(
+        GPTModule,
+        CharDataModule,
+        run=False,
+        args=[f"--data.path={small_corpus}", f"--trainer.default_root_dir={tmp_path}"],
+    )
+    assert cli.trainer.progress_bar_callback.refresh_rate == PROGRESS_REFRESH_STEPS == 10
+    # (--trainer.enable_progress_bar=false still works: every tiny fit in the tests uses it)
+
+
+def test_compiled_training_keeps_plain_checkpoints(tmp_path, small_corpus):
+    result = run_cli(*tiny_fit_args(small_corpus, steps=4, val_every=2), "--model.compile=true", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["hyper_parameters"]["compile"] is True
+    keys = list(checkpoint["state_dict"])
+    assert "model.token_embedding.weight" in keys
+    assert not [key for key in keys if "_orig_mod" in key]
+    model = GPTModule.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert model.generate_text("ROMEO:", 10, temperature=0).startswith("ROMEO:")
