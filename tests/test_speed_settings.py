@@ -45,7 +45,8 @@ def test_project_splits_one_row_over_two_halves_with_the_same_result():
         torch.set_num_threads(threads)
 
 
-def test_progress_bar_redraws_every_few_steps(tmp_path, small_corpus):
+def test_progress_bar_redraws_every_few_steps(tmp_path, small_corpus, monkeypatch):
+    monkeypatch.undo()  # the CLI reads CharDataModule's real signature (nothing is built here)
     cli = GPTLightningCLI(
         GPTModule,
         CharDataModule,
