@@ -15,21 +15,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine import describe  # noqa: E402
+from plot_loss_curve import load_run  # noqa: E402
 
 PRECISIONS = ("32-true", "bf16-mixed")
-
-
-def val_losses(log_dir: Path) -> dict[int, float]:
-    """step -> val_loss from the TensorBoard event file(s) under ``log_dir``."""
-    accumulator = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
-    accumulator.Reload()
-    return {event.step: event.value for event in accumulator.Scalars("val_loss")}
 
 
 def fit(config: Path, precision: str, extra: list[str]) -> tuple[dict[int, float], float]:
@@ -50,7 +42,8 @@ def fit(config: Path, precision: str, extra: list[str]) -> tuple[dict[int, float
         start = time.perf_counter()
         subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         seconds = time.perf_counter() - start
-        return val_losses(next(Path(tmp).glob("lightning_logs/version_*"))), seconds
+        run = load_run(precision, next(Path(tmp).glob("lightning_logs/version_*")))
+        return {point.step: point.value for point in run.val}, seconds
 
 
 def main() -> None:

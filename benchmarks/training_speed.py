@@ -34,12 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lightning as L  # noqa: E402
 from machine import describe  # noqa: E402
 
-from lightning_gpt.cli import TRAINER_DEFAULTS, GPTLightningCLI  # noqa: E402
+from lightning_gpt.cli import make_cli  # noqa: E402
 from lightning_gpt.config import GPTConfig  # noqa: E402
 from lightning_gpt.corpus import build_token_cache, read_corpus  # noqa: E402
-from lightning_gpt.data import CharDataModule, RandomWindows  # noqa: E402
+from lightning_gpt.data import RandomWindows  # noqa: E402
 from lightning_gpt.model import GPT  # noqa: E402
-from lightning_gpt.module import GPTModule, warmup_cosine  # noqa: E402
+from lightning_gpt.module import warmup_cosine  # noqa: E402
 from lightning_gpt.tokenizer import CharTokenizer  # noqa: E402
 
 # Shapes and optimisation settings of the two recipes (configs/shakespeare_char*.yaml).
@@ -130,17 +130,9 @@ def trainer_fit(corpus: Path, p: dict, steps: int, extra: list[str]) -> list[flo
             "--sample.print_at_end=false",
             *extra,
         ]
-        defaults = {**TRAINER_DEFAULTS, "callbacks": [*TRAINER_DEFAULTS["callbacks"], timer]}
         # The progress bar (stdout) and warnings (stderr) still run, unseen.
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            GPTLightningCLI(
-                GPTModule,
-                CharDataModule,
-                trainer_defaults=defaults,
-                seed_everything_default=1337,
-                save_config_kwargs={"overwrite": True},
-                args=args,
-            )
+            make_cli(args, callbacks=[timer])
     return timer.ends
 
 

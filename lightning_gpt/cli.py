@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
@@ -31,7 +32,6 @@ TRAINER_DEFAULTS = {
     "check_val_every_n_epoch": None,
     "gradient_clip_val": 1.0,
     "log_every_n_steps": 50,
-    "callbacks": [TrainingSpeed()],
 }
 
 PROGRESS_REFRESH_STEPS = 10  # progress bar redraws (a host sync on GPUs) every this many steps
@@ -175,19 +175,29 @@ class GPTLightningCLI(LightningCLI):
             )
 
 
+def make_cli(
+    args: list[str] | None = None, callbacks: Sequence[L.Callback] = (), **kwargs
+) -> GPTLightningCLI:
+    """What ``python cli.py ARGS`` runs: the CLI with this project's defaults (fresh callbacks each
+    time, plus ``callbacks``); ``kwargs`` go to LightningCLI, e.g. ``run=False``."""
+    defaults = {**TRAINER_DEFAULTS, "callbacks": [TrainingSpeed(), *callbacks]}
+    return GPTLightningCLI(
+        GPTModule,
+        CharDataModule,
+        trainer_defaults=defaults,
+        seed_everything_default=1337,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        **kwargs,
+    )
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``python cli.py`` and the ``lightning-gpt`` command."""
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     warnings.filterwarnings("ignore", message=r".*infer the batch indices.*")
     try:
-        GPTLightningCLI(
-            GPTModule,
-            CharDataModule,
-            trainer_defaults=TRAINER_DEFAULTS,
-            seed_everything_default=1337,
-            save_config_kwargs={"overwrite": True},
-            args=args,
-        )
+        make_cli(args)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

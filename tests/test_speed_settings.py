@@ -6,8 +6,7 @@ from conftest import run_cli, tiny_fit_args
 from torch import nn
 
 from lightning_gpt import precision
-from lightning_gpt.cli import PROGRESS_REFRESH_STEPS, GPTLightningCLI
-from lightning_gpt.data import CharDataModule
+from lightning_gpt.cli import PROGRESS_REFRESH_STEPS, make_cli
 from lightning_gpt.model import project
 from lightning_gpt.module import GPTModule
 
@@ -47,12 +46,7 @@ def test_project_splits_one_row_over_two_halves_with_the_same_result():
 
 def test_progress_bar_redraws_every_few_steps(tmp_path, small_corpus, monkeypatch):
     monkeypatch.undo()  # the CLI reads CharDataModule's real signature (nothing is built here)
-    cli = GPTLightningCLI(
-        GPTModule,
-        CharDataModule,
-        run=False,
-        args=[f"--data.path={small_corpus}", f"--trainer.default_root_dir={tmp_path}"],
-    )
+    cli = make_cli([f"--data.path={small_corpus}", f"--trainer.default_root_dir={tmp_path}"], run=False)
     assert cli.trainer.progress_bar_callback.refresh_rate == PROGRESS_REFRESH_STEPS == 10
     # (--trainer.enable_progress_bar=false still works: every tiny fit in the tests uses it)
 
