@@ -91,8 +91,9 @@ def generate_tokens(
     start = max(0, tokens.shape[1] - context)  # first position of the model's window
     cache = model.new_cache() if use_cache else None
     logits, _ = model(tokens[:, start:].to(device), cache=cache)  # prefill: [B, L - start, V]
+    logits = logits[:, -1]  # the last position's: [B, V]
     for step in range(max_new_tokens):
-        new = sample_next(logits[:, -1], temperature, top_k, top_p, generator)  # [B, 1]
+        new = sample_next(logits, temperature, top_k, top_p, generator)  # [B, 1]
         yield new
         if step == max_new_tokens - 1:
             break
@@ -100,11 +101,11 @@ def generate_tokens(
         if tokens.shape[1] - start > context:  # the window is full: restart it
             start = tokens.shape[1] - keep
             cache = model.new_cache() if use_cache else None
-            logits, _ = model(tokens[:, start:].to(device), cache=cache)  # [B, keep, V]
+            logits = model(tokens[:, start:].to(device), cache=cache)[0][:, -1]  # [B, V]
         elif use_cache:
-            logits, _ = model(new.to(device), cache=cache)  # one position: [B, 1, V]
+            logits = model.step(new[:, 0].to(device), cache)  # one position: [B, V]
         else:
-            logits, _ = model(tokens[:, start:].to(device))  # the whole window again
+            logits = model(tokens[:, start:].to(device))[0][:, -1]  # the whole window again: [B, V]
 
 
 @dataclass

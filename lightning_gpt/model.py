@@ -18,53 +18,57 @@ from lightning_gpt.config import GPTConfig
 class KVCache:
     """Keys and values of the positions seen so far, for every block.
 
-    ``keys[i]`` / ``values[i]`` hold block i's tensors, [B, H, context_length, hs]; the first
-    ``length`` positions are filled. Positions are absolute, so a full cache cannot slide:
+    ``kv[i]`` holds block i's keys and values together, [2, B, H, context_length, hs]; the first
+    ``length`` positions are filled: by ``GPT.forward`` (a prompt, into an empty cache), then by
+    ``GPT.step`` (one position per call). Positions are absolute, so a full cache cannot slide:
     the caller starts a new cache (see ``lightning_gpt.generation``).
     """
 
     def __init__(self, config: GPTConfig):
         self.capacity = config.context_length
-        self.keys: list[torch.Tensor | None] = [None] * config.num_blocks
-        self.values: list[torch.Tensor | None] = [None] * config.num_blocks
+        self.kv: list[torch.Tensor | None] = [None] * config.num_blocks
         self.length = 0
+        self.weight_halves: dict[nn.Linear, tuple[torch.Tensor, torch.Tensor | None] | None] = {}
 
-    def append(self, block: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v [B, H, T, hs] after the filled part; return all keys and values so far."""
-        if self.keys[block] is None:  # allocated on first use, in the dtype autocast produces
-            B, H, _, hs = k.shape
-            self.keys[block] = k.new_zeros(B, H, self.capacity, hs)
-            self.values[block] = v.new_zeros(B, H, self.capacity, hs)
-        keys, values = self.keys[block], self.values[block]
-        end = self.length + k.shape[2]
-        keys[:, :, self.length : end] = k
-        values[:, :, self.length : end] = v
-        return keys[:, :, :end], values[:, :, :end]  # [B, H, length+T, hs]
+    def append(self, block: int, kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store kv [2, B, H, T, hs] after the filled part; return all keys and values so far."""
+        if self.kv[block] is None:  # allocated on first use, in the dtype autocast produces
+            _, B, H, _, hs = kv.shape
+            self.kv[block] = kv.new_zeros(2, B, H, self.capacity, hs)
+        stored = self.kv[block]
+        stored.narrow(3, self.length, kv.shape[3]).copy_(kv)  # positions length .. length+T-1
+        keys, values = stored.narrow(3, 0, self.length + kv.shape[3]).unbind(0)
+        return keys, values  # 2 x [B, H, length+T, hs]
+
+    def halves(self, layer: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """``layer``'s weight as two halves [2, in, out/2] (and bias [2, 1, out/2]) for ``project``;
+        None where that route does not pay. Views, made once per cache, not copies."""
+        if layer not in self.weight_halves:
+            out_features, in_features = layer.weight.shape
+            if out_features % 2 or layer.weight.device.type != "cpu" or torch.get_num_threads() < 2:
+                self.weight_halves[layer] = None
+            else:
+                weight = layer.weight.view(2, out_features // 2, in_features).transpose(1, 2)
+                bias = None if layer.bias is None else layer.bias.view(2, 1, out_features // 2)
+                self.weight_halves[layer] = (weight, bias)
+        return self.weight_halves[layer]
 
 
-def project(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """``layer(x)``: [..., in] -> [..., out]. Batch-1 decoding on a multi-core CPU takes another route.
+def project(layer: nn.Linear, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    """``layer(x)`` for one position of a decoding step: [B, in] -> [B, out].
 
     Decoding one token is bound by reading the weights, and PyTorch computes a one-row ``addmm``
-    on a single core. Viewing the weight as two halves [2, out/2, in] and using one batched matmul
-    spreads them over two cores (a decoding step 1.3x faster on 2 cores; same numbers).
+    on a single core. With batch 1 on a multi-core CPU, the weight is viewed as two halves
+    [2, out/2, in] and one batched matmul spreads them over two cores (same numbers, a decoding
+    step 1.3x faster on 2 cores).
     """
-    out_features, in_features = layer.weight.shape
-    if (
-        x.numel() != in_features  # more than one row: training, prefill, batches
-        or out_features % 2
-        or x.device.type != "cpu"
-        or torch.is_grad_enabled()
-        or torch.get_num_threads() < 2
-    ):
+    halves = cache.halves(layer) if x.shape[0] == 1 else None
+    if halves is None:  # a batch of rows, a GPU, one thread, an odd width
         return layer(x)
-    halves = layer.weight.view(2, out_features // 2, in_features).transpose(1, 2)  # [2, in, out/2]
-    rows = x.reshape(1, 1, in_features).expand(2, 1, in_features)  # [2, 1, in]
-    if layer.bias is None:
-        y = torch.bmm(rows, halves)
-    else:
-        y = torch.baddbmm(layer.bias.view(2, 1, out_features // 2), rows, halves)  # [2, 1, out/2]
-    return y.reshape(x.shape[:-1] + (out_features,))
+    weight, bias = halves  # [2, in, out/2], [2, 1, out/2]
+    rows = x.view(1, 1, -1).expand(2, 1, -1)  # the one row, once per half: [2, 1, in]
+    y = torch.bmm(rows, weight) if bias is None else torch.baddbmm(bias, rows, weight)  # [2, 1, out/2]
+    return y.view(1, -1)  # [1, out]
 
 
 class CausalSelfAttention(nn.Module):
@@ -93,20 +97,28 @@ class CausalSelfAttention(nn.Module):
         return y.to(q.dtype)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, block: int = 0) -> torch.Tensor:
+        """[B, T, C] -> [B, T, C]; with an empty cache, also stores the keys and values (prefill)."""
         B, T, C = x.shape  # [B, T, C]
-        q, k, v = project(self.qkv, x).split(C, dim=2)  # 3 x [B, T, C]
-        # Split C into H heads of hs and move heads next to batch: [B, T, C] -> [B, H, T, hs]
-        q = q.view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2)
-        k = k.view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2)
-        v = v.view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2)
+        qkv = self.qkv(x)  # [B, T, 3C]
+        # Split 3C into q, k, v of H heads of hs each and move heads next to batch:
+        # [B, T, 3C] -> [B, T, 3, H, hs] -> [3, B, H, T, hs]
+        qkv = qkv.view(B, T, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # 3 x [B, H, T, hs]
         if cache is not None:
-            if cache.length and T > 1:
-                raise ValueError("a cache that holds positions accepts one new position per call")
-            k, v = cache.append(block, k, v)  # [B, H, cached+T, hs]
+            cache.append(block, qkv[1:])  # keys and values of positions 0 .. T-1
         # softmax(q k^T / sqrt(hs)) v over earlier positions only: [B, H, T, hs]
-        y = self.attend(q, k, v, is_causal=T > 1)  # one new query (T == 1) sees every cached position
+        y = self.attend(q, k, v, is_causal=True)
         y = y.transpose(1, 2).reshape(B, T, C)  # concatenate heads: [B, T, H * hs] = [B, T, C]
-        return self.proj_dropout(project(self.proj, y))  # output projection: [B, T, C]
+        return self.proj_dropout(self.proj(y))  # output projection: [B, T, C]
+
+    def step(self, x: torch.Tensor, cache: KVCache, block: int) -> torch.Tensor:
+        """``forward`` for the one new position after the cached ones: [B, C] -> [B, C]."""
+        B, C = x.shape  # [B, C]
+        # [B, 3C] -> [B, 3, H, 1, hs]: q, k, v of H heads, for a sequence of one position
+        qkv = project(self.qkv, x, cache).view(B, 3, self.num_heads, 1, C // self.num_heads)
+        k, v = cache.append(block, qkv[:, 1:].transpose(0, 1))  # 2 x [B, H, cached+1, hs]
+        y = self.attend(qkv[:, 0], k, v, is_causal=False)  # the new query sees every position: [B, H, 1, hs]
+        return project(self.proj, y.reshape(B, C), cache)  # concatenate heads, project: [B, C]
 
 
 class FeedForward(nn.Module):
@@ -120,7 +132,11 @@ class FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # [B, T, C] -> [B, T, 4C] -> [B, T, C]
-        return self.dropout(project(self.down, F.relu(project(self.up, x))))
+        return self.dropout(self.down(F.relu(self.up(x))))
+
+    def step(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """``forward`` for one position: [B, C] -> [B, 4C] -> [B, C]."""
+        return project(self.down, F.relu(project(self.up, x, cache)), cache)
 
 
 class Block(nn.Module):
@@ -137,6 +153,11 @@ class Block(nn.Module):
         x = x + self.attn(self.ln1(x), cache, block)  # [B, T, C]
         x = x + self.ffn(self.ln2(x))  # [B, T, C]
         return x
+
+    def step(self, x: torch.Tensor, cache: KVCache, block: int) -> torch.Tensor:
+        """``forward`` for one position after the cached ones: [B, C] -> [B, C]."""
+        x = x + self.attn.step(self.ln1(x), cache, block)
+        return x + self.ffn.step(self.ln2(x), cache)
 
 
 def sinusoidal_table(length: int, dim: int) -> torch.Tensor:
@@ -196,20 +217,23 @@ class GPT(nn.Module):
         targets: torch.Tensor | None = None,
         cache: KVCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """idx [B, T] token ids -> logits [B, T, V], and the mean cross-entropy if targets [B, T]."""
+        """idx [B, T] token ids -> logits [B, T, V], and the mean cross-entropy if targets [B, T].
+
+        With an empty ``cache``, the keys and values of these T positions are stored in it (prefill);
+        ``step`` then continues one position at a time.
+        """
         B, T = idx.shape
-        start = cache.length if cache is not None else 0
-        if start + T > self.config.context_length:
-            raise ValueError(
-                f"sequence of {start + T} tokens exceeds context_length {self.config.context_length}"
-            )
+        if T > self.config.context_length:
+            raise ValueError(f"sequence of {T} tokens exceeds context_length {self.config.context_length}")
+        if cache is not None and cache.length:
+            raise ValueError("forward fills an empty cache; continue with step(), one position per call")
         x = self.token_embedding(idx)  # [B, T, C]
-        x = x + self.positions(start, T)  # + [T, C], broadcast over B: [B, T, C]
+        x = x + self.positions(0, T)  # + [T, C], broadcast over B: [B, T, C]
         x = self.dropout(x)
         for i, block in enumerate(self.blocks):
             x = block(x, cache, i)  # [B, T, C]
         if cache is not None:
-            cache.length += T
+            cache.length = T
         x = self.ln_final(x)  # [B, T, C]
         logits = self.head(x)  # [B, T, V]
         if targets is None:
@@ -217,6 +241,23 @@ class GPT(nn.Module):
         # [B*T, V] against [B*T]
         loss = F.cross_entropy(logits.view(B * T, -1).float(), targets.reshape(B * T))
         return logits, loss
+
+    def step(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """One decoding step: idx [B] (the newest token of each row) -> next-token logits [B, V].
+
+        The same computation as ``forward`` for the position after the ``cache.length`` cached ones,
+        in eval mode (no dropout), with fewer tensor operations: a step of a 4.8M-parameter model is
+        a few milliseconds, so per-operation overhead counts.
+        """
+        if self.training:
+            raise RuntimeError("step() decodes without dropout: call model.eval() first")
+        if cache.length >= self.config.context_length:
+            raise ValueError(f"the cache is full ({cache.length} positions): start a new one")
+        x = self.token_embedding(idx) + self.positions(cache.length, 1)  # [B, C] + [1, C]: [B, C]
+        for i, block in enumerate(self.blocks):
+            x = block.step(x, cache, i)  # [B, C]
+        cache.length += 1
+        return self.head(self.ln_final(x))  # [B, V]
 
     def new_cache(self) -> KVCache:
         """An empty KV cache for this model."""

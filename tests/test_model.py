@@ -88,6 +88,37 @@ def test_attention_dropout_is_separate_from_dropout():
         GPTConfig(attention_dropout=1.0)
 
 
+@pytest.mark.parametrize("positional", ["learned", "sinusoidal"])
+@pytest.mark.parametrize("batch", [1, 3])  # batch 1 takes project()'s two-halves route on CPUs
+def test_step_gives_the_logits_of_a_full_forward_at_every_position(positional, batch):
+    torch.manual_seed(0)
+    model = GPT(preset("tiny", positional=positional)).eval()
+    idx = torch.randint(0, 65, (batch, 32))
+    full, _ = model(idx)  # [B, 32, V]
+    cache = model.new_cache()
+    with torch.inference_mode():
+        prefill, _ = model(idx[:, :5], cache=cache)
+        torch.testing.assert_close(prefill, full[:, :5], atol=1e-5, rtol=1e-5)
+        for t in range(5, 32):
+            logits = model.step(idx[:, t], cache)  # [B, V]
+            assert cache.length == t + 1
+            torch.testing.assert_close(logits, full[:, t], atol=1e-5, rtol=1e-5)
+        with pytest.raises(ValueError, match="cache is full"):
+            model.step(idx[:, 0], cache)
+
+
+def test_step_and_cache_misuse_is_refused():
+    model = GPT(preset("tiny"))
+    idx = torch.randint(0, 65, (1, 4))
+    cache = model.new_cache()
+    with pytest.raises(RuntimeError, match="eval"):
+        model.step(idx[:, 0], cache)  # training mode: step has no dropout
+    model.eval()
+    model(idx, cache=cache)
+    with pytest.raises(ValueError, match="empty cache"):
+        model(idx, cache=cache)  # a filled cache continues with step()
+
+
 def test_rejects_sequences_longer_than_context():
     model = GPT(preset("tiny"))
     with pytest.raises(ValueError, match="context_length"):

@@ -7,7 +7,8 @@ from torch import nn
 
 from lightning_gpt import precision
 from lightning_gpt.cli import PROGRESS_REFRESH_STEPS, make_cli
-from lightning_gpt.model import project
+from lightning_gpt.config import preset
+from lightning_gpt.model import KVCache, project
 from lightning_gpt.module import GPTModule
 
 
@@ -30,16 +31,18 @@ def test_project_splits_one_row_over_two_halves_with_the_same_result():
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
+        cache = KVCache(preset("tiny"))
         for layer in (nn.Linear(16, 24), nn.Linear(16, 24, bias=False), nn.Linear(16, 7)):
-            x = torch.randn(1, 1, 16)
+            x = torch.randn(1, 16)
             with torch.inference_mode():
-                assert torch.allclose(project(layer, x), layer(x), atol=1e-6)
-                assert project(layer, x).shape == (1, 1, layer.out_features)
-                rows = torch.randn(3, 5, 16)  # several rows: the plain Linear
-                assert torch.equal(project(layer, rows), layer(rows))
-        layer = nn.Linear(16, 24)
-        project(layer, torch.randn(1, 16)).sum().backward()  # with autograd: the plain Linear
-        assert layer.weight.grad is not None
+                assert torch.allclose(project(layer, x, cache), layer(x), atol=1e-6)
+                assert project(layer, x, cache).shape == (1, layer.out_features)
+                rows = torch.randn(3, 16)  # a batch of rows: the plain Linear
+                assert torch.equal(project(layer, rows, cache), layer(rows))
+            assert (cache.halves(layer) is None) == (layer.out_features % 2 == 1)
+        torch.set_num_threads(1)
+        one_thread = nn.Linear(16, 24)
+        assert KVCache(preset("tiny")).halves(one_thread) is None  # nothing to spread over
     finally:
         torch.set_num_threads(threads)
 
