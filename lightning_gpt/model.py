@@ -224,7 +224,7 @@ class GPT(nn.Module):
         """
         B, T = idx.shape
         context = self.config.context_length
-        if T > context:  # noqa: SIM300 (reads as the rule it checks)
+        if context < T:
             raise ValueError(f"sequence of {T} tokens exceeds context_length {context}")
         if cache is not None and cache.length:
             raise ValueError("forward fills an empty cache; continue with step(), one position per call")
