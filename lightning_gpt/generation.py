@@ -100,7 +100,8 @@ def generate_tokens(
         tokens = torch.cat((tokens, new), dim=1)  # [B, L + 1]
         if tokens.shape[1] - start > context:  # the window is full: restart it
             start = tokens.shape[1] - keep
-            cache = model.new_cache() if use_cache else None
+            if use_cache:
+                cache.clear()  # refilled by the prefill below
             logits = model(tokens[:, start:].to(device), cache=cache)[0][:, -1]  # [B, V]
         elif use_cache:
             logits = model.step(new[:, 0].to(device), cache)  # one position: [B, V]

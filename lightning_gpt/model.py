@@ -21,7 +21,7 @@ class KVCache:
     ``kv[i]`` holds block i's keys and values together, [2, B, H, context_length, hs]; the first
     ``length`` positions are filled: by ``GPT.forward`` (a prompt, into an empty cache), then by
     ``GPT.step`` (one position per call). Positions are absolute, so a full cache cannot slide:
-    the caller starts a new cache (see ``lightning_gpt.generation``).
+    the caller ``clear``s it and fills it again (see ``lightning_gpt.generation``).
     """
 
     def __init__(self, config: GPTConfig):
@@ -29,6 +29,10 @@ class KVCache:
         self.kv: list[torch.Tensor | None] = [None] * config.num_blocks
         self.length = 0
         self.weight_halves: dict[nn.Linear, tuple[torch.Tensor, torch.Tensor | None] | None] = {}
+
+    def clear(self) -> None:
+        """Forget every position, to fill the cache again; its buffers are kept."""
+        self.length = 0
 
     def append(self, block: int, kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store kv [2, B, H, T, hs] after the filled part; return all keys and values so far."""
