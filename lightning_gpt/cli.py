@@ -138,7 +138,10 @@ class GPTLightningCLI(LightningCLI):
     def before_predict(self) -> None:
         """Hand prompts to the DataModule and sampling settings to the model; print the samples."""
         settings = GenerationSettings(**self.config.predict.generate)
-        settings.check()
+        try:
+            settings.check(self.model.hparams.context_length)  # the checkpoint's, now loaded
+        except ValueError as error:
+            raise UserError(f"invalid --generate settings: {error}") from None
         self.model.generation = settings
         prompts = list(settings.prompt)
         if settings.prompt_file:
@@ -161,7 +164,12 @@ class GPTLightningCLI(LightningCLI):
             checkpoint = torch.load(self.config.predict.ckpt_path, map_location="cpu", weights_only=True)
             self.model.load_state_dict(checkpoint["state_dict"])
             self.model.to("cuda" if torch.cuda.is_available() else "cpu")
-            interactive_session(self.model, GenerationSettings(**self.config.predict.generate))
+            settings = GenerationSettings(**self.config.predict.generate)
+            try:
+                settings.check(self.model.hparams.context_length)
+            except ValueError as error:
+                raise UserError(f"invalid --generate settings: {error}") from None
+            interactive_session(self.model, settings)
             return
         super()._run_subcommand(subcommand)
 

@@ -62,7 +62,11 @@ def sample_next(
         return logits.argmax(dim=-1, keepdim=True)
     logits = filter_logits(logits / temperature, top_k, top_p)
     probs = torch.softmax(logits, dim=-1)  # [B, V]
-    return torch.multinomial(probs, num_samples=1, generator=generator)  # [B, 1]
+    # One draw from each row of probs, as torch.multinomial(probs, 1) makes it (the same tokens for
+    # the same generator): the largest of p_i / E_i with E_i ~ Exponential(1) falls on token i with
+    # probability p_i. Without multinomial's argument checks, which cost more than the draw itself.
+    race = torch.empty_like(probs).exponential_(generator=generator)  # [B, V]
+    return (probs / race).argmax(dim=-1, keepdim=True)  # [B, 1]
 
 
 @torch.inference_mode()
@@ -79,11 +83,11 @@ def generate_tokens(
 ) -> Iterator[torch.Tensor]:
     """Yield ``max_new_tokens`` new token ids [B, 1] (on the CPU), one per step, after ``idx`` [B, T0].
 
-    ``keep`` (default 3/4 of the context) is how many recent tokens a restarted window keeps.
+    ``keep`` (default: half the context) is how many recent tokens a restarted window keeps.
     """
     check_sampling(temperature, top_k, top_p, max_new_tokens)
     context = model.config.context_length
-    keep = context * 3 // 4 if keep is None else keep
+    keep = context // 2 if keep is None else keep
     if not 1 <= keep <= context:
         raise ValueError(f"keep must be in [1, {context}], got {keep}")
     device = next(model.parameters()).device
@@ -125,6 +129,9 @@ class GenerationSettings:
         output: also write the samples to this file.
         interactive: read prompts from stdin and stream continuations; EOF (Ctrl-D) ends.
         drop_unknown: drop prompt characters outside the vocabulary instead of failing.
+        keep: past the model's context, the window restarts from this many recent characters
+            (default: half the context); the context length itself re-runs the whole window at
+            every step, exactly the seed's loop, and is several times slower.
     """
 
     prompt: list[str] | str = "\n"
@@ -138,10 +145,16 @@ class GenerationSettings:
     output: str | None = None
     interactive: bool = False
     drop_unknown: bool = False
+    keep: int | None = None
 
-    def check(self) -> None:
-        """Raise ValueError with a one-line reason for impossible settings."""
+    def check(self, context_length: int | None = None) -> None:
+        """Raise ValueError with a one-line reason for impossible settings (``keep`` against the
+        model's ``context_length`` where it is known)."""
         check_sampling(self.temperature, self.top_k, self.top_p, self.max_new_tokens)
+        if self.keep is not None and self.keep < 1:
+            raise ValueError(f"keep must be >= 1, got {self.keep}")
+        if self.keep is not None and context_length is not None and self.keep > context_length:
+            raise ValueError(f"keep must be <= the model's context_length {context_length}, got {self.keep}")
         if isinstance(self.prompt, str):
             self.prompt = [self.prompt]
         if self.num_samples < 1:
@@ -174,6 +187,7 @@ def stream_text(
     top_p: float | None = None,
     seed: int | None = None,
     num_samples: int = 1,
+    keep: int | None = None,
 ) -> Iterator[list[str]]:
     """Yield the next character of each of ``num_samples`` continuations of ``prompt``, step by step.
 
@@ -185,7 +199,9 @@ def stream_text(
     modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
-        for new in generate_tokens(model, ids, max_new_tokens, temperature, top_k, top_p, generator):
+        for new in generate_tokens(
+            model, ids, max_new_tokens, temperature, top_k, top_p, generator, keep=keep
+        ):
             yield [tokenizer.decode(row) for row in new]  # S characters
     finally:
         for module, training in modes:

@@ -45,6 +45,7 @@ def interactive_session(
                 top_k=settings.top_k,
                 top_p=settings.top_p,
                 seed=settings.seed + answered,
+                keep=settings.keep,
             )
             for chars in stream:
                 stdout.write(chars[0])

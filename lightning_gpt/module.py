@@ -178,6 +178,7 @@ class GPTModule(L.LightningModule):
                 top_p=g.top_p,
                 seed=g.seed + batch["index"],
                 num_samples=g.num_samples,
+                keep=g.keep,
             )
         )
         return [batch["prompt"] + "".join(step[s] for step in chars) for s in range(g.num_samples)]

@@ -93,6 +93,15 @@ def test_top_p_keeps_the_smallest_set_reaching_p(top_p, allowed):
     assert len(draws) >= len(allowed) - 1  # the likely members do get drawn
 
 
+def test_sampling_draws_what_torch_multinomial_draws():
+    """sample_next makes multinomial's one draw without its checks: same tokens, same generator."""
+    ours, reference = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    for _ in range(500):
+        logits = torch.randn(3, 65) * 2
+        expected = torch.multinomial(torch.softmax(logits, -1), 1, generator=reference)
+        assert torch.equal(sample_next(logits, 1.0, generator=ours), expected)
+
+
 def test_temperature_zero_is_greedy():
     assert sample_next(crafted_logits(), temperature=0).item() == 1
 

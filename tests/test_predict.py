@@ -3,7 +3,11 @@
 import shutil
 
 import pytest
+import torch
 from conftest import run_cli
+
+from lightning_gpt.generation import sample_next
+from lightning_gpt.module import GPTModule
 
 
 @pytest.fixture
@@ -77,6 +81,9 @@ def test_interactive_mode_with_piped_stdin(bare_dir):
         (["--generate.top_k=0"], "top_k"),
         (["--generate.top_p=1.5"], "top_p"),
         (["--generate.max_new_tokens=0"], "max_new_tokens"),
+        (["--generate.keep=0"], "keep must be >= 1"),
+        (["--generate.keep=33"], "context_length 32"),  # known once the checkpoint is loaded
+        (["--generate.interactive=true", "--generate.keep=33"], "context_length 32"),
     ],
 )
 def test_bad_generation_input(bare_dir, args, message):
@@ -84,6 +91,30 @@ def test_bad_generation_input(bare_dir, args, message):
     assert result.returncode == 2, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and message in last and "Traceback" not in result.stderr
+
+
+def test_keep_the_whole_window_gives_the_seed_loop(bare_dir):
+    """--generate.keep reaches the window restarts: keep = context_length (32 here) samples exactly
+    what the seed's crop-and-recompute loop samples, well past the context, for the same seed."""
+    checkpoint = torch.load(bare_dir / "model.ckpt", weights_only=True)
+    generator = torch.Generator().manual_seed(0)
+    for value in checkpoint["state_dict"].values():  # sharper distributions: the window matters
+        value.normal_(0.0, 0.5, generator=generator)
+    torch.save(checkpoint, bare_dir / "sharp.ckpt")
+    args = ["--generate.prompt=ROMEO:", "--generate.temperature=1", "--generate.max_new_tokens=60"]
+    result = run_cli("predict", "--ckpt_path=sharp.ckpt", *args, "--generate.keep=32", cwd=bare_dir)
+    assert result.returncode == 0, result.stderr
+    module = GPTModule.load_from_checkpoint(bare_dir / "sharp.ckpt", map_location="cpu", weights_only=True)
+    module.eval()
+    prompt = torch.from_numpy(module.tokenizer.encode("ROMEO:")).unsqueeze(0)
+    idx, seed_generator = prompt, torch.Generator().manual_seed(1337)  # --generate.seed default
+    with torch.no_grad():
+        for _ in range(60):
+            logits, _ = module.model(idx[:, -32:])  # the seed: crop, recompute everything
+            idx = torch.cat((idx, sample_next(logits[:, -1], 1.0, generator=seed_generator)), dim=1)
+    assert result.stdout.rstrip("\n") == module.tokenizer.decode(idx[0].numpy())
+    default = run_cli("predict", "--ckpt_path=sharp.ckpt", *args, cwd=bare_dir)  # keep 16
+    assert default.returncode == 0 and default.stdout != result.stdout
 
 
 def test_unknown_characters_can_be_dropped_and_empty_prompt_starts_a_line(bare_dir):
