@@ -1,6 +1,6 @@
 """Batch-1 generation speed of the seed-size model: KV cache vs the seed's recompute loop.
 
-    python benchmarks/generation_speed.py [--new 500] [--repeats 3]
+    python benchmarks/generation_speed.py [--new 500] [--repeats 5]
 
 Random weights (speed does not depend on them). Each repeat runs the cache, the seed loop and the
 cache again; the medians, their ratio and each repeat's own ratio are printed.

@@ -62,7 +62,7 @@ def main() -> None:
     print(f"seed loop (always {context} tokens; mean of the last 16 positions): loss {full:.4f}")
     prompt = torch.from_numpy(module.tokenizer.encode("First Citizen")).unsqueeze(0)
     for keep in (context - 1, context * 7 // 8, context * 3 // 4, context // 2, context // 4):
-        mean = losses[keep:].mean().item()  # predictions made with keep+1 .. context tokens
+        mean = losses[keep - 1 :].mean().item()  # predictions made with keep .. context tokens
         times = []
         for _ in range(3):
             start = time.perf_counter()

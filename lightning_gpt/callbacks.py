@@ -42,6 +42,8 @@ class TextSampler(L.Callback):
         seed: fixed, so samples differ only because the model changed.
         every_n_validations: sample at every n-th validation (0 disables logging).
         print_at_end: print a sample to stdout when fit ends.
+        keep: past the context, how many recent characters a restarted window keeps (default:
+            half the context; see ``lightning_gpt.generation.generate_tokens``).
     """
 
     def __init__(
@@ -52,6 +54,7 @@ class TextSampler(L.Callback):
         seed: int = 1337,
         every_n_validations: int = 1,
         print_at_end: bool = True,
+        keep: int | None = None,
     ):
         self.prompt = prompt
         self.max_new_tokens = max_new_tokens
@@ -59,12 +62,13 @@ class TextSampler(L.Callback):
         self.seed = seed
         self.every_n_validations = every_n_validations
         self.print_at_end = print_at_end
+        self.keep = keep
         self._validations = 0
 
     def sample(self, pl_module) -> str:
         prompt = self.prompt if set(self.prompt) <= set(pl_module.tokenizer.vocab) else "\n"
         return pl_module.generate_text(
-            prompt, self.max_new_tokens, temperature=self.temperature, seed=self.seed
+            prompt, self.max_new_tokens, temperature=self.temperature, seed=self.seed, keep=self.keep
         )
 
     def on_validation_end(self, trainer, pl_module) -> None:

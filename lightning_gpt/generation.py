@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lightning_gpt.errors import UserError
 from lightning_gpt.model import GPT
 from lightning_gpt.tokenizer import CharTokenizer, UnknownCharacterError
 
@@ -96,6 +97,10 @@ def generate_tokens(
     cache = model.new_cache() if use_cache else None
     logits, _ = model(tokens[:, start:].to(device), cache=cache)  # prefill: [B, L - start, V]
     logits = logits[:, -1]  # the last position's: [B, V]
+    if not torch.isfinite(logits).all():  # checked once: sampling would turn NaN into a token
+        raise UserError(
+            "the model's outputs are not finite: its weights are broken (use an earlier checkpoint)"
+        )
     for step in range(max_new_tokens):
         new = sample_next(logits, temperature, top_k, top_p, generator)  # [B, 1]
         yield new

@@ -28,7 +28,7 @@ class KVCache:
         self.capacity = config.context_length
         self.kv: list[torch.Tensor | None] = [None] * config.num_blocks
         self.length = 0
-        self.weight_halves: dict[nn.Linear, tuple[torch.Tensor, torch.Tensor | None] | None] = {}
+        self.weight_halves: dict[nn.Linear, tuple[int, tuple[torch.Tensor, torch.Tensor | None] | None]] = {}
 
     def clear(self) -> None:
         """Forget every position, to fill the cache again; its buffers are kept."""
@@ -36,26 +36,36 @@ class KVCache:
 
     def append(self, block: int, kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store kv [2, B, H, T, hs] after the filled part; return all keys and values so far."""
-        if self.kv[block] is None:  # allocated on first use, in the dtype autocast produces
-            _, B, H, _, hs = kv.shape
-            self.kv[block] = kv.new_zeros(2, B, H, self.capacity, hs)
         stored = self.kv[block]
+        if (
+            self.length == 0
+            and (  # allocated when filling starts, in the dtype autocast produces
+                stored is None
+                or stored.shape[1:3] != kv.shape[1:3]
+                or stored.dtype != kv.dtype
+                or stored.device != kv.device
+            )
+        ):
+            _, B, H, _, hs = kv.shape
+            stored = self.kv[block] = kv.new_zeros(2, B, H, self.capacity, hs)
         stored.narrow(3, self.length, kv.shape[3]).copy_(kv)  # positions length .. length+T-1
         keys, values = stored.narrow(3, 0, self.length + kv.shape[3]).unbind(0)
         return keys, values  # 2 x [B, H, length+T, hs]
 
     def halves(self, layer: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         """``layer``'s weight as two halves [2, in, out/2] (and bias [2, 1, out/2]) for ``project``;
-        None where that route does not pay. Views, made once per cache, not copies."""
-        if layer not in self.weight_halves:
+        None where that route does not pay. Views, not copies: made again if the weight moved
+        (``.to()``, a new tensor), so they always show the layer's current weight."""
+        found = self.weight_halves.get(layer)
+        if found is None or found[0] != layer.weight.data_ptr():
             out_features, in_features = layer.weight.shape
-            if out_features % 2 or layer.weight.device.type != "cpu" or torch.get_num_threads() < 2:
-                self.weight_halves[layer] = None
-            else:
+            halves = None
+            if out_features % 2 == 0 and layer.weight.device.type == "cpu" and torch.get_num_threads() > 1:
                 weight = layer.weight.view(2, out_features // 2, in_features).transpose(1, 2)
                 bias = None if layer.bias is None else layer.bias.view(2, 1, out_features // 2)
-                self.weight_halves[layer] = (weight, bias)
-        return self.weight_halves[layer]
+                halves = (weight, bias)
+            found = self.weight_halves[layer] = (layer.weight.data_ptr(), halves)
+        return found[1]
 
 
 def project(layer: nn.Linear, x: torch.Tensor, cache: KVCache) -> torch.Tensor:

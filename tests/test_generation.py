@@ -5,6 +5,7 @@ import torch
 
 import lightning_gpt.generation as generation
 from lightning_gpt import GPT, preset
+from lightning_gpt.errors import UserError
 from lightning_gpt.generation import filter_logits, generate_tokens, sample_next
 from lightning_gpt.module import GPTModule
 
@@ -121,6 +122,13 @@ def test_invalid_sampling_settings(model, kwargs, message):
     steps = settings.pop("max_new_tokens")
     with pytest.raises(ValueError, match=message):
         run(model, torch.zeros(1, 1, dtype=torch.long), steps, **settings)
+
+
+def test_broken_weights_are_refused_not_sampled(model):
+    with torch.no_grad():
+        model.blocks[0].ffn.up.weight[0, 0] = float("nan")
+    with pytest.raises(UserError, match="not finite"):
+        run(model, torch.zeros(1, 3, dtype=torch.long), 5)
 
 
 def test_python_api_from_checkpoint(tiny_checkpoint):

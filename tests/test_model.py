@@ -88,23 +88,55 @@ def test_attention_dropout_is_separate_from_dropout():
         GPTConfig(attention_dropout=1.0)
 
 
+@pytest.fixture
+def two_threads():
+    """Batch-1 steps take project()'s two-halves route only with two or more threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("positional", ["learned", "sinusoidal"])
-@pytest.mark.parametrize("batch", [1, 3])  # batch 1 takes project()'s two-halves route on CPUs
-def test_step_gives_the_logits_of_a_full_forward_at_every_position(positional, batch):
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
+def test_step_gives_the_logits_of_a_full_forward_at_every_position(positional, batch, autocast, two_threads):
     torch.manual_seed(0)
     model = GPT(preset("tiny", positional=positional)).eval()
     idx = torch.randint(0, 65, (batch, 32))
-    full, _ = model(idx)  # [B, 32, V]
-    cache = model.new_cache()
-    with torch.inference_mode():
+    tolerance = {"atol": 0.05, "rtol": 0.05} if autocast else {"atol": 1e-5, "rtol": 1e-5}
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        full, _ = model(idx)  # [B, 32, V]
+        cache = model.new_cache()
         prefill, _ = model(idx[:, :5], cache=cache)
-        torch.testing.assert_close(prefill, full[:, :5], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(prefill, full[:, :5], **tolerance)
         for t in range(5, 32):
             logits = model.step(idx[:, t], cache)  # [B, V]
             assert cache.length == t + 1
-            torch.testing.assert_close(logits, full[:, t], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(logits.float(), full[:, t].float(), **tolerance)
         with pytest.raises(ValueError, match="cache is full"):
             model.step(idx[:, 0], cache)
+
+
+def test_a_cleared_cache_takes_another_batch_dtype_and_weights(two_threads):
+    torch.manual_seed(0)
+    model = GPT(preset("tiny")).eval()
+    cache = model.new_cache()
+
+    def check(idx: torch.Tensor) -> None:
+        cache.clear()
+        model(idx[:, :4], cache=cache)
+        expected = model(idx)[0][:, -1]
+        torch.testing.assert_close(model.step(idx[:, 4], cache), expected, atol=1e-5, rtol=1e-5)
+
+    with torch.inference_mode():
+        check(torch.randint(0, 65, (3, 5)))
+        check(torch.randint(0, 65, (1, 5)))  # another batch size: new buffers
+        fresh = GPT(preset("tiny")).state_dict()
+        model.load_state_dict(fresh, assign=True)  # new weight tensors: project() must see them
+        check(torch.randint(0, 65, (1, 5)))
+        model.double()  # new dtype (as .to(device) moves them): new buffers and views
+        check(torch.randint(0, 65, (1, 5)))
 
 
 def test_step_and_cache_misuse_is_refused():

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+import torch
 from conftest import ROOT, run_cli, tiny_fit_args
 from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -124,6 +125,18 @@ def test_text_sampler_keeps_a_uniform_mode(training: bool):
     text = TextSampler(prompt="ROMEO:", max_new_tokens=12, seed=0).sample(module)
     assert text.startswith("ROMEO:") and len(text) == len("ROMEO:") + 12
     assert modes(module) == before
+
+
+def test_text_sampler_passes_keep_to_generation():
+    torch.manual_seed(0)
+    module = GPTModule(**TINY, vocab=VOCAB)
+    with torch.no_grad():
+        for parameter in module.parameters():  # sharper distributions: the window matters
+            parameter.normal_(0.0, 0.5)
+    sampler = TextSampler(prompt="ROMEO:", max_new_tokens=80, temperature=1.0, seed=0, keep=32)
+    text = sampler.sample(module)  # 86 characters: well past the 32-character context
+    assert text == module.generate_text("ROMEO:", 80, temperature=1.0, seed=0, keep=32)
+    assert text != module.generate_text("ROMEO:", 80, temperature=1.0, seed=0)  # keep 16
 
 
 @pytest.mark.parametrize(

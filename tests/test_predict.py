@@ -101,8 +101,9 @@ def test_keep_the_whole_window_gives_the_seed_loop(bare_dir):
     for value in checkpoint["state_dict"].values():  # sharper distributions: the window matters
         value.normal_(0.0, 0.5, generator=generator)
     torch.save(checkpoint, bare_dir / "sharp.ckpt")
-    args = ["--generate.prompt=ROMEO:", "--generate.temperature=1", "--generate.max_new_tokens=60"]
-    result = run_cli("predict", "--ckpt_path=sharp.ckpt", *args, "--generate.keep=32", cwd=bare_dir)
+    args = ["--ckpt_path=sharp.ckpt", "--trainer.accelerator=cpu", "--generate.temperature=1"]
+    args += ["--generate.max_new_tokens=60"]  # the reference below is computed on the CPU in fp32
+    result = run_cli("predict", *args, "--generate.prompt=ROMEO:", "--generate.keep=32", cwd=bare_dir)
     assert result.returncode == 0, result.stderr
     module = GPTModule.load_from_checkpoint(bare_dir / "sharp.ckpt", map_location="cpu", weights_only=True)
     module.eval()
@@ -113,8 +114,13 @@ def test_keep_the_whole_window_gives_the_seed_loop(bare_dir):
             logits, _ = module.model(idx[:, -32:])  # the seed: crop, recompute everything
             idx = torch.cat((idx, sample_next(logits[:, -1], 1.0, generator=seed_generator)), dim=1)
     assert result.stdout.rstrip("\n") == module.tokenizer.decode(idx[0].numpy())
-    default = run_cli("predict", "--ckpt_path=sharp.ckpt", *args, cwd=bare_dir)  # keep 16
+    default = run_cli("predict", *args, "--generate.prompt=ROMEO:", cwd=bare_dir)  # keep 16
     assert default.returncode == 0 and default.stdout != result.stdout
+    interactive = run_cli(
+        "predict", *args, "--generate.interactive=true", "--generate.keep=32", cwd=bare_dir, stdin="ROMEO:\n"
+    )
+    assert interactive.returncode == 0, interactive.stderr
+    assert interactive.stdout == result.stdout  # the first prompt uses the same seed
 
 
 def test_unknown_characters_can_be_dropped_and_empty_prompt_starts_a_line(bare_dir):
