@@ -130,18 +130,21 @@ class GPTLightningCLI(LightningCLI):
         if subcommand == "predict":
             if trainer.enable_progress_bar is None:
                 trainer.enable_progress_bar = False  # stdout carries the generated text
-            try:
-                GenerationSettings(**self.config.predict.generate).check()
-            except ValueError as error:
-                raise UserError(f"invalid --generate settings: {error}") from None
+            self._generation_settings()  # early: before any checkpoint is loaded
+
+    def _generation_settings(self, context_length: int | None = None) -> GenerationSettings:
+        """``--generate.*`` as settings, refused in one line if impossible (``keep`` also against
+        the model's ``context_length`` once a checkpoint is loaded)."""
+        settings = GenerationSettings(**self.config.predict.generate)
+        try:
+            settings.check(context_length)
+        except ValueError as error:
+            raise UserError(f"invalid --generate settings: {error}") from None
+        return settings
 
     def before_predict(self) -> None:
         """Hand prompts to the DataModule and sampling settings to the model; print the samples."""
-        settings = GenerationSettings(**self.config.predict.generate)
-        try:
-            settings.check(self.model.hparams.context_length)  # the checkpoint's, now loaded
-        except ValueError as error:
-            raise UserError(f"invalid --generate settings: {error}") from None
+        settings = self._generation_settings(self.model.hparams.context_length)
         self.model.generation = settings
         prompts = list(settings.prompt)
         if settings.prompt_file:
@@ -164,12 +167,7 @@ class GPTLightningCLI(LightningCLI):
             checkpoint = torch.load(self.config.predict.ckpt_path, map_location="cpu", weights_only=True)
             self.model.load_state_dict(checkpoint["state_dict"])
             self.model.to("cuda" if torch.cuda.is_available() else "cpu")
-            settings = GenerationSettings(**self.config.predict.generate)
-            try:
-                settings.check(self.model.hparams.context_length)
-            except ValueError as error:
-                raise UserError(f"invalid --generate settings: {error}") from None
-            interactive_session(self.model, settings)
+            interactive_session(self.model, self._generation_settings(self.model.hparams.context_length))
             return
         super()._run_subcommand(subcommand)
 

@@ -31,6 +31,15 @@ def check_sampling(temperature: float, top_k: int | None, top_p: float | None, m
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
 
 
+def check_keep(keep: int | None, context_length: int | None) -> None:
+    """Raise ValueError with a one-line reason if a restarted window cannot keep ``keep`` tokens
+    (``None``: the default; the upper bound is checked where the model's context is known)."""
+    if keep is not None and keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
+    if keep is not None and context_length is not None and keep > context_length:
+        raise ValueError(f"keep must be <= the model's context_length {context_length}, got {keep}")
+
+
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
     """Set to -inf every logit outside the top-k and outside the top-p nucleus. logits: [B, V]."""
     if top_k is not None and top_k < logits.shape[-1]:
@@ -88,9 +97,8 @@ def generate_tokens(
     """
     check_sampling(temperature, top_k, top_p, max_new_tokens)
     context = model.config.context_length
+    check_keep(keep, context)
     keep = context // 2 if keep is None else keep
-    if not 1 <= keep <= context:
-        raise ValueError(f"keep must be in [1, {context}], got {keep}")
     device = next(model.parameters()).device
     tokens = idx.cpu()  # [B, L], the whole text so far
     start = max(0, tokens.shape[1] - context)  # first position of the model's window
@@ -156,10 +164,7 @@ class GenerationSettings:
         """Raise ValueError with a one-line reason for impossible settings (``keep`` against the
         model's ``context_length`` where it is known)."""
         check_sampling(self.temperature, self.top_k, self.top_p, self.max_new_tokens)
-        if self.keep is not None and self.keep < 1:
-            raise ValueError(f"keep must be >= 1, got {self.keep}")
-        if self.keep is not None and context_length is not None and self.keep > context_length:
-            raise ValueError(f"keep must be <= the model's context_length {context_length}, got {self.keep}")
+        check_keep(self.keep, context_length)
         if isinstance(self.prompt, str):
             self.prompt = [self.prompt]
         if self.num_samples < 1:

@@ -267,7 +267,7 @@ class GPT(nn.Module):
         if self.training:
             raise RuntimeError("step() decodes without dropout: call model.eval() first")
         if cache.length >= self.config.context_length:
-            raise ValueError(f"the cache is full ({cache.length} positions): start a new one")
+            raise ValueError(f"the cache is full ({cache.length} positions): clear() it and refill it")
         x = self.token_embedding(idx) + self.positions(cache.length, 1)  # [B, C] + [1, C]: [B, C]
         for i, block in enumerate(self.blocks):
             x = block.step(x, cache, i)  # [B, C]
