@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from lightning_gpt import GPT, GPTConfig, preset
+import lightning_gpt.model as model_module
+from lightning_gpt import GPT, GPTConfig, matvec, preset
 
 
 def expected_parameters(c: GPTConfig) -> int:
@@ -97,10 +98,31 @@ def two_threads():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(params=["kernel", "pytorch"])
+def route(request, monkeypatch) -> dict[str, int]:
+    """Batch-1 fp32 CPU steps through matvec's compiled kernel, or through PyTorch alone (as where
+    no C compiler is found); counts the products the kernel computed."""
+    used = {"kernel": 0}
+    if request.param == "pytorch":
+        monkeypatch.setattr(matvec, "load", lambda: (None, "off for this test"))
+    elif matvec.load()[0] is None:
+        pytest.skip(f"no compiled kernel: {matvec.load()[1]}")
+
+    def counted(layer, x):
+        y = matvec.linear_row(layer, x)
+        used["kernel"] += y is not None
+        return y
+
+    monkeypatch.setattr(model_module, "linear_row", counted)
+    return used
+
+
 @pytest.mark.parametrize("positional", ["learned", "sinusoidal"])
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
-def test_step_gives_the_logits_of_a_full_forward_at_every_position(positional, batch, autocast, two_threads):
+def test_step_gives_the_logits_of_a_full_forward_at_every_position(
+    positional, batch, autocast, two_threads, route, request
+):
     torch.manual_seed(0)
     model = GPT(preset("tiny", positional=positional)).eval()
     idx = torch.randint(0, 65, (batch, 32))
@@ -116,9 +138,12 @@ def test_step_gives_the_logits_of_a_full_forward_at_every_position(positional, b
             torch.testing.assert_close(logits.float(), full[:, t].float(), **tolerance)
         with pytest.raises(ValueError, match="cache is full"):
             model.step(idx[:, 0], cache)
+    kernel_expected = "kernel" in request.node.callspec.id and batch == 1 and not autocast
+    # 4 products per block and the head, at each of the 27 steps
+    assert route["kernel"] == (27 * (4 * model.config.num_blocks + 1) if kernel_expected else 0)
 
 
-def test_a_cleared_cache_takes_another_batch_dtype_and_weights(two_threads):
+def test_a_cleared_cache_takes_another_batch_dtype_and_weights(two_threads, route):
     torch.manual_seed(0)
     model = GPT(preset("tiny")).eval()
     cache = model.new_cache()
