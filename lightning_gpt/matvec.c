@@ -4,13 +4,17 @@
  * streams each weight row once, four rows at a time (four independent sums the compiler turns
  * into SIMD), and splits the rows over the threads PyTorch uses. See lightning_gpt/matvec.py.
  */
+#include <limits.h> /* defines __GLIBC__ on glibc */
 #include <omp.h>
 
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
-/* One build runs at each CPU's best width: the loader picks the clone (GCC function multi-versioning). */
+#ifndef WIDEST /* tests build with -DWIDEST= to run the plain code on any CPU */
+#if defined(__x86_64__) && defined(__GLIBC__) && defined(__GNUC__) && !defined(__clang__)
+/* One build runs at each CPU's best width: the loader picks the clone (GCC function multi-versioning,
+ * which needs glibc's ifunc). */
 #define WIDEST __attribute__((target_clones("avx512f", "arch=haswell", "default")))
 #else
 #define WIDEST
+#endif
 #endif
 
 WIDEST static void rows_times_x(const float *w, const float *x, const float *b, float *y,
@@ -47,6 +51,8 @@ void lightning_gpt_matvec(const float *w, const float *x, const float *b, float 
                           long rows, long cols, int threads)
 {
     long groups = (rows + 3) / 4; /* rows go to threads in groups of four */
+    if (threads < 1)
+        threads = 1;
 #pragma omp parallel num_threads(threads)
     {
         long team = omp_get_num_threads(), me = omp_get_thread_num();

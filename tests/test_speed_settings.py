@@ -26,8 +26,8 @@ def test_automatic_precision(monkeypatch):
     assert precision.auto_precision("mps") == "32-true"
 
 
-def test_project_splits_one_row_over_two_halves_with_the_same_result(monkeypatch):
-    monkeypatch.setattr(matvec, "load", lambda: (None, "off: PyTorch's route is tested here"))
+@matvec.pytorch_only()  # the route taken where no compiled kernel is available
+def test_project_splits_one_row_over_two_halves_with_the_same_result():
     torch.manual_seed(0)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
