@@ -26,7 +26,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -63,11 +62,11 @@ def _compile(compiler: list[str], target: Path) -> str | None:
         )
         if done.returncode != 0:
             lines = (done.stderr or done.stdout).strip().splitlines()
-            return f"{compiler[-1]} failed: {lines[0] if lines else f'exit {done.returncode}'}"
+            return f"{Path(compiler[0]).name} failed: {lines[0] if lines else f'exit {done.returncode}'}"
         os.replace(temp, target)  # concurrent builds each rename a whole file
         return None
     except (OSError, subprocess.SubprocessError) as error:
-        return f"{compiler[-1]} failed: {error}"
+        return f"{Path(compiler[0]).name} failed: {error}"
     finally:
         Path(temp).unlink(missing_ok=True)
 
@@ -157,38 +156,14 @@ def pytorch_only() -> Iterator[None]:
 
 
 def _plain_cpu_fp32(t: torch.Tensor) -> bool:
+    """A plain (not a subclass, not a view with a negation bit) dense fp32 tensor on the CPU."""
     return (
         type(t) in (torch.Tensor, nn.Parameter)
-        and t.dtype == torch.float32
-        and t.device.type == "cpu"
-        and t.layout == torch.strided
+        and t.dtype is torch.float32
+        and t.is_cpu
+        and t.layout is torch.strided
         and not t.is_neg()
     )
-
-
-# A layer's weight and bias, their addresses, and whether they suit the kernel: checked again only
-# when a tensor or its storage changes (24 products per step; checking them all each time costs
-# more than the product of a 256 x 256 weight).
-_checked: weakref.WeakKeyDictionary[nn.Linear, tuple[torch.Tensor, torch.Tensor | None, int, int, bool]]
-_checked = weakref.WeakKeyDictionary()
-
-
-def _suits_kernel(layer: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    if type(weight) not in (torch.Tensor, nn.Parameter):  # e.g. under vmap: no data_ptr()
-        return False
-    addresses = (weight.data_ptr(), 0 if bias is None else bias.data_ptr())
-    found = _checked.get(layer)
-    if found is None or found[0] is not weight or found[1] is not bias or found[2:4] != addresses:
-        suits = (
-            _plain_cpu_fp32(weight)
-            and weight.dim() == 2
-            and (
-                bias is None
-                or (_plain_cpu_fp32(bias) and bias.shape == weight.shape[:1] and bias.is_contiguous())
-            )
-        )
-        found = _checked[layer] = (weight, bias, *addresses, suits)
-    return found[4]
 
 
 def linear_row(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor | None:
@@ -200,16 +175,18 @@ def linear_row(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor | None:
         return None
     parameters = layer._parameters  # what layer.weight reads, without Module.__getattr__'s cost
     weight, bias = parameters.get("weight"), parameters.get("bias")
+    # Checked at every call (about 3 us in all): a weight can change shape or dtype in place.
     if (
         weight is None  # e.g. a parametrized weight
-        or not _suits_kernel(layer, weight, bias)
+        or not _plain_cpu_fp32(weight)
+        or weight.dim() != 2
         or not weight.is_contiguous()
-        or type(x) is not torch.Tensor
+        or (
+            bias is not None
+            and not (_plain_cpu_fp32(bias) and bias.shape == weight.shape[:1] and bias.is_contiguous())
+        )
+        or not _plain_cpu_fp32(x)
         or x.shape != (1, weight.shape[1])
-        or x.dtype is not torch.float32
-        or not x.is_cpu
-        or x.layout is not torch.strided
-        or x.is_neg()
         or torch.is_autocast_enabled("cpu")
         or torch.compiler.is_compiling()
         or forward_ad._current_level >= 0  # inside forward-mode AD
@@ -219,7 +196,7 @@ def linear_row(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor | None:
     if library is None:
         return None
     x = x.contiguous()
-    y = torch.empty(1, weight.shape[0])
+    y = x.new_empty(1, weight.shape[0])  # fp32 on the CPU, whatever the default dtype and device
     library.lightning_gpt_matvec(
         weight.data_ptr(),
         x.data_ptr(),

@@ -75,7 +75,8 @@ def project(layer: nn.Linear, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
     Decoding one token is bound by reading the weights. With batch 1 on a CPU, the compiled kernel
     of ``lightning_gpt.matvec`` reads them about twice as fast as PyTorch. Without it, on a
     multi-core CPU, the weight is viewed as two halves [2, out/2, in] and one batched matmul spreads
-    them over two cores (PyTorch computes a one-row ``addmm`` on one core). Same numbers each way.
+    them over two cores (PyTorch computes a one-row ``addmm`` on one core). The same numbers up to
+    float rounding.
     """
     if x.shape[0] != 1:  # a batch of rows: a real matrix product
         return layer(x)

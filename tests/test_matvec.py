@@ -232,7 +232,7 @@ def test_no_compiler_a_failing_compiler_or_turned_off_means_pytorch(fresh_load, 
     failing.write_text("#!/bin/sh\necho 'cc: error: unsupported option -fopenmp' >&2\nexit 1\n")
     failing.chmod(failing.stat().st_mode | stat.S_IXUSR)
     fresh_load.setenv("CC", f"{failing} --some-flag")  # CC may carry arguments
-    refused("unsupported option -fopenmp")
+    refused("failing-cc failed: cc: error: unsupported option -fopenmp")
     assert list((tmp_path / "lightning_gpt").iterdir()) == []  # no half-built library left behind
     fresh_load.delenv("CC", raising=False)
     for off in ("0", "false", "off"):
@@ -266,3 +266,39 @@ def test_the_source_ships_in_the_wheel(tmp_path):
     )
     (wheel,) = tmp_path.glob("lightning_gpt-*.whl")
     assert "lightning_gpt/matvec.c" in zipfile.ZipFile(wheel).namelist()
+
+
+@needs_kernel
+def test_a_weight_changed_in_place_is_checked_at_every_call():
+    """Same tensor, same storage, another shape: the kernel must not read past the bias."""
+    layer, row = nn.Linear(16, 8), torch.randn(1, 8)
+    layer.weight.data = layer.weight.data.view(16, 8)  # now [16, 8] against an 8-float bias
+    with torch.inference_mode():
+        assert matvec.linear_row(layer, row) is None
+    base = torch.randn(32, 16)
+    layer = nn.Linear(16, 8)
+    layer.weight.data = base[:8]
+    with torch.inference_mode():
+        assert matvec.linear_row(layer, torch.randn(1, 16)) is not None
+    layer.weight.requires_grad_(False).resize_(32, 16)  # same tensor and address, 32 rows
+    assert layer.weight.shape == (32, 16)
+    with torch.inference_mode():
+        assert matvec.linear_row(layer, torch.randn(1, 16)) is None
+
+
+@needs_kernel
+def test_the_result_is_fp32_on_the_cpu_whatever_the_defaults():
+    layer, row = nn.Linear(16, 8), torch.randn(1, 16)
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        with torch.inference_mode():
+            y = matvec.linear_row(layer, row)
+            assert y is not None and y.dtype == torch.float32
+            torch.testing.assert_close(y, layer(row))
+            with torch.device("meta"):
+                y = matvec.linear_row(layer, row)
+                assert y is not None and y.device.type == "cpu"
+            torch.testing.assert_close(y, layer(row))
+    finally:
+        torch.set_default_dtype(before)
