@@ -80,6 +80,35 @@ def _openmp_runtimes() -> set[str]:
     return set(re.findall(r"\S*/lib(?:gomp|iomp5|omp)[^/\s]*\.so[^/\s]*$", maps, re.MULTILINE))
 
 
+def declare(library: ctypes.CDLL) -> None:
+    """Give ctypes the C signature of ``lightning_gpt_matvec`` in ``library``."""
+    library.lightning_gpt_matvec.argtypes = [ctypes.c_void_p] * 4 + [
+        ctypes.c_long,
+        ctypes.c_long,
+        ctypes.c_int,
+    ]
+    library.lightning_gpt_matvec.restype = None
+
+
+def multiply(
+    library: ctypes.CDLL, weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, threads: int
+) -> torch.Tensor:
+    """y = weight x + bias [1, rows] by ``library``'s kernel; the caller has checked the tensors:
+    contiguous fp32 CPU weight [rows, cols] and bias [rows], x [1, cols]."""
+    x = x.contiguous()
+    y = x.new_empty(1, weight.shape[0])  # fp32 on the CPU, whatever the default dtype and device
+    library.lightning_gpt_matvec(
+        weight.data_ptr(),
+        x.data_ptr(),
+        None if bias is None else bias.data_ptr(),
+        y.data_ptr(),
+        weight.shape[0],
+        weight.shape[1],
+        threads,
+    )
+    return y
+
+
 def _build_and_load(compiler: list[str]) -> tuple[ctypes.CDLL | None, str]:
     version = subprocess.run(
         [*compiler, "-dumpfullversion", "-dumpversion"], capture_output=True, text=True, timeout=60
@@ -116,9 +145,7 @@ def _build_and_load(compiler: list[str]) -> tuple[ctypes.CDLL | None, str]:
                 library = ctypes.CDLL(str(target))
             if len(runtimes := _openmp_runtimes() | before) > 1:
                 return None, f"not used: two OpenMP runtimes would compete ({', '.join(sorted(runtimes))})"
-            kernel = library.lightning_gpt_matvec
-            kernel.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long, ctypes.c_long, ctypes.c_int]
-            kernel.restype = None
+            declare(library)
             return library, f"compiled kernel {target}" + (" (this process only)" if private else "")
         except (OSError, RuntimeError) as problem:  # a directory that cannot be written: try the next
             error = str(problem)
@@ -193,17 +220,4 @@ def linear_row(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor | None:
     ):
         return None
     library = load()[0]
-    if library is None:
-        return None
-    x = x.contiguous()
-    y = x.new_empty(1, weight.shape[0])  # fp32 on the CPU, whatever the default dtype and device
-    library.lightning_gpt_matvec(
-        weight.data_ptr(),
-        x.data_ptr(),
-        None if bias is None else bias.data_ptr(),
-        y.data_ptr(),
-        weight.shape[0],
-        weight.shape[1],
-        torch.get_num_threads(),
-    )
-    return y
+    return None if library is None else multiply(library, weight, x, bias, torch.get_num_threads())

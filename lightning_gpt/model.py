@@ -268,8 +268,8 @@ class GPT(nn.Module):
         """One decoding step: idx [B] (the newest token of each row) -> next-token logits [B, V].
 
         The same computation as ``forward`` for the position after the ``cache.length`` cached ones,
-        in eval mode (no dropout), with fewer tensor operations: a step of a 4.8M-parameter model is
-        a few milliseconds, so per-operation overhead counts.
+        in eval mode (no dropout), with fewer tensor operations: a step of a 4.8M-parameter model takes
+        about a millisecond on a CPU, so per-operation overhead counts.
         """
         if self.training:
             raise RuntimeError("step() decodes without dropout: call model.eval() first")

@@ -38,16 +38,6 @@ def fresh_load(monkeypatch):
     matvec.load.cache_clear()
 
 
-def product(library: ctypes.CDLL, layer: nn.Linear, x: torch.Tensor, threads: int) -> torch.Tensor:
-    """The kernel's y = W x + b through ``library``, as ``linear_row`` calls it."""
-    kernel = library.lightning_gpt_matvec
-    kernel.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long, ctypes.c_long, ctypes.c_int]
-    y = torch.empty(1, layer.out_features)
-    bias = None if layer.bias is None else layer.bias.data_ptr()
-    kernel(layer.weight.data_ptr(), x.data_ptr(), bias, y.data_ptr(), *layer.weight.shape, threads)
-    return y
-
-
 # rows not a multiple of 4 and fewer than the threads, widths not a multiple of any SIMD width
 SHAPES = [(768, 256), (256, 1024), (65, 256), (7, 13), (1, 1), (3, 100)]
 
@@ -91,15 +81,15 @@ def test_every_cpu_variant_gives_what_linear_gives(variant, tmp_path):
         [COMPILER, *matvec.FLAGS, f"-DWIDEST={variant}", str(matvec.SOURCE), "-o", str(target)], check=True
     )
     library = ctypes.CDLL(str(target))
+    matvec.declare(library)
     torch.manual_seed(0)
     for rows, cols in SHAPES:
         for threads in (1, 2, 0):  # 0 is read as 1
             layer = nn.Linear(cols, rows)
             x = torch.randn(1, cols)
             with torch.no_grad():
-                torch.testing.assert_close(
-                    product(library, layer, x, threads), layer(x), atol=1e-5, rtol=1e-5
-                )
+                y = matvec.multiply(library, layer.weight, x, layer.bias, threads)
+                torch.testing.assert_close(y, layer(x), atol=1e-5, rtol=1e-5)
 
 
 @needs_kernel
@@ -113,9 +103,12 @@ def test_kernel_reads_a_non_contiguous_row():
         torch.testing.assert_close(y, layer(x))
 
 
+@needs_kernel
 def test_pytorch_is_used_where_the_kernel_does_not_apply():
     layer = nn.Linear(16, 8)
     row = torch.randn(1, 16)
+    with torch.inference_mode():
+        assert matvec.linear_row(layer, row) is not None  # the kernel applies here; below it does not
     assert matvec.linear_row(layer, row) is None  # outside inference mode: autograd may need a graph
     with torch.no_grad():
         assert matvec.linear_row(layer, row) is None  # ...and forward-mode AD works under no_grad
@@ -167,6 +160,7 @@ def test_a_changed_weight_or_bias_is_checked_again():
     assert kernel_used()
 
 
+@needs_kernel
 @pytest.mark.filterwarnings("ignore")  # the tracer's warnings about shapes read as Python values
 def test_a_trace_records_pytorch_not_the_kernel():
     layer, row = nn.Linear(16, 8).requires_grad_(False), torch.randn(1, 16)
