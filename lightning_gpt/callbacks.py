@@ -87,3 +87,18 @@ class TextSampler(L.Callback):
         if self.print_at_end and trainer.is_global_zero and pl_module.model is not None:
             print(f"\n--- sample after {trainer.global_step} steps ---", file=sys.stderr)
             print(self.sample(pl_module), flush=True)
+
+
+class ModelSize(L.Callback):
+    """One line when fit starts, in place of Lightning's model summary table: the model's shape and
+    parameter count."""
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            config = pl_module.model.config
+            print(
+                f"GPT: {pl_module.model.num_parameters():,} parameters ({config.num_blocks} blocks, "
+                f"d_model {config.d_model}, {config.num_heads} heads, context {config.context_length}, "
+                f"vocabulary {config.vocab_size}), precision {trainer.precision}",
+                file=sys.stderr,
+            )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
 import warnings
@@ -11,29 +12,22 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from lightning_gpt.callbacks import TextSampler, TrainingSpeed
+from lightning_gpt.callbacks import ModelSize, TextSampler, TrainingSpeed
 from lightning_gpt.checkpoint_io import AtomicCheckpointIO
 from lightning_gpt.data import CharDataModule, read_corpus
 from lightning_gpt.errors import UserError
 from lightning_gpt.generation import GenerationSettings, prepare_prompt
 from lightning_gpt.interactive import interactive_session
 from lightning_gpt.module import GPTModule
-from lightning_gpt.precision import auto_precision
+from lightning_gpt.precision import auto_precision, resolve_accelerator
 from lightning_gpt.tokenizer import UnknownCharacterError
 from lightning_gpt.writer import SampleWriter
 
-# The seed recipe, so `fit` with no --config trains it (configs/shakespeare_char.yaml spells it out).
-TRAINER_DEFAULTS = {
-    "max_steps": 5000,
-    "val_check_interval": 250,
-    "check_val_every_n_epoch": None,
-    "gradient_clip_val": 1.0,
-    "log_every_n_steps": 50,
-}
-
+# `fit` without --config trains the seed recipe; a --config file overrides what it sets.
+SEED_RECIPE = Path(__file__).resolve().parent.parent / "configs" / "shakespeare_char.yaml"
 PROGRESS_REFRESH_STEPS = 10  # progress bar redraws (a host sync on GPUs) every this many steps
 _LIGHTNING_CKPT_ALIASES = ("best", "hpc", "registry")
 
@@ -59,6 +53,15 @@ def check_checkpoint(path: Path) -> dict:
     if not isinstance(hparams, dict) or not hparams.get("vocab") or "state_dict" not in checkpoint:
         raise UserError(f"{path} is not a lightning-gpt checkpoint (no model vocabulary or weights)")
     return checkpoint
+
+
+class FitConfigSaver(SaveConfigCallback):
+    """Saves the run's ``config.yaml`` beside its logs, for ``fit`` only (``validate`` and ``predict``
+    make no run folder)."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            super().setup(trainer, pl_module, stage)
 
 
 class GPTLightningCLI(LightningCLI):
@@ -121,16 +124,30 @@ class GPTLightningCLI(LightningCLI):
         if trainer.precision is None:
             accelerator = trainer.accelerator if isinstance(trainer.accelerator, str) else "auto"
             trainer.precision = auto_precision(accelerator)
-            if (
-                subcommand == "predict"
-                and trainer.precision == "bf16-mixed"
-                and not torch.cuda.is_available()
-            ):
-                trainer.precision = "32-true"  # batch-1 decoding on a CPU gains nothing from autocast
+            if subcommand == "predict" and resolve_accelerator(accelerator) == "cpu":
+                trainer.precision = "32-true"  # decoding on a CPU gains nothing from autocast
+        if subcommand in ("validate", "predict") and trainer.logger is None:
+            trainer.logger = False  # nothing to chart: no empty lightning_logs/version_N
         if subcommand == "predict":
             if trainer.enable_progress_bar is None:
                 trainer.enable_progress_bar = False  # stdout carries the generated text
+            self._one_predict_device(trainer)
             self._generation_settings()  # early: before any checkpoint is loaded
+
+    @staticmethod
+    def _one_predict_device(trainer) -> None:
+        """Generation runs in one process, on one device: more would split the prompts between
+        processes that each print and write only their own share."""
+        devices = trainer.devices
+        one = devices in ("auto", 1, "1") or (isinstance(devices, (list, tuple)) and len(devices) == 1)
+        if not one or trainer.num_nodes != 1:
+            print(
+                f"note: predict generates on one device; ignoring --trainer.devices {devices}"
+                + (f" --trainer.num_nodes {trainer.num_nodes}" if trainer.num_nodes != 1 else ""),
+                file=sys.stderr,
+            )
+        trainer.devices = devices if one and devices != "auto" else 1
+        trainer.num_nodes, trainer.strategy = 1, "auto"
 
     def _generation_settings(self, context_length: int | None = None) -> GenerationSettings:
         """``--generate.*`` as settings, refused in one line if impossible (``keep`` also against
@@ -186,13 +203,15 @@ def make_cli(
 ) -> GPTLightningCLI:
     """What ``python cli.py ARGS`` runs: the CLI with this project's defaults (fresh callbacks each
     time, plus ``callbacks``); ``kwargs`` go to LightningCLI, e.g. ``run=False``."""
-    defaults = {**TRAINER_DEFAULTS, "callbacks": [TrainingSpeed(), *callbacks]}
+    defaults = {"callbacks": [TrainingSpeed(), ModelSize(), *callbacks], "enable_model_summary": False}
     return GPTLightningCLI(
         GPTModule,
         CharDataModule,
         trainer_defaults=defaults,
         seed_everything_default=1337,
+        save_config_callback=FitConfigSaver,
         save_config_kwargs={"overwrite": True},
+        parser_kwargs={"fit": {"default_config_files": [str(SEED_RECIPE)]}},
         args=args,
         **kwargs,
     )
@@ -200,6 +219,10 @@ def make_cli(
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``python cli.py`` and the ``lightning-gpt`` command."""
+    # Lightning's advertisement for its cloud logger, printed at every start
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: "litlogger" not in record.getMessage()
+    )
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     warnings.filterwarnings("ignore", message=r".*infer the batch indices.*")
     try:

@@ -44,11 +44,10 @@ class GPTConfig:
         return self.d_model // self.num_heads
 
 
+# Model shapes for Python users and tests; training recipes (shape + optimisation) are configs/*.yaml.
 PRESETS: dict[str, GPTConfig] = {
     # The seed's table: d_model 256, 8 heads of 32, 6 blocks, T 256, dropout 0.1.
     "seed": GPTConfig(),
-    # Sized for a 2-core CPU run of about two minutes.
-    "cpu": GPTConfig(context_length=128, d_model=192, num_heads=6, num_blocks=4, dropout=0.0),
     # For tests: trains in seconds.
     "tiny": GPTConfig(context_length=32, d_model=32, num_heads=2, num_blocks=2, dropout=0.0),
 }

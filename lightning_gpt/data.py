@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
+from lightning_gpt.config import GPTConfig
 from lightning_gpt.corpus import MappedSlice, TokenCache, build_token_cache, read_corpus, token_dtype
 from lightning_gpt.download import SHAKESPEARE_SHA256, SHAKESPEARE_URL, download
 from lightning_gpt.errors import UserError
@@ -126,7 +127,7 @@ class CharDataModule(L.LightningDataModule):
         cache_dir: str = "data",
         filename: str = "tinyshakespeare.txt",
         batch_size: int = 64,
-        context_length: int = 256,
+        context_length: int = GPTConfig.context_length,
         val_fraction: float = 0.1,
         num_workers: int = 0,
     ):

@@ -13,6 +13,7 @@ from lightning_gpt.config import GPTConfig
 from lightning_gpt.errors import UserError
 from lightning_gpt.generation import GenerationSettings, generate_text, stream_text
 from lightning_gpt.model import GPT
+from lightning_gpt.precision import auto_compile
 from lightning_gpt.rng import rng_states, set_rng_states
 from lightning_gpt.tokenizer import CharTokenizer
 
@@ -55,20 +56,19 @@ class GPTModule(L.LightningModule):
         beta2: AdamW beta2.
         compile: run the model's forward (training, validation, ``module(x)``) through
             ``torch.compile``; generation stays eager and checkpoints keep plain parameter names.
-            ``None`` (default): on CUDA GPUs of compute capability 7.0 or newer with Triton only; on a
-            2-core CPU compiling costs more time than it saves. Not saved in checkpoints.
+            ``None`` (default): see ``lightning_gpt.precision.auto_compile``. Not saved in checkpoints.
     """
 
     def __init__(
         self,
-        d_model: int = 256,
-        num_heads: int = 8,
-        num_blocks: int = 6,
-        context_length: int = 256,
-        dropout: float = 0.1,
-        attention_dropout: float | None = None,
-        positional: str = "learned",
-        bias: bool = True,
+        d_model: int = GPTConfig.d_model,
+        num_heads: int = GPTConfig.num_heads,
+        num_blocks: int = GPTConfig.num_blocks,
+        context_length: int = GPTConfig.context_length,
+        dropout: float = GPTConfig.dropout,
+        attention_dropout: float | None = GPTConfig.attention_dropout,
+        positional: str = GPTConfig.positional,
+        bias: bool = GPTConfig.bias,
         vocab: str | None = None,
         learning_rate: float = 1e-3,
         min_lr_ratio: float = 0.1,
@@ -141,15 +141,7 @@ class GPTModule(L.LightningModule):
         return self._train_forward(idx, targets)
 
     def _use_compile(self) -> bool:
-        if self._compile is not None:
-            return self._compile
-        if self.device.type != "cuda" or torch.cuda.get_device_capability(self.device) < (7, 0):
-            return False
-        try:  # inductor needs Triton on GPUs (missing e.g. on Windows)
-            import triton  # noqa: F401
-        except ImportError:
-            return False
-        return True
+        return auto_compile(self.device) if self._compile is None else self._compile
 
     def on_fit_start(self) -> None:
         if self.device.type == "cuda":  # TF32 tensor cores for whatever runs outside autocast
@@ -220,6 +212,8 @@ class GPTModule(L.LightningModule):
         self.log("val_loss", loss, prog_bar=True, sync_dist=False)
         self.log("val_bpc", loss / math.log(2))
         self.log("val_ppl", perplexity)
+        if self.trainer.state.fn == "fit":  # chart it at the step that checkpoints and samples name
+            self.log("step", float(self.global_step))
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """Log the gradient norm before clipping, every ``log_every_n_steps`` steps."""

@@ -1,4 +1,10 @@
-"""Pick a training precision that is fast on the hardware at hand and never slower than fp32."""
+"""The automatic choices of precision and ``torch.compile`` for the hardware at hand.
+
+- CUDA, compute capability >= 8.0 (A100, H100, RTX 30xx and newer): ``bf16-mixed``, compiled.
+- CUDA below 8.0 (V100, T4): ``16-mixed`` (bf16 is only emulated there, and slow), eager.
+- Apple MPS: ``32-true``, eager.
+- CPUs: ``bf16-mixed`` where the CPU has native bf16 (AVX512-BF16 / AMX), else ``32-true``; eager.
+"""
 
 from __future__ import annotations
 
@@ -7,31 +13,50 @@ from pathlib import Path
 
 import torch
 
+NATIVE_BF16_CAPABILITY = (8, 0)  # NVIDIA Ampere: the first GPUs with bf16 tensor cores
+
 
 def cpu_has_native_bf16() -> bool:
     """True on x86 CPUs with AVX512-BF16 or AMX-BF16 (where bf16 autocast beats fp32)."""
     cpuinfo = Path("/proc/cpuinfo")
     if platform.system() != "Linux" or not cpuinfo.is_file():
         return False
-    flags = set()
     for line in cpuinfo.read_text(errors="replace").splitlines():
         if line.startswith("flags"):
-            flags.update(line.split(":", 1)[1].split())
-            break
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
+            return bool(set(line.split(":", 1)[1].split()) & {"avx512_bf16", "amx_bf16"})
+    return False
+
+
+def resolve_accelerator(accelerator: str = "auto") -> str:
+    """``cuda``, ``mps`` or ``cpu``: what Lightning picks for ``--trainer.accelerator``."""
+    if accelerator in ("cuda", "mps", "cpu"):
+        return accelerator
+    if accelerator in ("gpu", "auto") and torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if accelerator in ("gpu", "auto") and mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
 
 
 def auto_precision(accelerator: str = "auto") -> str:
-    """``bf16-mixed`` on CUDA GPUs with bf16 and on CPUs with native bf16, else ``32-true``.
-
-    CPUs without native bf16 emulate it and train slower than in fp32; MPS stays in fp32.
-    """
-    # "gpu" means CUDA where there is CUDA, and MPS on a Mac (as Lightning resolves it)
-    use_cuda = accelerator == "cuda" or (accelerator in ("gpu", "auto") and torch.cuda.is_available())
-    if use_cuda:
-        return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "16-mixed"
-    mps = getattr(torch.backends, "mps", None)
-    mps_available = bool(mps and mps.is_available())
-    if accelerator == "mps" or (accelerator in ("gpu", "auto") and mps_available):
+    """The fastest precision that trains as well as fp32 on ``accelerator`` (see the module doc)."""
+    device = resolve_accelerator(accelerator)
+    if device == "cuda":
+        native = torch.cuda.get_device_capability() >= NATIVE_BF16_CAPABILITY
+        return "bf16-mixed" if native else "16-mixed"
+    if device == "mps":
         return "32-true"
     return "bf16-mixed" if cpu_has_native_bf16() else "32-true"
+
+
+def auto_compile(device: torch.device) -> bool:
+    """Whether to ``torch.compile`` the training forward by default: on CUDA GPUs of compute capability
+    >= 8.0 with Triton only (on CPUs and MPS compiling costs more time than it saves)."""
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < NATIVE_BF16_CAPABILITY:
+        return False
+    try:  # inductor needs Triton on GPUs (missing e.g. on Windows)
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True

@@ -79,7 +79,6 @@ def tiny_fit_args(corpus: Path, steps: int = 6, val_every: int = 3) -> list[str]
         "--trainer.limit_val_batches=2",
         "--trainer.log_every_n_steps=1",
         "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false",
     ]
 
 

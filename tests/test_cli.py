@@ -8,16 +8,35 @@ def event_files(root):
     return list((root / "lightning_logs").glob("version_*/events.out.tfevents.*"))
 
 
-def test_fit_then_validate_then_resume(tmp_path, small_corpus):
+NOISE = [
+    "exists and is not empty",  # Lightning about a checkpoint folder that holds files
+    "is not supported by the model summary",
+    "FLOPs",
+    "litlogger",
+    "callbacks used to create the checkpoint",
+    "Traceback",
+]
+
+
+def scalar_steps(root, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = event_files(root)
+    accumulator = EventAccumulator(str(events.parent))
+    accumulator.Reload()
+    return [event.step for event in accumulator.Scalars(tag)]
+
+
+def test_fit_then_validate_then_predict_then_resume_quietly(tmp_path, small_corpus):
     fit = run_cli(*tiny_fit_args(small_corpus), cwd=tmp_path)
     assert fit.returncode == 0, fit.stderr
     checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
-    assert "last.ckpt" in checkpoints
-    assert any(name.startswith("best-step") for name in checkpoints)
-    assert len(event_files(tmp_path)) == 1
+    assert checkpoints == ["best-step000006-val" + checkpoints[0][-11:], "last.ckpt"]
     saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert saved["global_step"] == 6
     assert saved["hyper_parameters"]["vocab"] == "".join(sorted(set(small_corpus.read_text())))
+    # validation scalars are charted at the steps that checkpoints and samples name
+    assert scalar_steps(tmp_path, "val_loss") == [3, 6]
 
     validate = run_cli(
         "validate",
@@ -28,6 +47,15 @@ def test_fit_then_validate_then_resume(tmp_path, small_corpus):
     )
     assert validate.returncode == 0, validate.stderr
     assert "val_loss" in validate.stdout and "val_bpc" in validate.stdout
+    predict = run_cli(
+        "predict", "--ckpt_path=checkpoints/last.ckpt", "--generate.max_new_tokens=5", cwd=tmp_path
+    )
+    assert predict.returncode == 0, predict.stderr
+    for run in (fit, validate, predict):
+        for noise in NOISE:
+            assert noise not in run.stdout + run.stderr
+    assert len(event_files(tmp_path)) == 1  # validate and predict made no run folder of their own
+    assert [p.name for p in (tmp_path / "lightning_logs").iterdir()] == ["version_0"]
 
     resume = run_cli(*tiny_fit_args(small_corpus, steps=9), "--ckpt_path=last", cwd=tmp_path)
     assert resume.returncode == 0, resume.stderr

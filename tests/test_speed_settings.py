@@ -5,25 +5,11 @@ import torch
 from conftest import run_cli, tiny_fit_args
 from torch import nn
 
-from lightning_gpt import matvec, precision
+from lightning_gpt import matvec
 from lightning_gpt.cli import PROGRESS_REFRESH_STEPS, make_cli
 from lightning_gpt.config import preset
 from lightning_gpt.model import KVCache, project
 from lightning_gpt.module import GPTModule
-
-
-def test_automatic_precision(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
-    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
-    assert precision.auto_precision("auto") == "bf16-mixed"
-    assert precision.auto_precision("cpu") == "bf16-mixed"
-    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
-    assert precision.auto_precision("auto") == "32-true"  # emulated bf16 would be slower
-    assert precision.auto_precision("gpu") == "32-true"  # no CUDA, no MPS: Lightning picks the CPU
-    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
-    assert precision.auto_precision("gpu") == "32-true"  # "gpu" is MPS on a Mac: fp32 there
-    assert precision.auto_precision("mps") == "32-true"
 
 
 @matvec.pytorch_only()  # the route taken where no compiled kernel is available

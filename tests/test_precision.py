@@ -1,0 +1,79 @@
+"""The automatic precision and compile choices, per device (device queries monkeypatched)."""
+
+import sys
+import types
+
+import pytest
+import torch
+
+from lightning_gpt import precision
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    """Set the device queries' answers: ``machine(cuda=(major, minor) or None, mps=..., cpu_bf16=...)``."""
+
+    def configure(cuda: tuple[int, int] | None = None, mps: bool = False, cpu_bf16: bool = False) -> None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda is not None)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: cuda)
+        # emulation counts as support here: the very trap the capability check avoids
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+        monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+        monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: cpu_bf16)
+
+    return configure
+
+
+@pytest.mark.parametrize(
+    ("capability", "expected"),
+    [((7, 0), "16-mixed"), ((7, 5), "16-mixed"), ((8, 0), "bf16-mixed"), ((9, 0), "bf16-mixed")],
+    ids=["V100", "T4", "A100", "H100"],
+)
+@pytest.mark.parametrize("accelerator", ["auto", "gpu", "cuda"])
+def test_cuda_gets_bf16_only_with_native_support(machine, capability, expected, accelerator):
+    machine(cuda=capability, cpu_bf16=True)
+    assert precision.auto_precision(accelerator) == expected
+    assert precision.auto_precision("cpu") == "bf16-mixed"  # --trainer.accelerator cpu on that machine
+
+
+@pytest.mark.parametrize(
+    ("capability", "compiled"), [((7, 0), False), ((7, 5), False), ((8, 0), True), ((9, 0), True)]
+)
+def test_compile_by_default_only_from_ampere_on(machine, monkeypatch, capability, compiled):
+    machine(cuda=capability)
+    monkeypatch.setitem(sys.modules, "triton", types.ModuleType("triton"))
+    assert precision.auto_compile(torch.device("cuda", 0)) is compiled
+    monkeypatch.setitem(sys.modules, "triton", None)  # no Triton (e.g. Windows): eager
+    assert not precision.auto_compile(torch.device("cuda", 0))
+
+
+def test_no_compile_by_default_on_cpu_and_mps(machine):
+    machine(mps=True, cpu_bf16=True)
+    assert not precision.auto_compile(torch.device("cpu"))
+    assert not precision.auto_compile(torch.device("mps"))
+
+
+def test_mps_trains_in_fp32(machine):
+    machine(mps=True, cpu_bf16=True)
+    assert precision.auto_precision("auto") == "32-true"
+    assert precision.auto_precision("gpu") == "32-true"  # "gpu" is MPS on a Mac
+    assert precision.auto_precision("mps") == "32-true"
+    assert precision.auto_precision("cpu") == "bf16-mixed"
+
+
+@pytest.mark.parametrize(("native", "expected"), [(True, "bf16-mixed"), (False, "32-true")])
+def test_cpus_get_bf16_only_when_native(machine, native, expected):
+    machine(cpu_bf16=native)
+    assert precision.auto_precision("auto") == expected
+    assert precision.auto_precision("cpu") == expected
+    assert precision.auto_precision("gpu") == expected  # no CUDA, no MPS: Lightning picks the CPU
+
+
+def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch, tmp_path):
+    flags = {"avx2": False, "avx2 avx512_bf16": True, "amx_bf16 avx2": True}
+    for line, native in flags.items():
+        cpuinfo = tmp_path / "cpuinfo"
+        cpuinfo.write_text(f"processor\t: 0\nflags\t\t: fpu {line}\n")
+        monkeypatch.setattr(precision, "Path", lambda _path, cpuinfo=cpuinfo: cpuinfo)
+        monkeypatch.setattr(precision.platform, "system", lambda: "Linux")
+        assert precision.cpu_has_native_bf16() is native, line
