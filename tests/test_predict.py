@@ -57,6 +57,23 @@ def test_several_prompts_and_samples(bare_dir):
     assert "==> prompt 2, sample 2 <==\nAll:" in result.stdout
 
 
+def test_predict_asked_for_two_processes_prints_and_writes_every_sample_once(bare_dir):
+    args = ["predict", "--ckpt_path=model.ckpt", "--generate.max_new_tokens=8"]
+    prompts = '--generate.prompt=["A", "B", "C", "D"]'
+    two = run_cli(
+        *args, prompts, "--generate.output=two.txt",
+        "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp",
+        cwd=bare_dir,
+    )  # fmt: skip
+    assert two.returncode == 0, two.stderr
+    assert "predict generates on one device; ignoring --trainer.devices 2" in two.stderr
+    headers = [line for line in two.stdout.splitlines() if line.startswith("==> ")]
+    assert headers == [f"==> prompt {i}, sample 1 <==" for i in range(1, 5)]
+    assert (bare_dir / "two.txt").read_text() == two.stdout
+    one = run_cli(*args, prompts, cwd=bare_dir)
+    assert one.stdout == two.stdout  # the same samples as on one device
+
+
 def test_interactive_mode_with_piped_stdin(bare_dir):
     result = run_cli(
         "predict",

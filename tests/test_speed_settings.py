@@ -49,5 +49,5 @@ def test_compiled_training_keeps_plain_checkpoints(tmp_path, small_corpus):
     keys = list(checkpoint["state_dict"])
     assert "model.token_embedding.weight" in keys
     assert not [key for key in keys if "_orig_mod" in key]
-    model = GPTModule.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    model = GPTModule.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert model.generate_text("ROMEO:", 10, temperature=0).startswith("ROMEO:")
