@@ -110,10 +110,10 @@ FIT_LR = 0.03
 
 
 @pytest.fixture(scope="module")
-def recorded_fit(tmp_path_factory, shakespeare: str) -> tuple[Recorder, float | None]:
+def recorded_cli_fit(tmp_path_factory, shakespeare: str) -> tuple[Recorder, float | None]:
     """``fit`` as ``python cli.py fit`` runs it (the default recipe, no --config), in-process, with a
     tiny model for 10 steps: what ``Recorder`` saw, and the trainer's gradient_clip_val."""
-    root = tmp_path_factory.mktemp("recorded_fit")
+    root = tmp_path_factory.mktemp("recorded_cli_fit")
     corpus = root / "corpus.txt"
     corpus.write_text(shakespeare[:20_000], encoding="utf-8")
     recorder = Recorder()
@@ -135,8 +135,8 @@ def recorded_fit(tmp_path_factory, shakespeare: str) -> tuple[Recorder, float | 
     return recorder, cli.trainer.gradient_clip_val
 
 
-def test_learning_rate_warms_up_then_follows_the_cosine_in_a_real_fit(recorded_fit):
-    recorder, _ = recorded_fit
+def test_learning_rate_warms_up_then_follows_the_cosine_in_a_real_fit(recorded_cli_fit):
+    recorder, _ = recorded_cli_fit
     # warmup 2: steps 0, 1 at 1/2, 2/2 of the peak; then cosine over steps 2..10 down to 0.1 of it
     multipliers = [0.5, 1.0] + [0.1 + 0.45 * (1 + math.cos(math.pi * k / 8)) for k in range(8)]
     assert len(recorder.lrs) == FIT_STEPS
@@ -214,14 +214,13 @@ def test_every_recipe_clips_gradients_and_keeps_the_module_optimizer(monkeypatch
     assert config.get("optimizer") is None and config.get("lr_scheduler") is None
 
 
-def test_gradients_are_clipped_in_a_real_fit(recorded_fit):
-    recorder, clip = recorded_fit
+def test_gradients_are_clipped_in_a_real_fit(recorded_cli_fit):
+    recorder, clip = recorded_cli_fit
     assert clip is not None and clip > 0, "the default fit does not clip gradients"
     assert len(recorder.before) == len(recorder.after) == FIT_STEPS
-    clipped = [i for i, norm in enumerate(recorder.before) if norm > clip * 1.01]
-    assert clipped, f"no step needed clipping (norms {recorder.before}): the test shows nothing"
+    assert any(norm > clip for norm in recorder.before), f"no step needed clipping: {recorder.before}"
     for step, (before, after) in enumerate(zip(recorder.before, recorder.after, strict=True)):
-        if step in clipped:
+        if before > clip:  # scaled down to the clip value
             assert after == pytest.approx(clip, rel=1e-4), f"step {step}: {before} -> {after}"
         else:  # below the threshold: untouched
             assert after == pytest.approx(before, rel=1e-5), f"step {step}: {before} -> {after}"
@@ -243,7 +242,7 @@ def test_val_loss_is_the_mean_cross_entropy_over_all_validation_tokens(monkeypat
         *QUIET,
     ]
     cli = make_cli(args, run=False)
-    sharpen(cli.model.model, 0.3)  # per-token losses that vary a lot: weighting mistakes show
+    sharpen(cli.model.model, 0.6)  # per-token losses that vary a lot: weighting mistakes show
     (results,) = cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)
 
     # By hand: encode the corpus, take its last 10% as the validation split, cut it into windows.
