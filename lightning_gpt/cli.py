@@ -132,7 +132,11 @@ class GPTLightningCLI(LightningCLI):
             if trainer.enable_progress_bar is None:
                 trainer.enable_progress_bar = False  # stdout carries the generated text
             self._one_predict_device(trainer)
-            self._generation_settings()  # early: before any checkpoint is loaded
+            if not self.config.predict.ckpt_path:
+                raise UserError("predict needs a trained model: pass --ckpt_path CHECKPOINT")
+            # the one check of --generate.*, before anything is loaded; model.* holds the checkpoint's
+            # hyperparameters by now (LightningCLI merged them in)
+            self.generation = self._generation_settings(self.config.predict.model.context_length)
 
     @staticmethod
     def _one_predict_device(trainer) -> None:
@@ -149,9 +153,8 @@ class GPTLightningCLI(LightningCLI):
         trainer.devices = devices if one and devices != "auto" else 1
         trainer.num_nodes, trainer.strategy = 1, "auto"
 
-    def _generation_settings(self, context_length: int | None = None) -> GenerationSettings:
-        """``--generate.*`` as settings, refused in one line if impossible (``keep`` also against
-        the model's ``context_length`` once a checkpoint is loaded)."""
+    def _generation_settings(self, context_length: int) -> GenerationSettings:
+        """``--generate.*`` as settings, refused in one line if impossible."""
         settings = GenerationSettings(**self.config.predict.generate)
         try:
             settings.check(context_length)
@@ -161,13 +164,10 @@ class GPTLightningCLI(LightningCLI):
 
     def before_predict(self) -> None:
         """Hand prompts to the DataModule and sampling settings to the model; print the samples."""
-        settings = self._generation_settings(self.model.hparams.context_length)
-        self.model.generation = settings
+        settings = self.model.generation = self.generation
         prompts = list(settings.prompt)
         if settings.prompt_file:
             prompts.append(read_corpus(settings.prompt_file))
-        if self.model.tokenizer is None:
-            raise UserError("predict needs a trained model: pass --ckpt_path CHECKPOINT")
         try:
             prompts = [prepare_prompt(p, self.model.tokenizer, settings.drop_unknown) for p in prompts]
         except UnknownCharacterError as error:
@@ -179,12 +179,10 @@ class GPTLightningCLI(LightningCLI):
     def _run_subcommand(self, subcommand: str) -> None:
         """``predict --generate.interactive true`` runs the interactive loop instead of trainer.predict."""
         if subcommand == "predict" and self.config.predict.generate.interactive:
-            if self.model.tokenizer is None:
-                raise UserError("interactive mode needs a trained model: pass --ckpt_path CHECKPOINT")
             checkpoint = torch.load(self.config.predict.ckpt_path, map_location="cpu", weights_only=True)
             self.model.load_state_dict(checkpoint["state_dict"])
             self.model.to("cuda" if torch.cuda.is_available() else "cpu")
-            interactive_session(self.model, self._generation_settings(self.model.hparams.context_length))
+            interactive_session(self.model, self.generation)
             return
         super()._run_subcommand(subcommand)
 
