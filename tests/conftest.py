@@ -109,8 +109,7 @@ def run_command(
         pytest.fail(
             f"{test}: `{' '.join(command)[:300]}` did not finish in {elapsed:.0f} s "
             f"(limit {timeout:g} s); its process group was killed. Environment set: {dict(env or {})}\n"
-            f"--- stdout (tail) ---\n{(stdout or '')[-2000:]}\n"
-            f"--- stderr (tail, with the stacks faulthandler printed) ---\n{(stderr or '')[-8000:]}",
+            f"--- stdout (tail) ---\n{(stdout or '')[-2000:]}\n{_stderr_and_stacks(stderr or '')}",
             pytrace=False,
         )
     except BaseException:  # e.g. Ctrl-C, which no longer reaches a group of its own
@@ -118,6 +117,16 @@ def run_command(
             os.killpg(process.pid, signal.SIGKILL)
         raise
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def _stderr_and_stacks(stderr: str) -> str:
+    """The tail of ``stderr`` before the stack dumps, then the start of each process's dump."""
+    before, *dumps = stderr.split("Fatal Python error: Aborted")
+    parts = [f"--- stderr (tail) ---\n{before[-3000:]}"]
+    for number, dump in enumerate(dumps, 1):
+        stacks = dump.split("\nExtension modules:", 1)[0]  # then a long list of compiled modules
+        parts.append(f"--- stacks of process {number} of the group ---{stacks[:4000]}")
+    return "\n".join(parts)
 
 
 def _group_members(group: int) -> list[int]:
