@@ -78,10 +78,19 @@ def restore_rng_states(
         set_rng_states(per_rank[rank], device)
     if len(per_rank) == world_size:
         return None
-    matched = min(len(per_rank), world_size)
-    restored = {0: "no rank", 1: "rank 0"}.get(matched, f"ranks 0-{matched - 1}")
+    saved_count = len(per_rank)
+    matched = min(saved_count, world_size)
+    restored = _ranks(0, matched - 1) if matched else "no rank"
+    if saved_count > world_size:
+        rest = f"unused: the states of {_ranks(world_size, saved_count - 1)}"
+    else:
+        rest = f"fresh streams for {_ranks(saved_count, world_size - 1)}"
     return (
-        f"the checkpoint holds the random-number-generator states of {len(per_rank)} process(es) and "
-        f"this run has {world_size}: {restored} restored theirs, the other ranks keep fresh streams, "
-        "so this run does not repeat an uninterrupted one exactly"
+        f"the checkpoint holds the random-number-generator states of {saved_count} process(es) and this "
+        f"run has {world_size}: restored for {restored}; {rest}; a resume with another number of "
+        "processes does not repeat the uninterrupted run exactly"
     )
+
+
+def _ranks(first: int, last: int) -> str:
+    return f"rank {first}" if first == last else f"ranks {first}-{last}"
