@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics.text import Perplexity
 
 from lightning_gpt.config import GPTConfig
@@ -14,7 +15,7 @@ from lightning_gpt.errors import UserError
 from lightning_gpt.generation import GenerationSettings, generate_text, stream_text
 from lightning_gpt.model import GPT
 from lightning_gpt.precision import auto_compile
-from lightning_gpt.rng import rng_states, set_rng_states
+from lightning_gpt.rng import gather_rng_states, restore_rng_states
 from lightning_gpt.tokenizer import CharTokenizer
 
 
@@ -222,11 +223,26 @@ class GPTModule(L.LightningModule):
             self.log("grad_norm", torch.nn.utils.get_total_norm(grads))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["rng_states"] = rng_states()
+        """Store every rank's generator states, a list indexed by global rank. Lightning calls this
+        hook on all ranks (rank 0 alone writes the file), so the states can be gathered here."""
+        trainer = self._trainer
+        device = trainer.strategy.root_device if trainer is not None else None
+        checkpoint["rng_states"] = gather_rng_states(device)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if "rng_states" in checkpoint:
-            set_rng_states(checkpoint["rng_states"])
+        """Give this rank its own generator states back. Without a trainer (``load_from_checkpoint``)
+        rank 0's are restored and CUDA's are left alone."""
+        if "rng_states" not in checkpoint:
+            return
+        trainer = self._trainer
+        if trainer is None:
+            restore_rng_states(checkpoint["rng_states"], rank=0, world_size=1)
+            return
+        note = restore_rng_states(
+            checkpoint["rng_states"], trainer.global_rank, trainer.world_size, trainer.strategy.root_device
+        )
+        if note and trainer.state.fn == "fit":
+            rank_zero_warn(note)
 
     def configure_optimizers(self):
         h = self.hparams

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import resource
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -53,19 +58,110 @@ def small_corpus(tmp_path: Path, shakespeare: str) -> Path:
 
 
 def run_cli(
-    *args: str, cwd: Path, timeout: float = 240, stdin: str | None = None
+    *args: str,
+    cwd: Path,
+    timeout: float = 240,
+    stdin: str | None = None,
+    env: Mapping[str, str | None] | None = None,
 ) -> subprocess.CompletedProcess:
-    """Run ``python cli.py ARGS`` in ``cwd`` and return the finished process (text output)."""
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    return subprocess.run(
-        [sys.executable, str(CLI), *args],
+    """Run ``python cli.py ARGS`` in ``cwd`` and return the finished process (text output); see
+    ``run_command`` for ``env`` and what happens past ``timeout`` seconds."""
+    return run_command([sys.executable, str(CLI), *args], cwd=cwd, timeout=timeout, stdin=stdin, env=env)
+
+
+def run_command(
+    command: list[str],
+    cwd: Path,
+    timeout: float,
+    stdin: str | None = None,
+    env: Mapping[str, str | None] | None = None,
+) -> subprocess.CompletedProcess:
+    """Run ``command`` in ``cwd`` in its own process group and return the finished process.
+
+    ``env`` sets (or, with ``None``, removes) environment variables. DDP ranks and dataloader workers
+    started by the command join its process group. Past ``timeout`` seconds the whole group gets
+    SIGABRT (faulthandler prints every Python thread's stack to stderr), then SIGKILL, and the test
+    fails with its name, the time and the tail of the output.
+    """
+    environment = dict(os.environ, PYTHONWARNINGS="ignore", PYTHONFAULTHANDLER="1")
+    for name, value in (env or {}).items():
+        if value is None:
+            environment.pop(name, None)
+        else:
+            environment[name] = value
+    process = subprocess.Popen(
+        command,
         cwd=cwd,
-        env=env,
-        input=stdin,
-        capture_output=True,
+        env=environment,
+        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
+        start_new_session=True,
     )
+    started = time.monotonic()
+    try:
+        stdout, stderr = process.communicate(stdin, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        elapsed = time.monotonic() - started
+        stdout, stderr = _stop_process_group(process)
+        test = os.environ.get("PYTEST_CURRENT_TEST", "?").rsplit(" ", 1)[0]
+        pytest.fail(
+            f"{test}: `{' '.join(command)[:300]}` did not finish in {elapsed:.0f} s "
+            f"(limit {timeout:g} s); its process group was killed. Environment set: {dict(env or {})}\n"
+            f"--- stdout (tail) ---\n{(stdout or '')[-2000:]}\n{_stderr_and_stacks(stderr or '')}",
+            pytrace=False,
+        )
+    except BaseException:  # e.g. Ctrl-C, which no longer reaches a group of its own
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        raise
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def _stderr_and_stacks(stderr: str) -> str:
+    """The tail of ``stderr`` before the stack dumps, then the start of each process's dump."""
+    before, *dumps = stderr.split("Fatal Python error: Aborted")
+    parts = [f"--- stderr (tail) ---\n{before[-3000:]}"]
+    for number, dump in enumerate(dumps, 1):
+        stacks = dump.split("\nExtension modules:", 1)[0]  # then a long list of compiled modules
+        parts.append(f"--- stacks of process {number} of the group ---{stacks[:4000]}")
+    return "\n".join(parts)
+
+
+def _group_members(group: int) -> list[int]:
+    """The processes in process group ``group`` (read from /proc; empty where there is none)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (name)": state, ppid, pgrp
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == group:
+            members.append(int(stat.parent.name))
+    return members
+
+
+def _stop_process_group(process: subprocess.Popen) -> tuple[str, str]:
+    """Dump the stacks of a timed-out run's processes, kill them all and return the output so far."""
+    prlimit = getattr(resource, "prlimit", None)  # Linux
+    for pid in _group_members(process.pid) if prlimit else []:
+        with contextlib.suppress(OSError):
+            prlimit(pid, resource.RLIMIT_CORE, (0, 0))  # SIGABRT must not write core files
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGABRT)
+    try:
+        return process.communicate(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    try:
+        return process.communicate(timeout=10)
+    except subprocess.TimeoutExpired:  # something outside the group still holds the pipes
+        process.kill()
+        return "", "(no output: the pipes stayed open after the process group was killed)"
 
 
 def tiny_fit_args(corpus: Path, steps: int = 6, val_every: int = 3) -> list[str]:

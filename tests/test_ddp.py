@@ -1,34 +1,94 @@
-"""Lightning's DDP on the CPU with two processes (gloo)."""
+"""Lightning's DDP on the CPU with two processes (gloo): training, synced validation, exact resume,
+and runs that cannot hang the test suite."""
 
 import json
 import os
 import re
+import socket
+import sys
+import time
+from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_cli, tiny_fit_args
+import torch
+from conftest import ROOT, run_cli, run_command, tiny_fit_args
+
+LIMIT_S = 120  # one two-process run of the tiny model takes seconds; past this it is hung
+
+
+def ddp_env() -> dict[str, str | None]:
+    """The environment of a two-process CPU run that only ever talks to itself.
+
+    Rendezvous and gloo on the loopback interface (gloo otherwise uses the address the hostname
+    resolves to, which a sandbox may not route), no GPU (a CPU run would initialise CUDA for pinned
+    memory), one thread per process, and none of a surrounding launcher's variables (SLURM,
+    torchrun): with those Lightning would wait for ranks it never starts.
+    """
+    paths = [str(ROOT / "tests" / "helpers"), os.environ.get("PYTHONPATH", "")]
+    env: dict[str, str | None] = {
+        "PYTHONPATH": os.pathsep.join(p for p in paths if p),  # rank 1 is started with this too
+        "MASTER_ADDR": "127.0.0.1",
+        "CUDA_VISIBLE_DEVICES": "",
+        "OMP_NUM_THREADS": "1",
+    }
+    interfaces = {name for _, name in socket.if_nameindex()}
+    loopback = next((name for name in ("lo", "lo0") if name in interfaces), None)
+    if loopback:
+        env["GLOO_SOCKET_IFNAME"] = loopback
+    for name in ("MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK"):
+        env[name] = None
+    for name in ("TORCHELASTIC_RUN_ID", "SLURM_NTASKS", "LSB_JOBID"):
+        env[name] = None
+    return env
+
+
+def ddp_fit(corpus: Path, cwd: Path, probe: str, *extra: str) -> None:
+    """8 steps of the tiny model with dropout on two CPU processes, each with its own streams."""
+    result = run_cli(
+        *tiny_fit_args(corpus, steps=8, val_every=8),
+        "--trainer.limit_val_batches=null",
+        "--model.dropout=0.1",
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=2",
+        "--trainer.strategy=ddp",
+        "--trainer.precision=32-true",
+        "--sample.print_at_end=false",
+        "--trainer.callbacks+=ddp_probe.PerRankSeeds",
+        "--trainer.callbacks+=ddp_probe.RankProbe",
+        f"--trainer.callbacks.folder={probe}",
+        *extra,
+        cwd=cwd,
+        timeout=LIMIT_S,
+        env=ddp_env(),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def probes(folder: Path) -> list[dict]:
+    return [json.loads((folder / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory, shakespeare: str) -> Path:
+    """The folder of an uninterrupted two-process run that also kept its step-4 checkpoint (mid/)."""
+    root = tmp_path_factory.mktemp("ddp")
+    (root / "corpus.txt").write_text(shakespeare[:20_000], encoding="utf-8")
+    ddp_fit(
+        root / "corpus.txt",
+        root,
+        "probe",
+        "--trainer.callbacks+=ModelCheckpoint",
+        "--trainer.callbacks.dirpath=mid",
+        "--trainer.callbacks.filename={step}",
+        "--trainer.callbacks.every_n_train_steps=4",
+        "--trainer.callbacks.save_top_k=-1",
+    )
+    return root
 
 
 @pytest.mark.slow
-def test_two_process_ddp_on_cpu(tmp_path, small_corpus):
-    env_path = os.pathsep.join([str(ROOT / "tests" / "helpers"), os.environ.get("PYTHONPATH", "")])
-    os.environ["PYTHONPATH"] = env_path  # the launcher re-runs cli.py for rank 1 with this environment
-    try:
-        result = run_cli(
-            *tiny_fit_args(small_corpus, steps=8, val_every=8),
-            "--trainer.limit_val_batches=null",
-            "--trainer.accelerator=cpu",
-            "--trainer.devices=2",
-            "--trainer.strategy=ddp",
-            "--trainer.precision=32-true",
-            "--trainer.callbacks+=ddp_probe.RankProbe",
-            "--sample.print_at_end=false",
-            cwd=tmp_path,
-            timeout=300,
-        )
-    finally:
-        os.environ["PYTHONPATH"] = env_path.split(os.pathsep, 1)[1]
-    assert result.returncode == 0, result.stderr[-3000:]
-    ranks = [json.loads((tmp_path / "probe" / f"rank{r}.json").read_text()) for r in (0, 1)]
+def test_two_process_ddp_on_cpu(ddp_run):
+    ranks = probes(ddp_run / "probe")
     assert [r["world_size"] for r in ranks] == [2, 2]
     assert ranks[0]["first_batch"] != ranks[1]["first_batch"], "both ranks trained on the same windows"
     assert ranks[0]["weights_sum"] == ranks[1]["weights_sum"]
@@ -38,14 +98,73 @@ def test_two_process_ddp_on_cpu(tmp_path, small_corpus):
     # ... which is what one process computes over the whole validation split
     single = run_cli(
         "validate",
-        f"--data.path={small_corpus}",
+        f"--data.path={ddp_run / 'corpus.txt'}",
         "--ckpt_path=checkpoints/last.ckpt",
         "--trainer.precision=32-true",
-        cwd=tmp_path,
+        cwd=ddp_run,
+        timeout=LIMIT_S,
     )
     assert single.returncode == 0, single.stderr
     value = float(re.search(r"val_loss\s+([0-9.]+)", single.stdout).group(1))
     assert value == pytest.approx(ranks[0]["val_loss"], abs=2e-3)
     # checkpoints are written once, by rank 0: one best, one last, no leftovers
-    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    names = sorted(p.name for p in (ddp_run / "checkpoints").iterdir())
     assert len(names) == 2 and "last.ckpt" in names and names[0].startswith("best-step000008")
+
+
+@pytest.mark.slow
+def test_two_process_resume_gives_every_rank_its_own_streams(ddp_run):
+    # Resume the step-4 checkpoint to step 8: what a run stopped at step 4 would have left.
+    ddp_fit(
+        ddp_run / "corpus.txt",
+        ddp_run,
+        "probe_resumed",
+        "--ckpt_path=mid/step=4.ckpt",
+        "--checkpoint.dirpath=resumed",
+    )
+    draws, resumed_draws = (
+        [r["draws"] for r in probes(ddp_run / folder)] for folder in ("probe", "probe_resumed")
+    )
+    assert draws[0] != draws[1], "the two ranks' streams must differ, or mixing them up would not show"
+    whole = torch.load(ddp_run / "checkpoints" / "last.ckpt", weights_only=True)
+    resumed = torch.load(ddp_run / "resumed" / "last.ckpt", weights_only=True)
+    assert resumed["global_step"] == whole["global_step"] == 8
+    for name, tensor in whole["state_dict"].items():
+        assert torch.equal(tensor, resumed["state_dict"][name]), f"{name} differs after resuming"
+    assert resumed_draws == draws, "torch, Python and NumPy streams of each rank, after the last step"
+    # the checkpoint holds one entry per rank, as plain data (it was loaded with weights_only)
+    saved = torch.load(ddp_run / "mid" / "step=4.ckpt", weights_only=True)
+    assert saved["global_step"] == 4 and len(saved["rng_states"]) == 2
+    assert not torch.equal(saved["rng_states"][0]["torch"], saved["rng_states"][1]["torch"])
+
+
+def test_a_hung_run_fails_with_its_stacks_and_leaves_no_process(tmp_path):
+    # A parent that starts a child, as Lightning's launcher starts rank 1, and both sleep on.
+    script = (
+        "import subprocess, sys, time; "
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); "
+        "print(child.pid, flush=True); time.sleep(600)"
+    )
+    with pytest.raises(pytest.fail.Exception) as failure:
+        run_command([sys.executable, "-c", script], cwd=tmp_path, timeout=3)
+    message = str(failure.value)
+    assert "test_a_hung_run_fails_with_its_stacks_and_leaves_no_process" in message
+    assert "did not finish in 3 s" in message
+    assert "stacks of process 2 of the group" in message, "both processes print their stacks"
+    assert message.count('File "<string>", line 1 in <module>') == 2
+    child = int(message.split("--- stdout (tail) ---\n", 1)[1].split()[0])
+    assert gone_within(child, seconds=5), "the child outlived its killed process group"
+
+
+def gone_within(pid: int, seconds: float) -> bool:
+    """Whether ``pid`` has exited (a zombie, dead but not yet reaped, has) within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.05)
+    return False

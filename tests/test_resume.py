@@ -1,15 +1,19 @@
 """Exact resume after a kill, and checkpoints that survive kills during saves."""
 
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import CLI, TINY_MODEL, run_cli
+
+from lightning_gpt.rng import restore_rng_states, rng_states, set_rng_states
 
 # Dropout on and two dataloader workers: both must be resumed exactly.
 RUN = [
@@ -127,3 +131,54 @@ def test_kills_during_saves_never_corrupt_checkpoints(tmp_path, small_corpus):
     assert len(checkpoints) >= 5 and (folder / "last.ckpt").exists()
     for path in checkpoints:
         assert step_of(path) >= 1, f"{path.name} does not load"
+
+
+@pytest.fixture
+def keep_generators():
+    """Give the other tests the generator states these tests found."""
+    states = rng_states()
+    yield
+    set_rng_states(states)
+
+
+def seeded_states(seed: int) -> dict:
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    return rng_states()
+
+
+def draws() -> list[float]:
+    """The next number of the torch, Python and NumPy generators."""
+    return [torch.rand(()).item(), random.random(), float(np.random.rand())]
+
+
+def test_each_rank_gets_its_own_generator_states_back(tmp_path, keep_generators):
+    per_rank = [seeded_states(1), seeded_states(2)]
+    expected = [(seeded_states(seed), draws())[1] for seed in (1, 2)]
+    torch.save({"rng_states": per_rank}, tmp_path / "states.pt")
+    saved = torch.load(tmp_path / "states.pt", weights_only=True)["rng_states"]
+    for rank in (0, 1):
+        seeded_states(99)
+        assert restore_rng_states(saved, rank, world_size=2) is None
+        assert draws() == expected[rank]
+
+
+def test_old_checkpoints_and_other_world_sizes(keep_generators):
+    one, two = seeded_states(1), seeded_states(2)
+    expected_one = (seeded_states(1), draws())[1]
+    fresh = (seeded_states(99), draws())[1]
+    # older checkpoints hold one state, read as rank 0's
+    seeded_states(99)
+    assert restore_rng_states(one, rank=0, world_size=1) is None
+    assert draws() == expected_one
+    # two saved, one running: rank 0 restores its own, and a line says what happened
+    seeded_states(99)
+    note = restore_rng_states([one, two], rank=0, world_size=1)
+    assert draws() == expected_one
+    assert "of 2 process(es) and this run has 1: restored for rank 0; unused: the states of rank 1" in note
+    # two saved, three running: rank 2 has no entry and keeps its fresh streams
+    seeded_states(99)
+    note = restore_rng_states([one, two], rank=2, world_size=3)
+    assert draws() == fresh
+    assert "this run has 3: restored for ranks 0-1; fresh streams for rank 2" in note

@@ -1,10 +1,26 @@
-"""A callback for the DDP test: each rank records what it trained on and its final weights."""
+"""Callbacks for the DDP tests: per-rank random streams, and what each rank trained on and ended with."""
 
 import json
 import os
+import random
 
 import lightning as L
+import numpy as np
 import torch
+
+
+class PerRankSeeds(L.Callback):
+    """Seed torch, Python and NumPy differently on every rank (Lightning seeds them all alike).
+
+    ``setup`` runs before a checkpoint is restored, so a resume that handed every rank rank 0's
+    streams would show in the dropout masks and the draws ``RankProbe`` records.
+    """
+
+    def setup(self, trainer, pl_module, stage):
+        seed = 1000 + trainer.global_rank
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed)
 
 
 class RankProbe(L.Callback):
@@ -26,6 +42,8 @@ class RankProbe(L.Callback):
             "weights_sum": weights.sum().item(),
             "weights_abs_sum": weights.abs().sum().item(),
             "val_loss": trainer.callback_metrics["val_loss"].item(),
+            # the next number of each generator: equal only if the streams are where they were
+            "draws": [torch.rand(()).item(), random.random(), float(np.random.rand())],
         }
         with open(os.path.join(self.folder, f"rank{trainer.global_rank}.json"), "w") as file:
             json.dump(record, file)
