@@ -16,7 +16,7 @@ python -m pip install -q -e ".[dev]" >/dev/null 2>&1 || true
 if [ ! -f data/tinyshakespeare.txt ] && [ -f ../shared/data/tinyshakespeare.txt ]; then
     mkdir -p data && cp ../shared/data/tinyshakespeare.txt data/
 fi
-summary "== $(date -u +%F) $(python benchmarks/machine.py 2>/dev/null | head -1)"
+summary "== $(date -u +%F) $(cd benchmarks && python -c "from machine import describe; print(describe())")"
 summary "$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null)"
 
 # 1. the gpu-marked tests (each bounded; about 2 minutes)
