@@ -43,8 +43,7 @@ class GPTModule(L.LightningModule):
         context_length: longest sequence T the model sees.
         dropout: dropout probability in training.
         attention_dropout: dropout on the attention weights (default: ``dropout``). On CPU any value
-            above 0 forces the slow unfused attention kernel; 0 made the seed recipe's bf16 step 2.2x
-            faster on a 2-core CPU.
+            above 0 forces the slow unfused attention kernel (figures: benchmarks/README.md).
         positional: "learned" (default) or "sinusoidal" positional encoding.
         bias: whether Linear layers have biases.
         vocab: the sorted character vocabulary; taken from the data when unset.
