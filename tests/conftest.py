@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
+import torch
 
 from lightning_gpt.download import SHAKESPEARE_SHA256, SHAKESPEARE_URL, download, sha256_of
 
@@ -83,7 +84,8 @@ def run_command(
     SIGABRT (faulthandler prints every Python thread's stack to stderr), then SIGKILL, and the test
     fails with its name, the time and the tail of the output.
     """
-    environment = dict(os.environ, PYTHONWARNINGS="ignore", PYTHONFAULTHANDLER="1")
+    # One torch thread: the test models are tiny, and on a 2-core runner threads only contend.
+    environment = dict(os.environ, PYTHONWARNINGS="ignore", PYTHONFAULTHANDLER="1", OMP_NUM_THREADS="1")
     for name, value in (env or {}).items():
         if value is None:
             environment.pop(name, None)
@@ -187,6 +189,15 @@ def tiny_checkpoint(tmp_path_factory, shakespeare: str) -> Path:
     result = run_cli(*tiny_fit_args(corpus, steps=30, val_every=15), cwd=root)
     assert result.returncode == 0, result.stderr
     return root / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread():
+    """In-process tests run on one torch thread too (tests that need more set it themselves)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)
