@@ -215,12 +215,14 @@ def make_cli(
     )
 
 
+def _no_cloud_logger_tip(record: logging.LogRecord) -> bool:
+    """Drops Lightning's advertisement for its cloud logger, printed at every start."""
+    return "litlogger" not in record.getMessage()
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``python cli.py`` and the ``lightning-gpt`` command."""
-    # Lightning's advertisement for its cloud logger, printed at every start
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-        lambda record: "litlogger" not in record.getMessage()
-    )
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_cloud_logger_tip)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     warnings.filterwarnings("ignore", message=r".*infer the batch indices.*")
     try:

@@ -205,10 +205,30 @@ def _token_cache_in_tmp(tmp_path, monkeypatch):
     """Token caches of DataModules built in-process go to the test's tmp folder, not ./data."""
     from lightning_gpt.data import CharDataModule
 
-    original = CharDataModule.__init__
+    init = CharDataModule.__init__
+    names = init.__code__.co_varnames[1 : init.__code__.co_argcount]  # the parameters after self
+    defaults = dict(zip(names[-len(init.__defaults__) :], init.__defaults__, strict=True))
+    defaults["cache_dir"] = str(tmp_path / "cache")  # a default, so the CLI's parser sees it too
+    monkeypatch.setattr(init, "__defaults__", tuple(defaults.values()))
 
-    def init(self, *args, **kwargs):
-        kwargs.setdefault("cache_dir", str(tmp_path / "cache"))
-        original(self, *args, **kwargs)
 
-    monkeypatch.setattr(CharDataModule, "__init__", init)
+@pytest.fixture
+def cli_main(monkeypatch, capsys):
+    """``python cli.py ARGS`` in this process, for checks of one-line errors where a subprocess would
+    add only start-up time: ``cli_main(*args, cwd=...)`` returns a CompletedProcess (exit code,
+    captured stdout and stderr)."""
+    from lightning_gpt.cli import main
+
+    def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+        monkeypatch.chdir(cwd)
+        monkeypatch.setattr(sys, "argv", [str(CLI)])  # as if run as cli.py: no pytest arguments
+        capsys.readouterr()
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(list(args), code, out, err)
+
+    return run

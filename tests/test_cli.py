@@ -71,17 +71,17 @@ def test_saved_config_runs_again(tmp_path, small_corpus):
     assert (tmp_path / "second" / "last.ckpt").is_file()
 
 
-def test_new_fit_never_overwrites_earlier_checkpoints(tmp_path, small_corpus):
+def test_new_fit_never_overwrites_earlier_checkpoints(tmp_path, small_corpus, cli_main):
     assert run_cli(*tiny_fit_args(small_corpus, steps=2, val_every=2), cwd=tmp_path).returncode == 0
     before = (tmp_path / "checkpoints" / "last.ckpt").read_bytes()
-    again = run_cli(*tiny_fit_args(small_corpus, steps=2, val_every=2), cwd=tmp_path)
+    again = cli_main(*tiny_fit_args(small_corpus, steps=2, val_every=2), cwd=tmp_path)
     assert again.returncode != 0
     assert again.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "--ckpt_path last" in again.stderr and "Traceback" not in again.stderr
     assert (tmp_path / "checkpoints" / "last.ckpt").read_bytes() == before
 
 
-def test_bad_checkpoints_get_one_line_errors(tmp_path, small_corpus):
+def test_bad_checkpoints_get_one_line_errors(tmp_path, small_corpus, cli_main):
     not_a_checkpoint = tmp_path / "notes.ckpt"
     not_a_checkpoint.write_text("hello")
     foreign = tmp_path / "foreign.ckpt"
@@ -93,28 +93,28 @@ def test_bad_checkpoints_get_one_line_errors(tmp_path, small_corpus):
         "last": "no checkpoint at checkpoints/last.ckpt",
     }
     for ckpt, message in cases.items():
-        result = run_cli("validate", f"--data.path={small_corpus}", f"--ckpt_path={ckpt}", cwd=tmp_path)
+        result = cli_main("validate", f"--data.path={small_corpus}", f"--ckpt_path={ckpt}", cwd=tmp_path)
         assert result.returncode == 2, (ckpt, result.stderr)
         last_line = result.stderr.strip().splitlines()[-1]
         assert last_line.startswith("error: ") and message in last_line, result.stderr
         assert "Traceback" not in result.stderr
 
 
-def test_missing_corpus_and_bad_values(tmp_path):
-    missing = run_cli("fit", "--data.path=nowhere.txt", *TINY_MODEL, cwd=tmp_path)
+def test_missing_corpus_and_bad_values(tmp_path, cli_main):
+    missing = cli_main("fit", "--data.path=nowhere.txt", *TINY_MODEL, cwd=tmp_path)
     assert missing.returncode == 2 and "nowhere.txt does not exist" in missing.stderr
     assert "Traceback" not in missing.stderr
-    typo = run_cli("fit", "--model.d_modle=32", cwd=tmp_path)
+    typo = cli_main("fit", "--model.d_modle=32", cwd=tmp_path)
     assert typo.returncode != 0 and "d_modle" in typo.stderr
-    heads = run_cli("fit", "--data.path=x.txt", "--model.num_heads=5", cwd=tmp_path)
+    heads = cli_main("fit", "--data.path=x.txt", "--model.num_heads=5", cwd=tmp_path)
     assert heads.returncode == 2 and "divisible" in heads.stderr
 
 
-def test_resuming_on_a_corpus_with_another_vocabulary_is_refused(tmp_path, small_corpus):
+def test_resuming_on_a_corpus_with_another_vocabulary_is_refused(tmp_path, small_corpus, cli_main):
     assert run_cli(*tiny_fit_args(small_corpus, steps=2, val_every=2), cwd=tmp_path).returncode == 0
     other = tmp_path / "other.txt"
     other.write_text("0123456789 " * 500)
-    result = run_cli("validate", f"--data.path={other}", "--ckpt_path=checkpoints/last.ckpt", cwd=tmp_path)
+    result = cli_main("validate", f"--data.path={other}", "--ckpt_path=checkpoints/last.ckpt", cwd=tmp_path)
     assert result.returncode == 2 and "differs from the model's" in result.stderr.strip().splitlines()[-1]
 
 

@@ -103,8 +103,8 @@ def test_interactive_mode_with_piped_stdin(bare_dir):
         (["--generate.interactive=true", "--generate.keep=33"], "context_length 32"),
     ],
 )
-def test_bad_generation_input(bare_dir, args, message):
-    result = run_cli("predict", "--ckpt_path=model.ckpt", *args, cwd=bare_dir)
+def test_bad_generation_input(bare_dir, args, message, cli_main):
+    result = cli_main("predict", "--ckpt_path=model.ckpt", *args, cwd=bare_dir)
     assert result.returncode == 2, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and message in last and "Traceback" not in result.stderr
@@ -156,6 +156,6 @@ def test_unknown_characters_can_be_dropped_and_empty_prompt_starts_a_line(bare_d
     assert empty.returncode == 0 and empty.stdout.startswith("\n") and len(empty.stdout.rstrip("\n")) >= 1
 
 
-def test_predict_without_checkpoint(tmp_path):
-    result = run_cli("predict", "--generate.prompt=hi", cwd=tmp_path)
+def test_predict_without_checkpoint(tmp_path, cli_main):
+    result = cli_main("predict", "--generate.prompt=hi", cwd=tmp_path)
     assert result.returncode == 2 and "--ckpt_path" in result.stderr.strip().splitlines()[-1]

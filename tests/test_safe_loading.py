@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
 
 from lightning_gpt.cli import check_checkpoint
 from lightning_gpt.errors import UserError
@@ -56,10 +55,10 @@ def test_check_checkpoint_refuses_a_pickle_payload(tmp_path, where):
 
 
 @pytest.mark.parametrize("subcommand", ["validate", "predict"])
-def test_cli_refuses_a_pickle_payload(tmp_path, subcommand):
+def test_cli_refuses_a_pickle_payload(tmp_path, subcommand, cli_main):
     marker = tmp_path / "marker"
     evil_checkpoint(tmp_path / "evil.ckpt", marker)
-    result = run_cli(subcommand, "--ckpt_path", "evil.ckpt", cwd=tmp_path, timeout=120)
+    result = cli_main(subcommand, "--ckpt_path", "evil.ckpt", cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: "), result.stderr
     assert "evil.ckpt" in result.stderr.strip().splitlines()[-1]
