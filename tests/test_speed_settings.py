@@ -137,11 +137,11 @@ class MemoryLogger(Logger):
         pass
 
 
-def test_logging_work_and_host_reads_happen_at_logging_steps_only(tmp_path, small_corpus, monkeypatch):
-    monkeypatch.undo()  # the CLI reads CharDataModule's real signature
-    every, steps = 4, 12
-    args = [
-        f"--data.path={small_corpus}",
+def fit_args(tmp_path: Path, corpus: Path, steps: int, every: int, *extra: str) -> list[str]:
+    """A tiny fit through the CLI's defaults (progress bar, TensorBoard, callbacks), logging every
+    ``every`` steps, no validation after the sanity check."""
+    return [
+        f"--data.path={corpus}",
         f"--data.cache_dir={tmp_path}/cache",
         *TINY_MODEL,
         "--model.dropout=0.1",
@@ -152,9 +152,15 @@ def test_logging_work_and_host_reads_happen_at_logging_steps_only(tmp_path, smal
         f"--trainer.default_root_dir={tmp_path}",
         f"--checkpoint.dirpath={tmp_path}/checkpoints",
         "--sample.print_at_end=false",
+        *extra,
     ]
+
+
+def test_logging_work_and_host_reads_happen_at_logging_steps_only(tmp_path, small_corpus, monkeypatch):
+    monkeypatch.undo()  # the CLI reads CharDataModule's real signature
+    every, steps = 4, 12
     windows = StepWindows()
-    cli = make_cli(args, callbacks=[windows], run=False)
+    cli = make_cli(fit_args(tmp_path, small_corpus, steps, every), callbacks=[windows], run=False)
     memory = MemoryLogger()
     cli.trainer.loggers = [*cli.trainer.loggers, memory]  # beside TensorBoard
     logged_at: list[int] = []
@@ -181,3 +187,37 @@ def test_logging_work_and_host_reads_happen_at_logging_steps_only(tmp_path, smal
         assert sent[step]["grad_norm"] == pytest.approx(windows.grad_norms[step])
     assert len(set(windows.grad_norms.values())) == steps  # the norms tell the steps apart
     assert set(cli.trainer.progress_bar_metrics) >= {"train_loss", "lr", "tokens_per_sec"}
+
+
+class StrictSyncs(L.Callback):
+    """Makes every CUDA synchronisation an error from the start of a step that is not a logging step
+    to the start of the next step (after two warm-up steps)."""
+
+    def __init__(self):
+        self.strict_steps: list[int] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        step = trainer.global_step
+        strict = step >= 2 and (step + 1) % trainer.log_every_n_steps != 0
+        torch.cuda.set_sync_debug_mode("error" if strict else "default")
+        if strict:
+            self.strict_steps.append(step)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_no_cuda_syncs_between_logging_steps(tmp_path, small_corpus, monkeypatch):
+    monkeypatch.undo()  # the CLI reads CharDataModule's real signature
+    strict = StrictSyncs()
+    args = fit_args(tmp_path, small_corpus, 12, 4, "--trainer.accelerator=cuda", "--model.compile=false")
+    cli = make_cli(args, callbacks=[strict], run=False)
+    try:
+        cli.trainer.fit(cli.model, cli.datamodule)  # raises at the first synchronisation
+        assert strict.strict_steps == [2, 4, 5, 6, 8, 9, 10]
+        torch.cuda.set_sync_debug_mode("error")
+        with pytest.raises(RuntimeError):  # the mode catches a host read here
+            torch.ones(1, device="cuda").item()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
