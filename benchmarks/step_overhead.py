@@ -1,7 +1,8 @@
 """Per-step overhead of ``cli.py fit`` against a plain PyTorch loop doing the same work, on a tiny model.
 
     python benchmarks/step_overhead.py [--rounds 5] [--warmup 50] [--steps 300] [--device cpu|cuda]
-                                       [--mode interleaved|separate] [--clock wall|cpu] [--json FILE]
+        [--mode interleaved|separate] [--clock wall|cpu] [--threads N] [--fit-arg=--trainer.X=Y]
+        [--floor] [--json FILE]
 
 At this size (1 block, d_model 32, 2 heads, T 32, batch 8, fp32) a step computes almost nothing, so
 the time per step is mostly framework work: hooks, logging, the progress bar, callbacks.
@@ -13,6 +14,8 @@ Contenders:
   fit    the real CLI: ``make_cli(args, run=False)`` then ``trainer.fit``, with the shipped defaults
          (progress bar, TensorBoard logger, default callbacks, checkpointing) except for the tiny shape,
          ``32-true`` precision, throwaway folders and no validation within the timed steps
+         (``--fit-arg`` adds CLI arguments; ``--floor`` times instead a minimal LightningModule
+         through ``Trainer(barebones=True)``: what Lightning itself costs per step)
 Every round starts both afresh (same seed). ``--mode separate`` runs them one after the other (their
 order alternates from round to round) and times a step between the ends of consecutive optimizer
 steps. ``--mode interleaved`` (the default on CPUs) alternates them step by step inside one fit: a
@@ -64,8 +67,10 @@ SEED = 1337
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
-def plain_steps(corpus: Path, cache_dir: str, decay_steps: int, device: str) -> Iterator[None]:
-    """The same training work without a framework, one optimizer step per ``next()``."""
+def training_parts(
+    corpus: Path, cache_dir: str, decay_steps: int, device: str
+) -> tuple[DataLoader, GPT, torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """Batches, model, AdamW and schedule as the project builds them, without the framework."""
     torch.manual_seed(SEED)
     data = CharDataModule(
         path=str(corpus), cache_dir=cache_dir, batch_size=BATCH_SIZE, context_length=SHAPE["context_length"]
@@ -90,6 +95,12 @@ def plain_steps(corpus: Path, cache_dir: str, decay_steps: int, device: str) -> 
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: warmup_cosine(step, h.warmup_steps, decay_steps, h.min_lr_ratio)
     )
+    return loader, model, optimizer, schedule
+
+
+def plain_steps(corpus: Path, cache_dir: str, decay_steps: int, device: str) -> Iterator[None]:
+    """The same training work without a framework, one optimizer step per ``next()``."""
+    loader, model, optimizer, schedule = training_parts(corpus, cache_dir, decay_steps, device)
     for x, y in loader:  # endless
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # [B, T] each
         _, loss = model(x, y)
@@ -99,6 +110,40 @@ def plain_steps(corpus: Path, cache_dir: str, decay_steps: int, device: str) -> 
         optimizer.zero_grad(set_to_none=True)
         schedule.step()
         yield
+
+
+class MinimalModule(L.LightningModule):
+    """The least a LightningModule needs for the same work: Lightning's own per-step cost."""
+
+    def __init__(self, model: GPT, optimizer: torch.optim.Optimizer, schedule):
+        super().__init__()
+        self.model = model
+        self.optimizer, self.schedule = optimizer, schedule
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self.model(*batch)[1]
+
+    def configure_optimizers(self):
+        return {"optimizer": self.optimizer, "lr_scheduler": {"scheduler": self.schedule, "interval": "step"}}
+
+
+def floor_fit(corpus: Path, tmp: str, steps: int, device: str, callback: L.Callback) -> None:
+    """``MinimalModule`` through ``Trainer(barebones=True)`` (no logger, progress bar, checkpoints
+    or model summary), clipping to 1.0, with ``callback``."""
+    loader, model, optimizer, schedule = training_parts(corpus, f"{tmp}/data", steps, device)
+    trainer = L.Trainer(
+        accelerator=device,
+        devices=1,
+        precision="32-true",
+        max_steps=steps,
+        gradient_clip_val=1.0,
+        barebones=True,
+        callbacks=[callback],
+        default_root_dir=tmp,
+    )
+    trainer.fit(MinimalModule(model, optimizer, schedule), loader)
+    if device == "cuda":
+        torch.cuda.synchronize()
 
 
 class Interleaved(L.Callback):
@@ -152,11 +197,18 @@ def one_round(args: argparse.Namespace, tmp: str, number: int) -> dict[str, list
     clock = CLOCKS[args.clock]
     total = args.warmup + args.steps + 1
     plain = plain_steps(args.corpus, f"{tmp}/data", total, args.device)
-    fit_folder = f"{tmp}/fit{number}"
+    folder = f"{tmp}/fit{number}"
+
+    def fit(callback: L.Callback) -> None:
+        if args.floor:
+            floor_fit(args.corpus, folder, total, args.device, callback)
+        else:
+            cli_fit(args.corpus, folder, total, args.device, callback, args.fit_arg)
+
     if args.mode == "interleaved":
         next(plain)  # builds the plain contender before the fit starts
         interleaved = Interleaved(plain, clock)
-        cli_fit(args.corpus, fit_folder, total, args.device, interleaved, args.fit_arg)
+        fit(interleaved)
         return {name: times[args.warmup :] for name, times in interleaved.times.items()}
     times = {}
     for name in ["plain", "fit"] if number % 2 == 0 else ["fit", "plain"]:
@@ -166,7 +218,7 @@ def one_round(args: argparse.Namespace, tmp: str, number: int) -> dict[str, list
                 torch.cuda.synchronize()
         else:
             timer = StepTimer(clock)
-            cli_fit(args.corpus, fit_folder, total, args.device, timer, args.fit_arg)
+            fit(timer)
             ends = timer.ends
         times[name] = step_times(ends, args.warmup)
     return times
@@ -195,6 +247,11 @@ def main() -> None:
         default=[],
         help="one more argument for the fit contender, e.g. --fit-arg=--trainer.logger=false (repeatable)",
     )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="time a minimal LightningModule through Trainer(barebones=True) instead of the CLI",
+    )
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     args = parser.parse_args()
     args.mode = args.mode or ("separate" if args.device == "cuda" else "interleaved")
@@ -208,9 +265,10 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     machine = describe()
     print(f"machine: {machine}")
+    contender = "the Lightning floor (minimal module, barebones)" if args.floor else f"the CLI {args.fit_arg}"
     print(
         f"{SHAPE}, batch {BATCH_SIZE}, fp32, {args.device}; {args.mode}, {args.clock} clock; "
-        f"{args.rounds} rounds x {args.steps} steps after {args.warmup}; fit extra args: {args.fit_arg}"
+        f"{args.rounds} rounds x {args.steps} steps after {args.warmup}; fit: {contender}"
     )
     runs: dict[str, list[list[float]]] = {"plain": [], "fit": []}  # per round: step times in seconds
     with tempfile.TemporaryDirectory() as tmp:
@@ -247,6 +305,7 @@ def main() -> None:
             "rounds": args.rounds,
             "warmup": args.warmup,
             "steps": args.steps,
+            "fit": "floor" if args.floor else "cli",
             "fit_args": args.fit_arg,
             **results,
             "ratio": ratio,
