@@ -20,7 +20,7 @@ summary "== $(date -u +%F) $(cd benchmarks && python -c "from machine import des
 summary "$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null)"
 
 # 1. the gpu-marked tests (each bounded; about 2 minutes)
-timeout 240 python -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider >"$OUT/tests.txt" 2>&1
+timeout 240 python -m pytest -q -m gpu -p no:cacheprovider >"$OUT/tests.txt" 2>&1
 summary "gpu tests (rc $?): $(tail -1 "$OUT/tests.txt")"
 
 # 2. framework overhead per step, tiny model (1 block, d_model 32, T 32, batch 8, fp32)

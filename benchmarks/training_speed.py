@@ -23,6 +23,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -60,13 +61,14 @@ CONTENDERS = {
 
 
 class StepTimer(L.Callback):
-    """Records the wall time at the end of every optimizer step."""
+    """Records the time at the end of every optimizer step (wall time unless another ``clock``)."""
 
-    def __init__(self):
+    def __init__(self, clock: Callable[[], float] = time.perf_counter):
+        self.clock = clock
         self.ends: list[float] = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        self.ends.append(time.perf_counter())
+        self.ends.append(self.clock())
 
 
 def step_times(ends: list[float], warmup: int) -> list[float]:

@@ -6,6 +6,7 @@ import sys
 import time
 
 import lightning as L
+import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 
@@ -22,8 +23,12 @@ class TrainingSpeed(L.Callback):
             self._start = now
             return
         self._tokens += batch[1].numel() * trainer.world_size
-        if (trainer.global_step % trainer.log_every_n_steps) == 0:
-            pl_module.log("tokens_per_sec", self._tokens / (now - self._start), prog_bar=True)
+        every = trainer.log_every_n_steps  # Lightning's logging steps (0: never)
+        if every and trainer.global_step % every == 0:
+            # a host tensor: a number would become a device tensor, which the progress bar reads
+            # back (waiting for the device) at every step
+            rate = torch.tensor(self._tokens / (now - self._start))
+            pl_module.log("tokens_per_sec", rate, prog_bar=True)
             self._start, self._tokens = now, 0
 
     def on_validation_end(self, trainer, pl_module) -> None:

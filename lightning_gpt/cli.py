@@ -28,7 +28,7 @@ from lightning_gpt.writer import SampleWriter
 
 # `fit` without --config trains the seed recipe; a --config file overrides what it sets.
 SEED_RECIPE = Path(__file__).resolve().parent.parent / "configs" / "shakespeare_char.yaml"
-PROGRESS_REFRESH_STEPS = 10  # progress bar redraws (a host sync on GPUs) every this many steps
+PROGRESS_REFRESH_STEPS = 10  # the progress bar redraws every this many steps
 _LIGHTNING_CKPT_ALIASES = ("best", "hpc", "registry")
 
 
@@ -94,9 +94,9 @@ class GPTLightningCLI(LightningCLI):
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         bar = trainer.progress_bar_callback
         if type(bar) is TQDMProgressBar and bar.refresh_rate == 1:  # Lightning's default bar
-            # Each refresh reads the logged values back from the device and redraws the bar;
-            # every few steps is enough for a reader and costs nothing measurable.
-            bar._refresh_rate = PROGRESS_REFRESH_STEPS
+            # A redraw every few steps is enough for a reader and costs nothing measurable.
+            callbacks = trainer.callbacks
+            callbacks[callbacks.index(bar)] = TQDMProgressBar(refresh_rate=PROGRESS_REFRESH_STEPS)
         return trainer
 
     def _parse_ckpt_path(self) -> None:

@@ -178,22 +178,35 @@ class GPTModule(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch  # [B, T] each
         _, loss = self(x, y)
-        # Every loss joins a flag on the device; reading it waits for the device, so on GPUs that
-        # happens at logging steps only (a non-finite validation loss also stops the run, before any
-        # checkpoint of that validation is written: see on_validation_epoch_end).
+        # Every loss joins a flag on the device. Reading it waits for the device, so it is read only
+        # at logging steps and before a checkpoint is saved (a non-finite validation loss also stops
+        # the run, before any checkpoint of that validation is written: see on_validation_epoch_end).
         finite = torch.isfinite(loss.detach())
         self._finite = finite if self._finite is None else self._finite & finite
-        if self.device.type == "cpu" or self.global_step % self.trainer.log_every_n_steps == 0:
-            if not self._finite:
-                raise self._stopped("training", loss)
-            self._finite = None
-        self.log("train_loss", loss, prog_bar=True)
-        self.log("lr", self.optimizers().param_groups[0]["lr"], prog_bar=True)
+        if self._logging_step():
+            self._check_finite(self.global_step + 1)
+            # Host values: the progress bar converts its values at every step, and converting a
+            # device tensor would wait for the device each time.
+            self.log("train_loss", loss.detach().cpu(), prog_bar=True)
+            self.log("lr", torch.tensor(self.optimizers().param_groups[0]["lr"]), prog_bar=True)
         return loss
 
-    def _stopped(self, which: str, loss: torch.Tensor) -> UserError:
+    def _logging_step(self) -> bool:
+        """Whether Lightning sends this optimizer step's logged values to the loggers: every
+        ``log_every_n_steps``-th step (the count includes this step; 0 = never)."""
+        every = self.trainer.log_every_n_steps
+        return every > 0 and (self.global_step + 1) % every == 0
+
+    def _check_finite(self, steps: int) -> None:
+        """Stop if any training loss since the last check was nan or inf (``steps``: steps trained)."""
+        if self._finite is not None:
+            if not self._finite:
+                raise self._stopped("training", "nan or inf", f"{steps} or earlier")
+            self._finite = None
+
+    def _stopped(self, which: str, value: object, step: object) -> UserError:
         return UserError(
-            f"the {which} loss became {loss.item()} at step {self.global_step}; training stopped and the "
+            f"the {which} loss became {value} at step {step}; training stopped and the "
             "checkpoints saved so far are kept. Lower --model.learning_rate or resume from one"
         )
 
@@ -208,7 +221,7 @@ class GPTModule(L.LightningModule):
         self.val_perplexity.reset()
         loss = torch.log(perplexity)
         if self.trainer.state.fn == "fit" and not torch.isfinite(loss):  # stop before checkpoints save
-            raise self._stopped("validation", loss)
+            raise self._stopped("validation", loss.item(), self.global_step)
         self.log("val_loss", loss, prog_bar=True, sync_dist=False)
         self.log("val_bpc", loss / math.log(2))
         self.log("val_ppl", perplexity)
@@ -216,14 +229,15 @@ class GPTModule(L.LightningModule):
             self.log("step", float(self.global_step))
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        """Log the gradient norm before clipping, every ``log_every_n_steps`` steps."""
-        if self.global_step % self.trainer.log_every_n_steps == 0:
+        """Log the gradient norm before clipping, at logging steps."""
+        if self._logging_step():
             grads = [p.grad for p in self.model.parameters() if p.grad is not None]
             self.log("grad_norm", torch.nn.utils.get_total_norm(grads))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Store every rank's generator states, a list indexed by global rank. Lightning calls this
         hook on all ranks (rank 0 alone writes the file), so the states can be gathered here."""
+        self._check_finite(self.global_step)  # never save weights that a nan or inf loss made
         trainer = self._trainer
         device = trainer.strategy.root_device if trainer is not None else None
         checkpoint["rng_states"] = gather_rng_states(device)

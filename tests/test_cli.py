@@ -1,5 +1,6 @@
 """``cli.py`` end to end in subprocesses, with a tiny model on a small corpus."""
 
+import pytest
 import torch
 from conftest import TINY_MODEL, run_cli, tiny_fit_args
 
@@ -118,9 +119,11 @@ def test_resuming_on_a_corpus_with_another_vocabulary_is_refused(tmp_path, small
     assert result.returncode == 2 and "differs from the model's" in result.stderr.strip().splitlines()[-1]
 
 
-def test_non_finite_loss_stops_with_the_step_and_keeps_checkpoints(tmp_path, small_corpus):
+@pytest.mark.parametrize("log_every", [1, 50], ids=["checked every step", "checked before each save"])
+def test_non_finite_loss_stops_with_the_step_and_keeps_checkpoints(tmp_path, small_corpus, log_every: int):
     result = run_cli(
         *tiny_fit_args(small_corpus, steps=60, val_every=30),
+        f"--trainer.log_every_n_steps={log_every}",  # the loss is checked at logging steps and saves
         "--model.learning_rate=1e30",
         "--model.warmup_steps=1",
         "--trainer.gradient_clip_val=null",

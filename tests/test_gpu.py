@@ -3,7 +3,6 @@ them."""
 
 import shutil
 
-import lightning as L
 import pytest
 import torch
 from conftest import TINY_MODEL, run_cli
@@ -53,38 +52,6 @@ def test_a_bf16_compiled_training_step(tmp_path, small_corpus):
     assert torch.isfinite(cli.trainer.callback_metrics["train_loss"])
     saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
     assert not any("_orig_mod" in name for name in saved["state_dict"])
-
-
-class NoSyncOutsideLoggingSteps(L.Callback):
-    """Makes any host-device synchronisation an error from the start of a training batch to the end
-    of its optimizer step, except at logging steps."""
-
-    def __init__(self):
-        self.checked = 0
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step % trainer.log_every_n_steps:
-            torch.cuda.set_sync_debug_mode("error")
-            self.checked += 1
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        torch.cuda.set_sync_debug_mode(0)
-
-
-def test_no_host_device_sync_outside_logging_steps(tmp_path, small_corpus):
-    probe = NoSyncOutsideLoggingSteps()
-    cli = make_cli(
-        ["fit", f"--data.path={small_corpus}", *GPU_RUN, "--trainer.max_steps=12",
-         "--trainer.val_check_interval=100", f"--checkpoint.dirpath={tmp_path}/ckpt",
-         f"--trainer.default_root_dir={tmp_path}"],
-        callbacks=[probe],
-        run=False,
-    )  # fmt: skip
-    try:
-        cli.trainer.fit(cli.model, cli.datamodule)
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
-    assert cli.trainer.global_step == 12 and probe.checked >= 8
 
 
 def test_greedy_generation_on_the_gpu_equals_the_cpu(tiny_checkpoint):
