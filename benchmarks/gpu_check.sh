@@ -47,8 +47,9 @@ EOF
 cp -r "$WORK"/lightning_logs "$OUT/seed_recipe_logs" 2>/dev/null
 
 # 4. the seed recipe's steady-state step: fit vs a plain PyTorch loop with identical settings (<= 1.10x)
-timeout 150 python benchmarks/step_overhead.py --device cuda --mode separate --rounds 3 \
-    --config configs/shakespeare_char.yaml --json "$OUT/overhead_seed.json" >"$OUT/overhead_seed.txt" 2>&1
+timeout 200 python benchmarks/step_overhead.py --device cuda --mode separate --rounds 3 --warmup 30 --steps 200 \
+    --recipe configs/shakespeare_char.yaml --precision bf16-mixed --compile \
+    --json "$OUT/overhead_seed.json" >"$OUT/overhead_seed.txt" 2>&1
 summary "overhead, seed recipe (rc $?): $(grep -i 'ratio\|fit /' "$OUT/overhead_seed.txt" | tail -1)"
 
 # 5. generation: tokens/s at batch 1 and 64, KV cache vs the seed's recompute loop

@@ -61,8 +61,12 @@ from lightning_gpt.data import CharDataModule, RandomWindows  # noqa: E402
 from lightning_gpt.model import GPT  # noqa: E402
 from lightning_gpt.module import GPTModule, warmup_cosine  # noqa: E402
 
+# What both contenders train: the tiny model of the issue, or a recipe's model (--recipe).
 SHAPE = dict(d_model=32, num_heads=2, num_blocks=1, context_length=32)
+MODEL: dict = dict(SHAPE)  # --model.* values (a recipe adds dropout, learning rate, ...)
 BATCH_SIZE = 8
+PRECISION = "32-true"  # or bf16-mixed (--precision)
+COMPILE = False  # torch.compile the model in both contenders (--compile)
 SEED = 1337
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
@@ -79,7 +83,7 @@ def training_parts(
     data.setup("fit")
     windows = RandomWindows(data.train_tokens, SHAPE["context_length"], BATCH_SIZE, seed=SEED)
     loader = DataLoader(windows, batch_size=None, pin_memory=device == "cuda")
-    h = GPTModule(**SHAPE).hparams  # the module's defaults: dropout, learning rate, betas, schedule
+    h = GPTModule(**MODEL).hparams  # the module's values: dropout, learning rate, betas, schedule
     config = GPTConfig(vocab_size=len(data.vocab), dropout=h.dropout, **SHAPE)
     model = GPT(config).to(device).train()
     if device == "cuda":  # as GPTModule.on_fit_start
@@ -101,9 +105,12 @@ def training_parts(
 def plain_steps(corpus: Path, cache_dir: str, decay_steps: int, device: str) -> Iterator[None]:
     """The same training work without a framework, one optimizer step per ``next()``."""
     loader, model, optimizer, schedule = training_parts(corpus, cache_dir, decay_steps, device)
+    forward = torch.compile(model) if COMPILE else model
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=PRECISION == "bf16-mixed")
     for x, y in loader:  # endless
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)  # [B, T] each
-        _, loss = model(x, y)
+        with autocast:
+            _, loss = forward(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -173,11 +180,11 @@ def cli_fit(
         f"--data.path={corpus}",
         f"--data.cache_dir={tmp}/data",
         f"--data.batch_size={BATCH_SIZE}",
-        *(f"--model.{name}={value}" for name, value in SHAPE.items()),
-        "--model.compile=false",  # the plain loop is eager too (the default compiles on CUDA GPUs)
+        *(f"--model.{name}={'null' if value is None else value}" for name, value in MODEL.items()),
+        f"--model.compile={str(COMPILE).lower()}",  # as the plain loop
         f"--trainer.accelerator={device}",
         "--trainer.devices=1",
-        "--trainer.precision=32-true",
+        f"--trainer.precision={PRECISION}",
         f"--trainer.max_steps={steps}",
         f"--trainer.val_check_interval={steps + 1}",  # no validation while timing (the sanity check stays)
         f"--trainer.default_root_dir={tmp}",
@@ -252,8 +259,23 @@ def main() -> None:
         action="store_true",
         help="time a minimal LightningModule through Trainer(barebones=True) instead of the CLI",
     )
+    parser.add_argument(
+        "--recipe", type=Path, help="train this recipe's model and batch size, e.g. configs/shakespeare_char.yaml"
+    )
+    parser.add_argument("--precision", choices=["32-true", "bf16-mixed"], default="32-true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model in both contenders")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     args = parser.parse_args()
+    global PRECISION, COMPILE, BATCH_SIZE
+    PRECISION, COMPILE = args.precision, args.compile
+    if args.recipe:
+        import yaml
+
+        recipe = yaml.safe_load(args.recipe.read_text())
+        MODEL.clear()
+        MODEL.update({k: v for k, v in recipe["model"].items() if k != "compile"})
+        SHAPE.update({k: MODEL[k] for k in SHAPE})
+        BATCH_SIZE = recipe["data"]["batch_size"]
     args.mode = args.mode or ("separate" if args.device == "cuda" else "interleaved")
     if args.device == "cuda" and (args.mode == "interleaved" or args.clock == "cpu"):
         sys.exit("error: on CUDA use --mode separate and --clock wall")
@@ -267,7 +289,8 @@ def main() -> None:
     print(f"machine: {machine}")
     contender = "the Lightning floor (minimal module, barebones)" if args.floor else f"the CLI {args.fit_arg}"
     print(
-        f"{SHAPE}, batch {BATCH_SIZE}, fp32, {args.device}; {args.mode}, {args.clock} clock; "
+        f"{MODEL}, batch {BATCH_SIZE}, {PRECISION}, compile {COMPILE}, {args.device}; "
+        f"{args.mode}, {args.clock} clock; "
         f"{args.rounds} rounds x {args.steps} steps after {args.warmup}; fit: {contender}"
     )
     runs: dict[str, list[list[float]]] = {"plain": [], "fit": []}  # per round: step times in seconds
@@ -301,7 +324,7 @@ def main() -> None:
             "mode": args.mode,
             "clock": args.clock,
             "threads": torch.get_num_threads(),
-            "shape": {**SHAPE, "batch_size": BATCH_SIZE},
+            "shape": {**MODEL, "batch_size": BATCH_SIZE, "precision": PRECISION, "compile": COMPILE},
             "rounds": args.rounds,
             "warmup": args.warmup,
             "steps": args.steps,
