@@ -260,7 +260,7 @@ def main() -> None:
         help="time a minimal LightningModule through Trainer(barebones=True) instead of the CLI",
     )
     parser.add_argument(
-        "--recipe", type=Path, help="train this recipe's model and batch size, e.g. configs/shakespeare_char.yaml"
+        "--recipe", type=Path, help="train this recipe's model and batch size (a configs/*.yaml file)"
     )
     parser.add_argument("--precision", choices=["32-true", "bf16-mixed"], default="32-true")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model in both contenders")
