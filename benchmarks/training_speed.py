@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -43,15 +44,24 @@ from lightning_gpt.model import GPT  # noqa: E402
 from lightning_gpt.module import warmup_cosine  # noqa: E402
 from lightning_gpt.tokenizer import CharTokenizer  # noqa: E402
 
-# Shapes and optimisation settings of the two recipes (configs/shakespeare_char*.yaml).
-PRESETS = {
-    "seed": dict(
-        d_model=256, num_heads=8, num_blocks=6, context_length=256, dropout=0.1, batch_size=64, lr=1e-3
-    ),
-    "cpu": dict(
-        d_model=128, num_heads=4, num_blocks=4, context_length=64, dropout=0.0, batch_size=32, lr=2e-3
-    ),
+RECIPES = {
+    "seed": ROOT / "configs" / "shakespeare_char.yaml",
+    "cpu": ROOT / "configs" / "shakespeare_char_cpu.yaml",
 }
+
+
+def recipe_settings(name: str) -> dict:
+    """Shape and optimisation settings of a recipe, read from its YAML (the CPU recipe over the seed's,
+    as ``cli.py fit`` layers them)."""
+    merged: dict = {"model": {}, "data": {}}
+    for path in dict.fromkeys([RECIPES["seed"], RECIPES[name]]):
+        recipe = yaml.safe_load(path.read_text())
+        for section in merged:
+            merged[section].update(recipe.get(section) or {})
+    model, data = merged["model"], merged["data"]
+    keys = ("d_model", "num_heads", "num_blocks", "context_length", "dropout")
+    return {**{k: model[k] for k in keys}, "batch_size": data["batch_size"], "lr": model["learning_rate"]}
+
 
 CONTENDERS = {
     "trainer-fp32": ["--trainer.precision=32-true"],
@@ -162,7 +172,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="seed")
+    parser.add_argument("--preset", choices=sorted(RECIPES), default="seed", help="which recipe of configs/")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=2, help="steps dropped from each run")
     parser.add_argument("--steps", type=int, default=4, help="timed steps per run")
@@ -172,7 +182,7 @@ def main() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no per-run banners
     if not args.corpus.is_file():
         sys.exit(f"error: corpus {args.corpus} not found; run `python cli.py fit` once or pass --corpus")
-    p = PRESETS[args.preset]
+    p = recipe_settings(args.preset)
     tokens_per_step = p["context_length"] * p["batch_size"]
     total = args.warmup + args.steps + 1
     contenders = {name: extra for name, extra in CONTENDERS.items() if not args.only or name in args.only}
