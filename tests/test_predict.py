@@ -86,7 +86,7 @@ def test_interactive_mode_with_piped_stdin(bare_dir):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert len(lines) == 2
-    assert lines[0].startswith("ROMEO:") and len(lines[0]) >= len("ROMEO:")
+    assert lines[0].startswith("ROMEO:") and len(lines[0]) == len("ROMEO:") + 15  # the whole continuation
     assert "JULIET:" in result.stdout
 
 
