@@ -2,9 +2,9 @@
 
     python benchmarks/generation_speed.py [--new 500] [--repeats 5]
 
-Random weights (speed does not depend on them). Each repeat runs the cache, the cache without the
-compiled kernel (``lightning_gpt.matvec``), the seed loop, the cache without the kernel and the
-cache again; the medians, their ratios and each repeat's own ratios are printed.
+Random weights (speed does not depend on them). Each repeat runs the cached generation, the seed
+loop and the cached generation again; the repeat's speed-up is the seed loop's time over the mean
+of the two cached runs around it, so that a shared machine's drift over those seconds cancels out.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine import describe  # noqa: E402
 
-from lightning_gpt import GPT, CharTokenizer, matvec, preset  # noqa: E402
+from lightning_gpt import GPT, CharTokenizer, preset  # noqa: E402
 from lightning_gpt.generation import generate_tokens  # noqa: E402
 
 PROMPT = "First Citizen"  # 13 characters, as in the seed's walkthrough
@@ -43,11 +43,6 @@ def cached(model: GPT, idx: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
     return torch.cat(list(generate_tokens(model, idx, max_new_tokens, temperature=1.0)), dim=1)
 
 
-def cached_pytorch_only(model: GPT, idx: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
-    with matvec.pytorch_only():
-        return cached(model, idx, max_new_tokens)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--new", type=int, default=500, help="characters to generate")
@@ -64,36 +59,27 @@ def main() -> None:
         run(model, idx, args.new)
         return time.perf_counter() - start
 
-    # Each repeat: cache, PyTorch only, seed loop, PyTorch only, cache. The seed loop's ~10 s is
-    # compared with the mean of the two runs of each kind around it, so that a shared machine's
-    # drift over those seconds cancels out.
-    seed_times, cache_times, pytorch_times, ratios, pytorch_ratios = [], [], [], [], []
-    for _ in range(args.repeats):
-        before, plain_before = timed(cached), timed(cached_pytorch_only)
-        seed = timed(seed_loop)
-        plain_after, after = timed(cached_pytorch_only), timed(cached)
-        seed_times.append(seed)
-        cache_times += [before, after]
-        pytorch_times += [plain_before, plain_after]
-        ratios.append(seed / ((before + after) / 2))
-        pytorch_ratios.append(seed / ((plain_before + plain_after) / 2))
     print(f"machine: {describe()}")
-    print(f"one-row products: {matvec.load()[1]}")
     print(
         f"seed-size model ({model.num_parameters():,} parameters), batch 1, {len(PROMPT)}-character prompt, "
-        f"{args.new} new characters; {args.repeats} repeats; medians"
+        f"{args.new} new characters, {args.repeats} repeats"
     )
-    baseline = statistics.median(seed_times)
-    for name, values in (
-        ("seed recompute loop", seed_times),
-        ("KV cache, PyTorch only", pytorch_times),
-        ("KV cache (this project)", cache_times),
-    ):
+    seed_times, cache_times, ratios = [], [], []
+    for repeat in range(args.repeats):
+        before, seed, after = timed(cached), timed(seed_loop), timed(cached)
+        seed_times.append(seed)
+        cache_times += [before, after]
+        ratios.append(seed / ((before + after) / 2))
+        print(
+            f"repeat {repeat + 1}: cache {before:.2f} s, seed loop {seed:.2f} s, cache {after:.2f} s: "
+            f"{ratios[-1]:.2f}x",
+            flush=True,
+        )
+    for name, values in (("seed recompute loop", seed_times), ("KV cache", cache_times)):
         median = statistics.median(values)
-        print(f"{name:26s} {median:7.2f} s  {args.new / median:8.1f} chars/s  {baseline / median:6.2f}x")
-    for name, values in (("KV cache, PyTorch only", pytorch_ratios), ("KV cache (this project)", ratios)):
-        listed = ", ".join(f"{r:.2f}" for r in sorted(values))
-        print(f"speed-up within each repeat, {name}: {listed}; median {statistics.median(values):.2f}x")
+        print(f"{name:20s} median {median:7.2f} s  {args.new / median:8.1f} chars/s")
+    listed = ", ".join(f"{r:.2f}" for r in sorted(ratios))
+    print(f"speed-up within each repeat: {listed}; median {statistics.median(ratios):.2f}x")
 
 
 if __name__ == "__main__":

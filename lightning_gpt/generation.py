@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from lightning_gpt.errors import UserError
-from lightning_gpt.model import GPT
+from lightning_gpt.model import GPT, KVCache, decode
 from lightning_gpt.tokenizer import CharTokenizer, UnknownCharacterError
 
 
@@ -102,9 +102,14 @@ def generate_tokens(
     device = next(model.parameters()).device
     tokens = idx.cpu()  # [B, L], the whole text so far
     start = max(0, tokens.shape[1] - context)  # first position of the model's window
-    cache = model.new_cache() if use_cache else None
-    logits, _ = model(tokens[:, start:].to(device), cache=cache)  # prefill: [B, L - start, V]
-    logits = logits[:, -1]  # the last position's: [B, V]
+    cache = KVCache(model.config) if use_cache else None
+
+    def next_logits(ids: torch.Tensor, position: int = 0) -> torch.Tensor:
+        """Next-token logits [B, V] after ids [B, T], the first of them at ``position`` in the window."""
+        ids = ids.to(device)
+        return (decode(model, ids, cache, position) if use_cache else model(ids)[0])[:, -1]
+
+    logits = next_logits(tokens[:, start:])  # the prompt (prefill)
     if not torch.isfinite(logits).all():  # checked once: sampling would turn NaN into a token
         raise UserError(
             "the model's outputs are not finite: its weights are broken (use an earlier checkpoint)"
@@ -115,15 +120,13 @@ def generate_tokens(
         if step == max_new_tokens - 1:
             break
         tokens = torch.cat((tokens, new), dim=1)  # [B, L + 1]
-        if tokens.shape[1] - start > context:  # the window is full: restart it
-            start = tokens.shape[1] - keep
-            if use_cache:
-                cache.clear()  # refilled by the prefill below
-            logits = model(tokens[:, start:].to(device), cache=cache)[0][:, -1]  # [B, V]
-        elif use_cache:
-            logits = model.step(new[:, 0].to(device), cache)  # one position: [B, V]
-        else:
-            logits = model(tokens[:, start:].to(device))[0][:, -1]  # the whole window again: [B, V]
+        position = tokens.shape[1] - 1 - start  # of the new token in the window
+        if position == context:  # the window is full: restart it from the last keep tokens
+            start, position = tokens.shape[1] - keep, 0
+        # With a cache, one new position after the cached ones; otherwise, or at a restart, the whole
+        # window (which fills the cache again from position 0)
+        cached = use_cache and position > 0
+        logits = next_logits(new, position) if cached else next_logits(tokens[:, start:])
 
 
 @dataclass

@@ -1,11 +1,10 @@
-import contextlib
 from collections.abc import Iterator
 
 import pytest
 import torch
 
-import lightning_gpt.model as model_module
-from lightning_gpt import GPT, GPTConfig, matvec, preset
+from lightning_gpt import GPT, GPTConfig, preset
+from lightning_gpt.model import KVCache, decode
 
 
 def expected_parameters(c: GPTConfig) -> int:
@@ -94,36 +93,26 @@ def test_attention_dropout_is_separate_from_dropout():
 
 @pytest.fixture
 def two_threads():
-    """Batch-1 steps take project()'s two-halves route only with two or more threads."""
+    """``linear`` splits a single row over two cores only with two or more threads."""
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     yield
     torch.set_num_threads(before)
 
 
-@pytest.fixture(params=["kernel", "pytorch"])
-def route(request, monkeypatch) -> Iterator[dict[str, int]]:
-    """Batch-1 fp32 CPU steps through matvec's compiled kernel, or through PyTorch alone (as where
-    no C compiler is found); counts the products the kernel computed."""
-    used = {"kernel": 0}
-    if request.param == "kernel" and matvec.load()[0] is None:
-        pytest.skip(f"no compiled kernel: {matvec.load()[1]}")
-
-    def counted(layer, x):
-        y = matvec.linear_row(layer, x)
-        used["kernel"] += y is not None
-        return y
-
-    monkeypatch.setattr(model_module, "linear_row", counted)
-    with contextlib.nullcontext() if request.param == "kernel" else matvec.pytorch_only():
-        yield used
+def decoded(model: GPT, idx: torch.Tensor, prompt: int, cache: KVCache) -> Iterator[torch.Tensor]:
+    """Logits of a cached decoding of idx [B, T]: the first ``prompt`` positions at once, [B, prompt, V],
+    then one position per call, [B, V] each."""
+    yield decode(model, idx[:, :prompt], cache)
+    for t in range(prompt, idx.shape[1]):
+        yield decode(model, idx[:, t : t + 1], cache, start=t)[:, -1]
 
 
 @pytest.mark.parametrize("positional", ["learned", "sinusoidal"])
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
-def test_step_gives_the_logits_of_a_full_forward_at_every_position(
-    positional, batch, autocast, two_threads, route, request
+def test_cached_decoding_gives_the_logits_of_a_full_forward_at_every_position(
+    positional, batch, autocast, two_threads
 ):
     torch.manual_seed(0)
     model = GPT(preset("tiny", positional=positional)).eval()
@@ -131,51 +120,47 @@ def test_step_gives_the_logits_of_a_full_forward_at_every_position(
     tolerance = {"atol": 0.05, "rtol": 0.05} if autocast else {"atol": 1e-5, "rtol": 1e-5}
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         full, _ = model(idx)  # [B, 32, V]
-        cache = model.new_cache()
-        prefill, _ = model(idx[:, :5], cache=cache)
-        torch.testing.assert_close(prefill, full[:, :5], **tolerance)
-        for t in range(5, 32):
-            logits = model.step(idx[:, t], cache)  # [B, V]
-            assert cache.length == t + 1
-            torch.testing.assert_close(logits.float(), full[:, t].float(), **tolerance)
-        with pytest.raises(ValueError, match="cache is full"):
-            model.step(idx[:, 0], cache)
-    kernel_expected = "kernel" in request.node.callspec.id and batch == 1 and not autocast
-    # 4 products per block and the head, at each of the 27 steps
-    assert route["kernel"] == (27 * (4 * model.config.num_blocks + 1) if kernel_expected else 0)
+        cache = KVCache(model.config)
+        logits = list(decoded(model, idx, 5, cache))
+        assert len(logits) == 1 + 27
+        torch.testing.assert_close(logits[0], full[:, :5], **tolerance)  # the prompt
+        for t, step in enumerate(logits[1:], start=5):
+            torch.testing.assert_close(step.float(), full[:, t].float(), **tolerance)
+        with pytest.raises(ValueError, match="exceed context_length"):
+            decode(model, idx[:, :1], cache, start=32)  # the window is full
 
 
-def test_a_cleared_cache_takes_another_batch_dtype_and_weights(two_threads, route):
+def test_a_refilled_cache_takes_another_batch_dtype_and_weights(two_threads):
     torch.manual_seed(0)
     model = GPT(preset("tiny")).eval()
-    cache = model.new_cache()
+    cache = KVCache(model.config)
 
     def check(idx: torch.Tensor) -> None:
-        cache.clear()
-        model(idx[:, :4], cache=cache)
-        expected = model(idx)[0][:, -1]
-        torch.testing.assert_close(model.step(idx[:, 4], cache), expected, atol=1e-5, rtol=1e-5)
+        *_, last = decoded(model, idx, 4, cache)  # the prompt fills the cache again from position 0
+        torch.testing.assert_close(last, model(idx)[0][:, -1], atol=1e-5, rtol=1e-5)
 
     with torch.inference_mode():
         check(torch.randint(0, 65, (3, 5)))
         check(torch.randint(0, 65, (1, 5)))  # another batch size: new buffers
-        fresh = GPT(preset("tiny")).state_dict()
-        model.load_state_dict(fresh, assign=True)  # new weight tensors: project() must see them
+        model.load_state_dict(GPT(preset("tiny")).state_dict(), assign=True)  # new weights: new halves
         check(torch.randint(0, 65, (1, 5)))
-        model.double()  # new dtype (as .to(device) moves them): new buffers and views
+        model.double()  # new dtype (as .to(device) moves them): new buffers and halves
         check(torch.randint(0, 65, (1, 5)))
+        assert cache.kv[0].dtype == torch.float64
 
 
-def test_step_and_cache_misuse_is_refused():
+def test_cache_misuse_is_refused():
     model = GPT(preset("tiny"))
     idx = torch.randint(0, 65, (1, 4))
-    cache = model.new_cache()
     with pytest.raises(RuntimeError, match="eval"):
-        model.step(idx[:, 0], cache)  # training mode: step has no dropout
+        decode(model, idx, KVCache(model.config))  # training mode: decode has no dropout
     model.eval()
-    model(idx, cache=cache)
-    with pytest.raises(ValueError, match="empty cache"):
-        model(idx, cache=cache)  # a filled cache continues with step()
+    with pytest.raises(ValueError, match="position 0"):
+        decode(model, idx[:, :1], KVCache(model.config), start=3)  # nothing cached before position 3
+    cache = KVCache(model.config)
+    decode(model, idx, cache)
+    with pytest.raises(ValueError, match="one token per call"):
+        decode(model, idx, cache, start=4)  # several positions after cached ones: no causal mask for that
 
 
 def test_rejects_sequences_longer_than_context():

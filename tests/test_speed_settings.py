@@ -15,33 +15,39 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import lightning_gpt
-from lightning_gpt import matvec
 from lightning_gpt.cli import PROGRESS_REFRESH_STEPS, make_cli
-from lightning_gpt.config import preset
-from lightning_gpt.model import KVCache, project
+from lightning_gpt.model import linear
 from lightning_gpt.module import GPTModule
 
 
-@matvec.pytorch_only()  # the route taken where no compiled kernel is available
-def test_project_splits_one_row_over_two_halves_with_the_same_result():
+def test_linear_multiplies_one_row_by_two_halves_with_the_same_result(monkeypatch):
     torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        cache = KVCache(preset("tiny"))
-        for layer in (nn.Linear(16, 24), nn.Linear(16, 24, bias=False), nn.Linear(16, 7)):
-            x = torch.randn(1, 16)
-            with torch.inference_mode():
-                assert torch.allclose(project(layer, x, cache), layer(x), atol=1e-6)
-                assert project(layer, x, cache).shape == (1, layer.out_features)
-                rows = torch.randn(3, 16)  # a batch of rows: the plain Linear
-                assert torch.equal(project(layer, rows, cache), layer(rows))
-            assert (cache.halves(layer) is None) == (layer.out_features % 2 == 1)
-        torch.set_num_threads(1)
-        one_thread = nn.Linear(16, 24)
-        assert KVCache(preset("tiny")).halves(one_thread) is None  # nothing to spread over
-    finally:
-        torch.set_num_threads(threads)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # the route needs two cores
+    split = []  # batched matmuls over the two halves
+    for name in ("bmm", "baddbmm"):
+        original = getattr(torch, name)
+        monkeypatch.setattr(torch, name, lambda *args, f=original: split.append(f) or f(*args))
+    with torch.inference_mode():
+        for layer in (nn.Linear(16, 24), nn.Linear(16, 24, bias=False)):
+            for row in (torch.randn(1, 16), torch.randn(1, 1, 16)):  # [1, in] and [B, T, in] = [1, 1, in]
+                split.clear()
+                y = linear(layer, row)
+                assert y.shape == (*row.shape[:-1], 24) and len(split) == 1
+                torch.testing.assert_close(y, layer(row), atol=1e-6, rtol=1e-6)
+        layer, row = nn.Linear(16, 24), torch.randn(1, 16)
+        linear(layer, row)
+        with torch.no_grad():
+            layer.weight.mul_(2)  # in place: the same storage, the halves show it
+        layer.bias = nn.Parameter(torch.randn(24))  # another tensor: new halves
+        torch.testing.assert_close(linear(layer, row), layer(row), atol=1e-6, rtol=1e-6)
+        split.clear()
+        rows = torch.randn(3, 16)
+        assert torch.equal(linear(layer, rows), layer(rows))  # a batch of rows: the plain Linear
+        odd, row = nn.Linear(16, 7), torch.randn(1, 16)
+        assert torch.equal(linear(odd, row), odd(row))  # an odd width cannot be halved
+        monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+        assert torch.equal(linear(layer, row), layer(row))  # one thread: nothing to share
+        assert not split
 
 
 def test_progress_bar_redraws_every_few_steps(tmp_path, small_corpus, monkeypatch):
