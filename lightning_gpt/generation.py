@@ -19,8 +19,16 @@ from lightning_gpt.model import GPT, KVCache, decode
 from lightning_gpt.tokenizer import CharTokenizer, UnknownCharacterError
 
 
-def check_sampling(temperature: float, top_k: int | None, top_p: float | None, max_new_tokens: int) -> None:
-    """Raise ValueError with a one-line reason for settings that cannot sample."""
+def check_sampling(
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    max_new_tokens: int,
+    keep: int | None = None,
+    context_length: int | None = None,
+) -> None:
+    """The one check of sampling settings: raise ValueError with a one-line reason for settings that
+    cannot sample (``keep`` also against the model's ``context_length`` when given)."""
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
     if top_k is not None and top_k < 1:
@@ -29,11 +37,6 @@ def check_sampling(temperature: float, top_k: int | None, top_p: float | None, m
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-
-
-def check_keep(keep: int | None, context_length: int | None) -> None:
-    """Raise ValueError with a one-line reason if a restarted window cannot keep ``keep`` tokens
-    (``None``: the default; the upper bound is checked where the model's context is known)."""
     if keep is not None and keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
     if keep is not None and context_length is not None and keep > context_length:
@@ -95,9 +98,8 @@ def generate_tokens(
 
     ``keep`` (default: half the context) is how many recent tokens a restarted window keeps.
     """
-    check_sampling(temperature, top_k, top_p, max_new_tokens)
+    check_sampling(temperature, top_k, top_p, max_new_tokens, keep, model.config.context_length)
     context = model.config.context_length
-    check_keep(keep, context)
     keep = context // 2 if keep is None else keep
     device = next(model.parameters()).device
     tokens = idx.cpu()  # [B, L], the whole text so far
@@ -131,7 +133,8 @@ def generate_tokens(
 
 @dataclass
 class GenerationSettings:
-    """What to generate: prompts and sampling controls (never model hyperparameters).
+    """What to generate: prompts and sampling controls (never model hyperparameters). ``predict``
+    generates in one process, on one device: extra ``--trainer.devices`` are ignored with a note.
 
     Args:
         prompt: one prompt (``--generate.prompt "ROMEO:"``) or a list (``'["ROMEO:", "JULIET:"]'``).
@@ -166,8 +169,9 @@ class GenerationSettings:
     def check(self, context_length: int | None = None) -> None:
         """Raise ValueError with a one-line reason for impossible settings (``keep`` against the
         model's ``context_length`` where it is known)."""
-        check_sampling(self.temperature, self.top_k, self.top_p, self.max_new_tokens)
-        check_keep(self.keep, context_length)
+        check_sampling(
+            self.temperature, self.top_k, self.top_p, self.max_new_tokens, self.keep, context_length
+        )
         if isinstance(self.prompt, str):
             self.prompt = [self.prompt]
         if self.num_samples < 1:
