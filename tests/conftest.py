@@ -12,6 +12,10 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+# One torch thread in this process and every cli.py it starts: the test models are tiny, and on a
+# 2-core runner threads only contend (set before torch is imported).
+os.environ["OMP_NUM_THREADS"] = "1"
+
 import pytest
 import torch
 
@@ -84,8 +88,7 @@ def run_command(
     SIGABRT (faulthandler prints every Python thread's stack to stderr), then SIGKILL, and the test
     fails with its name, the time and the tail of the output.
     """
-    # One torch thread: the test models are tiny, and on a 2-core runner threads only contend.
-    environment = dict(os.environ, PYTHONWARNINGS="ignore", PYTHONFAULTHANDLER="1", OMP_NUM_THREADS="1")
+    environment = dict(os.environ, PYTHONWARNINGS="ignore", PYTHONFAULTHANDLER="1")
     for name, value in (env or {}).items():
         if value is None:
             environment.pop(name, None)

@@ -86,7 +86,6 @@ def ddp_run(tmp_path_factory, shakespeare: str) -> Path:
     return root
 
 
-@pytest.mark.slow
 def test_two_process_ddp_on_cpu(ddp_run):
     ranks = probes(ddp_run / "probe")
     assert [r["world_size"] for r in ranks] == [2, 2]
@@ -112,7 +111,6 @@ def test_two_process_ddp_on_cpu(ddp_run):
     assert len(names) == 2 and "last.ckpt" in names and names[0].startswith("best-step000008")
 
 
-@pytest.mark.slow
 def test_two_process_resume_gives_every_rank_its_own_streams(ddp_run):
     # Resume the step-4 checkpoint to step 8: what a run stopped at step 4 would have left.
     ddp_fit(
