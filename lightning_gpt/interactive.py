@@ -10,12 +10,13 @@ from lightning_gpt.tokenizer import UnknownCharacterError
 
 
 def interactive_session(
-    module, settings: GenerationSettings, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout
+    module, settings: GenerationSettings, stdin: TextIO | None = None, stdout: TextIO | None = None
 ) -> int:
-    """Loop over prompts from ``stdin``; return how many were answered.
+    """Loop over prompts from ``stdin`` (default: ``sys.stdin``); return how many were answered.
 
     Ctrl-C stops the current generation and asks for the next prompt; Ctrl-D (EOF) ends.
     """
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     interactive = stdin.isatty()
     if interactive:
         print("Type a prompt and press Enter. Ctrl-C stops a generation, Ctrl-D quits.", file=sys.stderr)

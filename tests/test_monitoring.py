@@ -12,7 +12,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import ROOT, run_cli, tiny_fit_args
+from conftest import ROOT
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from lightning_gpt.callbacks import TextSampler
@@ -47,16 +47,14 @@ def table_rows(stdout: str) -> list[tuple[int, float, str]]:
     return rows
 
 
-def test_plot_loss_curve_reads_a_real_run(tmp_path, small_corpus):
+def test_plot_loss_curve_reads_a_real_run(tmp_path, tiny_checkpoint):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    fit = run_cli(*tiny_fit_args(small_corpus, steps=6, val_every=3), cwd=tmp_path)
-    assert fit.returncode == 0, fit.stderr
-    run_dir = tmp_path / "lightning_logs" / "version_0"
+    run_dir = tiny_checkpoint.parent.parent / "lightning_logs" / "version_0"  # the shared tiny fit
     events = EventAccumulator(str(run_dir))
     events.Reload()
     logged = [(event.step, f"{event.value:.4f}") for event in events.Scalars("val_loss")]
-    assert len(logged) == 2  # validations after steps 3 and 6
+    assert len(logged) == 2  # validations after steps 15 and 30
 
     for x in ("step", "wall"):
         out = tmp_path / "plots" / f"loss_{x}.png"

@@ -1,6 +1,8 @@
 """``cli.py predict`` from a checkpoint alone: no config file, no corpus on disk."""
 
+import io
 import shutil
+import sys
 
 import pytest
 import torch
@@ -57,7 +59,7 @@ def test_several_prompts_and_samples(bare_dir):
     assert "==> prompt 2, sample 2 <==\nAll:" in result.stdout
 
 
-def test_predict_asked_for_two_processes_prints_and_writes_every_sample_once(bare_dir):
+def test_predict_asked_for_two_processes_prints_and_writes_every_sample_once(bare_dir, cli_main):
     args = ["predict", "--ckpt_path=model.ckpt", "--generate.max_new_tokens=8"]
     prompts = '--generate.prompt=["A", "B", "C", "D"]'
     two = run_cli(
@@ -70,7 +72,7 @@ def test_predict_asked_for_two_processes_prints_and_writes_every_sample_once(bar
     headers = [line for line in two.stdout.splitlines() if line.startswith("==> ")]
     assert headers == [f"==> prompt {i}, sample 1 <==" for i in range(1, 5)]
     assert (bare_dir / "two.txt").read_text() == two.stdout
-    one = run_cli(*args, prompts, cwd=bare_dir)
+    one = cli_main(*args, prompts, cwd=bare_dir)
     assert one.stdout == two.stdout  # the same samples as on one device
 
 
@@ -110,7 +112,7 @@ def test_bad_generation_input(bare_dir, args, message, cli_main):
     assert last.startswith("error: ") and message in last and "Traceback" not in result.stderr
 
 
-def test_keep_the_whole_window_gives_the_seed_loop(bare_dir):
+def test_keep_the_whole_window_gives_the_seed_loop(bare_dir, cli_main, monkeypatch):
     """--generate.keep reaches the window restarts: keep = context_length (32 here) samples exactly
     what the seed's crop-and-recompute loop samples, well past the context, for the same seed."""
     checkpoint = torch.load(bare_dir / "model.ckpt", weights_only=True)
@@ -120,7 +122,7 @@ def test_keep_the_whole_window_gives_the_seed_loop(bare_dir):
     torch.save(checkpoint, bare_dir / "sharp.ckpt")
     args = ["--ckpt_path=sharp.ckpt", "--trainer.accelerator=cpu", "--generate.temperature=1"]
     args += ["--generate.max_new_tokens=60"]  # the reference below is computed on the CPU in fp32
-    result = run_cli("predict", *args, "--generate.prompt=ROMEO:", "--generate.keep=32", cwd=bare_dir)
+    result = cli_main("predict", *args, "--generate.prompt=ROMEO:", "--generate.keep=32", cwd=bare_dir)
     assert result.returncode == 0, result.stderr
     module = GPTModule.load_from_checkpoint(bare_dir / "sharp.ckpt", map_location="cpu", weights_only=True)
     module.eval()
@@ -131,17 +133,18 @@ def test_keep_the_whole_window_gives_the_seed_loop(bare_dir):
             logits, _ = module.model(idx[:, -32:])  # the seed: crop, recompute everything
             idx = torch.cat((idx, sample_next(logits[:, -1], 1.0, generator=seed_generator)), dim=1)
     assert result.stdout.rstrip("\n") == module.tokenizer.decode(idx[0].numpy())
-    default = run_cli("predict", *args, "--generate.prompt=ROMEO:", cwd=bare_dir)  # keep 16
+    default = cli_main("predict", *args, "--generate.prompt=ROMEO:", cwd=bare_dir)  # keep 16
     assert default.returncode == 0 and default.stdout != result.stdout
-    interactive = run_cli(
-        "predict", *args, "--generate.interactive=true", "--generate.keep=32", cwd=bare_dir, stdin="ROMEO:\n"
+    monkeypatch.setattr(sys, "stdin", io.StringIO("ROMEO:\n"))
+    interactive = cli_main(
+        "predict", *args, "--generate.interactive=true", "--generate.keep=32", cwd=bare_dir
     )
     assert interactive.returncode == 0, interactive.stderr
     assert interactive.stdout == result.stdout  # the first prompt uses the same seed
 
 
-def test_unknown_characters_can_be_dropped_and_empty_prompt_starts_a_line(bare_dir):
-    result = run_cli(
+def test_unknown_characters_can_be_dropped_and_empty_prompt_starts_a_line(bare_dir, cli_main):
+    result = cli_main(
         "predict",
         "--ckpt_path=model.ckpt",
         "--generate.prompt=ROMEO 2:",
@@ -150,7 +153,7 @@ def test_unknown_characters_can_be_dropped_and_empty_prompt_starts_a_line(bare_d
         cwd=bare_dir,
     )
     assert result.returncode == 0 and result.stdout.startswith("ROMEO :")
-    empty = run_cli(
+    empty = cli_main(
         "predict", "--ckpt_path=model.ckpt", "--generate.prompt=", "--generate.max_new_tokens=5", cwd=bare_dir
     )
     assert empty.returncode == 0 and empty.stdout.startswith("\n") and len(empty.stdout.rstrip("\n")) >= 1
