@@ -7,7 +7,8 @@ DIR is a run folder holding ``events.out.tfevents.*`` files (``lightning_logs/ve
 such file; without ``LABEL=`` the folder's path is the label. ``--x wall`` plots against wall-clock
 seconds since the first event of the run's event files (written when logging starts, before the
 first training step). Steps are TensorBoard's: runs since 2026-11-30 log the validation that
-follows N optimizer steps at step N (older runs, like docs/runs/gpu_recipe, at N - 1). A table of step, wall seconds and val_loss per run goes to stdout.
+follows N optimizer steps at step N (older runs, like docs/runs/gpu_recipe, at N - 1). A table of
+step, wall seconds and val_loss per run goes to stdout.
 A run without event files or without a val_loss scalar ends the script with one line on stderr
 and exit code 2.
 """
