@@ -56,8 +56,7 @@ def check_checkpoint(path: Path) -> dict:
 
 
 class FitConfigSaver(SaveConfigCallback):
-    """Saves the run's ``config.yaml`` beside its logs, for ``fit`` only (``validate`` and ``predict``
-    make no run folder)."""
+    """Saves the run's ``config.yaml`` beside its logs, for ``fit`` only."""
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit":
@@ -136,12 +135,15 @@ class GPTLightningCLI(LightningCLI):
                 raise UserError("predict needs a trained model: pass --ckpt_path CHECKPOINT")
             # the one check of --generate.*, before anything is loaded; model.* holds the checkpoint's
             # hyperparameters by now (LightningCLI merged them in)
-            self.generation = self._generation_settings(self.config.predict.model.context_length)
+            self.generation = GenerationSettings(**self.config.predict.generate)
+            try:
+                self.generation.check(self.config.predict.model.context_length)
+            except ValueError as error:
+                raise UserError(f"invalid --generate settings: {error}") from None
 
     @staticmethod
     def _one_predict_device(trainer) -> None:
-        """Generation runs in one process, on one device: more would split the prompts between
-        processes that each print and write only their own share."""
+        """Generation runs on one device: more processes would each print only their share of prompts."""
         devices = trainer.devices
         one = devices in ("auto", 1, "1") or (isinstance(devices, (list, tuple)) and len(devices) == 1)
         if not one or trainer.num_nodes != 1:
@@ -152,15 +154,6 @@ class GPTLightningCLI(LightningCLI):
             )
         trainer.devices = devices if one and devices != "auto" else 1
         trainer.num_nodes, trainer.strategy = 1, "auto"
-
-    def _generation_settings(self, context_length: int) -> GenerationSettings:
-        """``--generate.*`` as settings, refused in one line if impossible."""
-        settings = GenerationSettings(**self.config.predict.generate)
-        try:
-            settings.check(context_length)
-        except ValueError as error:
-            raise UserError(f"invalid --generate settings: {error}") from None
-        return settings
 
     def before_predict(self) -> None:
         """Hand prompts to the DataModule and sampling settings to the model; print the samples."""
@@ -199,8 +192,7 @@ class GPTLightningCLI(LightningCLI):
 def make_cli(
     args: list[str] | None = None, callbacks: Sequence[L.Callback] = (), **kwargs
 ) -> GPTLightningCLI:
-    """What ``python cli.py ARGS`` runs: the CLI with this project's defaults (fresh callbacks each
-    time, plus ``callbacks``); ``kwargs`` go to LightningCLI, e.g. ``run=False``."""
+    """What ``python cli.py ARGS`` runs, plus ``callbacks``; ``kwargs`` go to LightningCLI (``run=False``)."""
     defaults = {"callbacks": [TrainingSpeed(), ModelSize(), *callbacks], "enable_model_summary": False}
     return GPTLightningCLI(
         GPTModule,

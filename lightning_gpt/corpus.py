@@ -7,6 +7,7 @@ or disappears. Training then reads the ids through a memory map.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import os
@@ -34,17 +35,7 @@ def read_corpus(path: str | os.PathLike) -> str:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"corpus file {path} does not exist; pass an existing text file with --data.path")
-    try:
-        raw = path.read_bytes()
-    except OSError as error:
-        raise UserError(f"cannot read corpus {path}: {error.strerror}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise UserError(
-            f"corpus {path} is not UTF-8: byte 0x{raw[error.start]:02x} at offset {error.start}; "
-            + _CONVERT_HINT
-        ) from None
+    text = "".join(text_chunks(path))
     if not text:
         raise UserError(f"corpus {path} is empty; pass a text file with --data.path")
     return text
@@ -91,41 +82,30 @@ def cache_folder(path: str | os.PathLike, cache_dir: str | os.PathLike) -> Path:
     return Path(cache_dir) / f"tokens-{absolute.stem[:40]}-{digest}"
 
 
-def _char_boundary(data: bytes) -> int:
-    """Length of the longest prefix of ``data`` that does not end inside a UTF-8 character."""
-    for back in range(1, min(4, len(data)) + 1):
-        byte = data[-back]
-        if byte & 0xC0 != 0x80:  # ASCII or the lead byte of a multi-byte character
-            needed = 1 if byte < 0x80 else 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
-            return len(data) - back if needed > back else len(data)
-    return len(data)  # only continuation bytes: invalid either way, let the decoder say where
-
-
 def text_chunks(path: Path, chunk_bytes: int = CHUNK_BYTES, progress: tqdm | None = None) -> Iterator[str]:
-    """The UTF-8 text of the file ``path`` in pieces of about ``chunk_bytes`` bytes, split between
-    characters (``progress`` counts the bytes). A UserError names the file and the byte offset of
-    any invalid UTF-8."""
-    offset, carry = 0, b""
+    """The UTF-8 text of the file ``path`` in pieces of about ``chunk_bytes`` bytes (``progress`` counts
+    the bytes). A UserError names the file and the byte offset of any invalid UTF-8."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    read = 0  # bytes read before this block
     try:
         with open(path, "rb") as file:
             while True:
                 block = file.read(chunk_bytes)
-                data = carry + block
-                if not data:
-                    return
-                cut = _char_boundary(data) if block else len(data)
+                start = read - len(decoder.getstate()[0])  # file offset of the bytes being decoded
                 try:
-                    text = data[:cut].decode("utf-8")
+                    text = decoder.decode(block, final=not block)
                 except UnicodeDecodeError as error:
                     raise UserError(
-                        f"corpus {path} is not UTF-8: byte 0x{data[error.start]:02x} at offset "
-                        f"{offset + error.start}; {_CONVERT_HINT}"
+                        f"corpus {path} is not UTF-8: byte 0x{error.object[error.start]:02x} at offset "
+                        f"{start + error.start}; {_CONVERT_HINT}"
                     ) from None
-                offset, carry = offset + cut, data[cut:]
+                read += len(block)
                 if progress is not None:
-                    progress.update(cut)
+                    progress.update(len(block))
                 if text:
                     yield text
+                if not block:
+                    return
     except OSError as error:
         raise UserError(f"cannot read corpus {path}: {error.strerror}") from None
 

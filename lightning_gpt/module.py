@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import fields
 
 import lightning as L
 import torch
@@ -20,8 +21,7 @@ from lightning_gpt.tokenizer import CharTokenizer
 
 
 def warmup_cosine(step: int, warmup_steps: int, decay_steps: int, min_lr_ratio: float) -> float:
-    """LR multiplier: linear warmup to 1 over ``warmup_steps``, cosine down to ``min_lr_ratio``
-    at ``decay_steps``, then flat."""
+    """LR multiplier: linear warmup, cosine down to ``min_lr_ratio`` at ``decay_steps``, then flat."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     if step >= decay_steps:
@@ -42,8 +42,8 @@ class GPTModule(L.LightningModule):
         num_blocks: transformer blocks.
         context_length: longest sequence T the model sees.
         dropout: dropout probability in training.
-        attention_dropout: dropout on the attention weights (default: ``dropout``). On CPU any value
-            above 0 forces the slow unfused attention kernel (figures: benchmarks/README.md).
+        attention_dropout: dropout on the attention weights (default: ``dropout``); above 0 on CPU it
+            forces the slow unfused attention kernel.
         positional: "learned" (default) or "sinusoidal" positional encoding.
         bias: whether Linear layers have biases.
         vocab: the sorted character vocabulary; taken from the data when unset.
@@ -54,9 +54,8 @@ class GPTModule(L.LightningModule):
         weight_decay: AdamW weight decay, applied to matrices only (not biases or LayerNorms).
         beta1: AdamW beta1.
         beta2: AdamW beta2.
-        compile: run the model's forward (training, validation, ``module(x)``) through
-            ``torch.compile``; generation stays eager and checkpoints keep plain parameter names.
-            ``None`` (default): see ``lightning_gpt.precision.auto_compile``. Not saved in checkpoints.
+        compile: ``torch.compile`` the forward (not generation); ``None`` (default): see
+            ``lightning_gpt.precision.auto_compile``. Not saved in checkpoints.
     """
 
     def __init__(
@@ -95,19 +94,10 @@ class GPTModule(L.LightningModule):
             self._build(vocab)
 
     def config(self, vocab_size: int) -> GPTConfig:
-        h = self.hparams
+        """The model's shape from the hyperparameters (a missing one, in older checkpoints, is ``None``)."""
+        shape = {f.name: self.hparams.get(f.name) for f in fields(GPTConfig) if f.name != "vocab_size"}
         try:
-            return GPTConfig(
-                vocab_size=vocab_size,
-                context_length=h.context_length,
-                d_model=h.d_model,
-                num_heads=h.num_heads,
-                num_blocks=h.num_blocks,
-                dropout=h.dropout,
-                attention_dropout=h.get("attention_dropout"),
-                positional=h.positional,
-                bias=h.bias,
-            )
+            return GPTConfig(vocab_size=vocab_size, **shape)
         except ValueError as error:
             raise UserError(f"invalid model settings: {error}") from None
 
@@ -136,12 +126,10 @@ class GPTModule(L.LightningModule):
         if self._train_forward is None:
             # Not an attribute Module.__setattr__ sees: the compiled wrapper must not add a second
             # copy of every weight ("_orig_mod." names) to the state dict.
-            compiled = torch.compile(self.model) if self._use_compile() else self.model
+            use_compile = auto_compile(self.device) if self._compile is None else self._compile
+            compiled = torch.compile(self.model) if use_compile else self.model
             object.__setattr__(self, "_train_forward", compiled)
         return self._train_forward(idx, targets)
-
-    def _use_compile(self) -> bool:
-        return auto_compile(self.device) if self._compile is None else self._compile
 
     def on_fit_start(self) -> None:
         if self.device.type == "cuda":  # TF32 tensor cores for whatever runs outside autocast
@@ -159,20 +147,9 @@ class GPTModule(L.LightningModule):
     def predict_step(self, batch: dict, batch_idx: int) -> list[str]:
         """One prompt -> ``num_samples`` texts (prompt + continuation), per ``self.generation``."""
         g = self.generation
-        chars = list(
-            stream_text(
-                self.model,
-                self.tokenizer,
-                batch["prompt"],
-                g.max_new_tokens,
-                temperature=g.temperature,
-                top_k=g.top_k,
-                top_p=g.top_p,
-                seed=g.seed + batch["index"],
-                num_samples=g.num_samples,
-                keep=g.keep,
-            )
-        )
+        sampling = dict(temperature=g.temperature, top_k=g.top_k, top_p=g.top_p, keep=g.keep)
+        sampling.update(seed=g.seed + batch["index"], num_samples=g.num_samples)
+        chars = list(self.stream_text(batch["prompt"], g.max_new_tokens, **sampling))
         return [batch["prompt"] + "".join(step[s] for step in chars) for s in range(g.num_samples)]
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -192,8 +169,7 @@ class GPTModule(L.LightningModule):
         return loss
 
     def _logging_step(self) -> bool:
-        """Whether Lightning sends this optimizer step's logged values to the loggers: every
-        ``log_every_n_steps``-th step (the count includes this step; 0 = never)."""
+        """Whether this optimizer step's logged values reach the loggers (``log_every_n_steps``)."""
         every = self.trainer.log_every_n_steps
         return every > 0 and (self.global_step + 1) % every == 0
 
@@ -235,27 +211,22 @@ class GPTModule(L.LightningModule):
             self.log("grad_norm", torch.nn.utils.get_total_norm(grads))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Store every rank's generator states, a list indexed by global rank. Lightning calls this
-        hook on all ranks (rank 0 alone writes the file), so the states can be gathered here."""
+        """Store every rank's generator states (Lightning calls this on all ranks; rank 0 writes)."""
         self._check_finite(self.global_step)  # never save weights that a nan or inf loss made
         trainer = self._trainer
         device = trainer.strategy.root_device if trainer is not None else None
         checkpoint["rng_states"] = gather_rng_states(device)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Give this rank its own generator states back. Without a trainer (``load_from_checkpoint``)
-        rank 0's are restored and CUDA's are left alone."""
-        if "rng_states" not in checkpoint:
-            return
-        trainer = self._trainer
-        if trainer is None:
-            restore_rng_states(checkpoint["rng_states"], rank=0, world_size=1)
-            return
-        note = restore_rng_states(
-            checkpoint["rng_states"], trainer.global_rank, trainer.world_size, trainer.strategy.root_device
-        )
-        if note and trainer.state.fn == "fit":
-            rank_zero_warn(note)
+        """Give this rank its generator states back (rank 0's, CUDA's left alone, without a trainer)."""
+        saved, trainer = checkpoint.get("rng_states"), self._trainer
+        if saved is not None and trainer is None:
+            restore_rng_states(saved)
+        elif saved is not None:
+            rank, device = trainer.global_rank, trainer.strategy.root_device
+            note = restore_rng_states(saved, rank, trainer.world_size, device)
+            if note and trainer.state.fn == "fit":
+                rank_zero_warn(note)
 
     def configure_optimizers(self):
         h = self.hparams
