@@ -17,7 +17,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lightning_gpt.callbacks import ModelSize, TextSampler, TrainingSpeed
 from lightning_gpt.checkpoint_io import AtomicCheckpointIO
-from lightning_gpt.data import CharDataModule, read_corpus
+from lightning_gpt.corpus import read_corpus
+from lightning_gpt.data import CharDataModule
 from lightning_gpt.errors import UserError
 from lightning_gpt.generation import GenerationSettings, prepare_prompt
 from lightning_gpt.interactive import interactive_session

@@ -9,12 +9,14 @@ import time
 from pathlib import Path
 
 import requests
+from tqdm import tqdm
 
 from lightning_gpt.errors import UserError
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 _CHUNK = 1 << 16
+_RETRYABLE = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 
 
 def sha256_of(path: Path) -> str:
@@ -36,23 +38,17 @@ def _fetch_once(url: str, temp: Path, timeout: float, progress: bool, progress_m
     with requests.get(url, stream=True, timeout=timeout, headers=headers) as response:
         response.raise_for_status()
         expected = int(response.headers.get("Content-Length") or 0)
-        bar = None
-        if progress and expected > progress_min_bytes:
-            from tqdm import tqdm
-
-            bar = tqdm(total=expected, unit="B", unit_scale=True, desc=f"downloading {Path(url).name}")
-        try:
-            with open(temp, "wb") as file:
-                for chunk in response.iter_content(_CHUNK):
-                    file.write(chunk)
-                    digest.update(chunk)
-                    if bar is not None:
-                        bar.update(len(chunk))
-                file.flush()
-                os.fsync(file.fileno())
-        finally:
-            if bar is not None:
-                bar.close()
+        hide = not progress or expected <= progress_min_bytes
+        bar = tqdm(
+            total=expected, unit="B", unit_scale=True, desc=f"downloading {Path(url).name}", disable=hide
+        )
+        with bar, open(temp, "wb") as file:
+            for chunk in response.iter_content(_CHUNK):
+                file.write(chunk)
+                digest.update(chunk)
+                bar.update(len(chunk))
+            file.flush()
+            os.fsync(file.fileno())
         # Bytes read off the wire: Content-Length counts them, not the decoded ones, should a
         # server compress the body anyway.
         received = response.raw.tell()
@@ -86,12 +82,9 @@ def download(
 ) -> Path:
     """Make ``dest`` hold the file at ``url``, verified against ``sha256`` when given.
 
-    A file already at ``dest`` with the right hash is kept (no request is made). The body is
-    written to a temporary file next to ``dest`` and renamed into place only once complete and
-    verified, so ``dest`` never holds a partial or wrong file. Connection errors, timeouts and
-    5xx answers are retried ``retries`` times with exponential backoff (``backoff`` seconds, then
-    twice that, ...); ``timeout`` bounds each wait for the server, not the whole transfer. Bodies
-    larger than ``progress_min_bytes`` show a progress bar on stderr when ``progress`` is true.
+    A file already at ``dest`` with the right hash is kept. ``dest`` never holds a partial or wrong
+    file. Connection errors, timeouts and 5xx answers are retried ``retries`` times, waiting
+    ``backoff`` seconds, then twice that, ...; ``timeout`` bounds each wait for the server.
     """
     dest = Path(dest)
     if dest.is_file() and (sha256 is None or sha256_of(dest) == sha256):
@@ -119,11 +112,7 @@ def download(
             if status < 500:
                 raise UserError(f"cannot download {url}: HTTP {status}; {manual}") from None
             last_problem = f"HTTP {status}"
-        except (
-            requests.ConnectionError,
-            requests.Timeout,
-            requests.exceptions.ChunkedEncodingError,
-        ) as error:
+        except _RETRYABLE as error:
             last_problem = _describe(error, timeout)
         except requests.RequestException as error:  # a malformed URL, too many redirects, ...
             raise UserError(f"cannot download {url}: {error}; {manual}") from None
