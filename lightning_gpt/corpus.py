@@ -148,22 +148,15 @@ class TokenCache:
         return MappedSlice(str(self.tokens_path), self.dtype, start, stop).open()
 
 
-def _read_meta(folder: Path) -> dict | None:
-    try:
-        return json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def _cache_if_valid(folder: Path, sources: dict) -> TokenCache | None:
     """The cache in ``folder`` when it was built from exactly ``sources`` and is complete."""
-    meta = _read_meta(folder)
-    if not isinstance(meta, dict) or any(meta.get(key) != value for key, value in sources.items()):
-        return None
     try:
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        if any(meta.get(key) != value for key, value in sources.items()):
+            return None
         cache = TokenCache(folder, meta["vocab"], meta["dtype"], meta["length"], built=False)
         complete = cache.tokens_path.stat().st_size == cache.length * np.dtype(cache.dtype).itemsize
-    except (KeyError, TypeError, OSError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # missing, unreadable or not ours
         return None
     return cache if complete else None
 

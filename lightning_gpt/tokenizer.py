@@ -15,11 +15,7 @@ def _code_points(text: str) -> np.ndarray:
 
 
 class CharTokenizer:
-    """Maps each character of a sorted vocabulary to its index.
-
-    The vocabulary is a plain string (sorted by code point), so it can be stored in a
-    checkpoint's hyperparameters and reloaded with ``torch.load(weights_only=True)``.
-    """
+    """Maps each character of a sorted vocabulary (a plain string: checkpoint-safe) to its index."""
 
     def __init__(self, vocab: str):
         if not vocab:
