@@ -161,44 +161,31 @@ def _cache_if_valid(folder: Path, sources: dict) -> TokenCache | None:
     return cache if complete else None
 
 
-def _progress(total: int, what: str) -> tqdm:
-    """A progress bar over ``total`` bytes, shown only for big corpora."""
+def _texts(files: list[Path], chunk_bytes: int, what: str) -> Iterator[str]:
+    """The corpus's text in pieces, SEPARATOR between files; a progress bar for big corpora."""
+    total = sum(file.stat().st_size for file in files)
     disable = total < PROGRESS_MIN_BYTES
-    return tqdm(total=total, desc=f"token cache: {what}", unit="B", unit_scale=True, disable=disable)
+    with tqdm(total=total, desc=f"token cache: {what}", unit="B", unit_scale=True, disable=disable) as bar:
+        for number, file in enumerate(files):
+            if number:
+                yield SEPARATOR
+            empty = True
+            for text in text_chunks(file, chunk_bytes, bar):
+                empty = False
+                yield text
+            if empty:
+                where = "pass a text file with --data.path" if len(files) == 1 else "remove it or add text"
+                raise UserError(f"corpus {file} is empty; {where}")
 
 
 def _scan(files: list[Path], chunk_bytes: int) -> tuple[str, int]:
     """First pass: the sorted vocabulary of the corpus and its length in characters."""
     seen = np.zeros(0x110000, dtype=bool)  # one flag per Unicode code point
     length = 0
-    with _progress(sum(file.stat().st_size for file in files), "vocabulary") as bar:
-        for number, file in enumerate(files):
-            if number:
-                seen[[ord(c) for c in SEPARATOR]] = True
-                length += len(SEPARATOR)
-            before = length
-            for text in text_chunks(file, chunk_bytes, bar):
-                seen[np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)] = True
-                length += len(text)
-            if length == before:
-                where = "pass a text file with --data.path" if len(files) == 1 else "remove it or add text"
-                raise UserError(f"corpus {file} is empty; {where}")
+    for text in _texts(files, chunk_bytes, "vocabulary"):
+        seen[np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)] = True
+        length += len(text)
     return np.flatnonzero(seen).astype(np.uint32).tobytes().decode("utf-32-le"), length
-
-
-def _encode(files: list[Path], tokenizer: CharTokenizer, dtype: np.dtype, chunk_bytes: int, file) -> int:
-    """Second pass: write the ids of the corpus to ``file``; returns how many were written."""
-    written = 0
-    separator = tokenizer.encode(SEPARATOR, dtype) if len(files) > 1 else None
-    with _progress(sum(path.stat().st_size for path in files), "encoding") as bar:
-        for number, path in enumerate(files):
-            if number:
-                file.write(separator)
-                written += len(separator)
-            for text in text_chunks(path, chunk_bytes, bar):
-                file.write(tokenizer.encode(text, dtype))  # the array's bytes, without a copy
-                written += len(text)
-    return written
 
 
 def build_token_cache(
@@ -222,8 +209,12 @@ def build_token_cache(
     dtype = token_dtype(tokenizer.vocab_size)
 
     def write_tokens(file) -> None:
+        """Second pass: the ids of the corpus, checked against the first pass's length."""
+        written = 0
         try:
-            written = _encode(files, tokenizer, dtype, chunk_bytes, file)
+            for text in _texts(files, chunk_bytes, "encoding"):
+                file.write(tokenizer.encode(text, dtype))  # the array's bytes, without a copy
+                written += len(text)
         except UnknownCharacterError:  # a character that the first pass did not see
             written = -1
         if written != length:
