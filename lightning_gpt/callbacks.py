@@ -25,8 +25,7 @@ class TrainingSpeed(L.Callback):
         self._tokens += batch[1].numel() * trainer.world_size
         every = trainer.log_every_n_steps  # Lightning's logging steps (0: never)
         if every and trainer.global_step % every == 0:
-            # a host tensor: a number would become a device tensor, which the progress bar reads
-            # back (waiting for the device) at every step
+            # a host tensor: a number would become a device tensor that the progress bar reads back
             rate = torch.tensor(self._tokens / (now - self._start))
             pl_module.log("tokens_per_sec", rate, prog_bar=True)
             self._start, self._tokens = now, 0
@@ -36,9 +35,8 @@ class TrainingSpeed(L.Callback):
 
 
 class TextSampler(L.Callback):
-    """After each validation, samples text from a fixed prompt and seed and logs it to
-    TensorBoard (Text tab), so the samples show the model improving; prints the last one
-    when training ends.
+    """After each validation, logs a sample from a fixed prompt and seed to TensorBoard (Text tab);
+    prints the last one when training ends.
 
     Args:
         prompt: where every sample starts.
@@ -47,8 +45,7 @@ class TextSampler(L.Callback):
         seed: fixed, so samples differ only because the model changed.
         every_n_validations: sample at every n-th validation (0 disables logging).
         print_at_end: print a sample to stdout when fit ends.
-        keep: past the context, how many recent characters a restarted window keeps (default:
-            half the context; see ``lightning_gpt.generation.generate_tokens``).
+        keep: past the context, how many recent characters a restarted window keeps (default: half).
     """
 
     def __init__(
@@ -95,8 +92,7 @@ class TextSampler(L.Callback):
 
 
 class ModelSize(L.Callback):
-    """One line when fit starts, in place of Lightning's model summary table: the model's shape and
-    parameter count."""
+    """One line when fit starts, in place of Lightning's model summary: shape and parameter count."""
 
     def on_fit_start(self, trainer, pl_module) -> None:
         if trainer.is_global_zero:

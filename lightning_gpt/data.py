@@ -25,8 +25,7 @@ def batch_seed(seed: int, rank: int, batch: int) -> int:
 
 
 class _MappedTokensPickle:
-    """Pickles memory-mapped ``self.tokens`` as its file and bounds: a spawned dataloader worker maps
-    the token cache again instead of receiving a copy of the whole corpus."""
+    """Pickles memory-mapped ``self.tokens`` as a ``MappedSlice``, so a spawned worker maps it again."""
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "tokens": getattr(self.tokens, "mapped_slice", self.tokens)}
@@ -40,10 +39,8 @@ class _MappedTokensPickle:
 class RandomWindows(_MappedTokensPickle, IterableDataset):
     """Endless batches of random windows: x = data[i : i+T], y = data[i+1 : i+T+1], each [B, T].
 
-    Batch number g's offsets come from a generator seeded by (seed, rank, g), so every DDP rank
-    draws its own windows, any dataloader worker can make any batch (worker w of W makes
-    g = start + w, start + w + W, ... and the DataLoader interleaves them in order), and a run
-    resumed at batch ``start`` continues with exactly the batches it would have drawn.
+    Batch g's offsets come from a generator seeded by (seed, rank, g): each DDP rank draws its own,
+    worker w of W makes g = start + w, start + w + W, ..., and a resume at ``start`` repeats the run.
     """
 
     tokens: torch.Tensor
@@ -179,15 +176,12 @@ class CharDataModule(L.LightningDataModule):
         start = trainer.global_step * trainer.accumulate_grad_batches if trainer is not None else 0
         if self._run_seed is None:  # PL_GLOBAL_SEED: set by seed_everything / the CLI's seed_everything
             self._run_seed = int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed()))
-        dataset = RandomWindows(
-            self.train_tokens, self.context_length, self.batch_size, self._run_seed, rank, start
-        )
-        return self._loader(dataset, batch_size=None)
+        seed = self._run_seed
+        windows = RandomWindows(self.train_tokens, self.context_length, self.batch_size, seed, rank, start)
+        return self._loader(windows, batch_size=None)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(
-            ConsecutiveWindows(self.val_tokens, self.context_length), batch_size=self.batch_size
-        )
+        return self._loader(ConsecutiveWindows(self.val_tokens, self.context_length), self.batch_size)
 
     def _loader(self, dataset: Dataset, batch_size: int | None) -> DataLoader:
         return DataLoader(

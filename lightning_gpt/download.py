@@ -28,11 +28,8 @@ def sha256_of(path: Path) -> str:
 
 
 def _fetch_once(url: str, temp: Path, timeout: float, progress: bool, progress_min_bytes: int) -> str:
-    """Stream ``url`` into ``temp``; return the body's sha256. Raises requests errors.
-
-    The body is asked for without compression, so ``Content-Length`` is the file's size; a body
-    shorter than it (the server closed the connection early) raises ChunkedEncodingError.
-    """
+    """Stream ``url`` into ``temp``; return the body's sha256. Raises requests errors, and
+    ChunkedEncodingError for a body shorter than ``Content-Length`` (asked for uncompressed)."""
     digest = hashlib.sha256()
     headers = {"Accept-Encoding": "identity"}
     with requests.get(url, stream=True, timeout=timeout, headers=headers) as response:

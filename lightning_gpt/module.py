@@ -140,8 +140,7 @@ class GPTModule(L.LightningModule):
         return stream_text(self.model, self.tokenizer, prompt, max_new_tokens, **sampling)
 
     def generate_text(self, prompt: str, max_new_tokens: int = 500, **sampling) -> str:
-        """``prompt`` and ``max_new_tokens`` sampled characters, e.g. ``generate_text("ROMEO:", 200,
-        temperature=0.8, top_k=None, top_p=None, seed=1)``."""
+        """``prompt`` and ``max_new_tokens`` sampled characters, e.g. ``generate_text("A:", 200, seed=1)``."""
         return generate_text(self.model, self.tokenizer, prompt, max_new_tokens, **sampling)
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[str]:
@@ -155,15 +154,13 @@ class GPTModule(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch  # [B, T] each
         _, loss = self(x, y)
-        # Every loss joins a flag on the device. Reading it waits for the device, so it is read only
-        # at logging steps and before a checkpoint is saved (a non-finite validation loss also stops
-        # the run, before any checkpoint of that validation is written: see on_validation_epoch_end).
+        # Every loss joins a flag on the device, read (a wait for the device) only at logging steps
+        # and before a checkpoint is saved.
         finite = torch.isfinite(loss.detach())
         self._finite = finite if self._finite is None else self._finite & finite
         if self._logging_step():
             self._check_finite(self.global_step + 1)
-            # Host values: the progress bar converts its values at every step, and converting a
-            # device tensor would wait for the device each time.
+            # Host values: the progress bar reads its values at every step (a device tensor: a wait).
             self.log("train_loss", loss.detach().cpu(), prog_bar=True)
             self.log("lr", torch.tensor(self.optimizers().param_groups[0]["lr"]), prog_bar=True)
         return loss
@@ -230,8 +227,8 @@ class GPTModule(L.LightningModule):
 
     def configure_optimizers(self):
         h = self.hparams
-        matrices = [p for p in self.model.parameters() if p.requires_grad and p.dim() >= 2]
-        others = [p for p in self.model.parameters() if p.requires_grad and p.dim() < 2]
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        matrices, others = [p for p in params if p.dim() >= 2], [p for p in params if p.dim() < 2]
         optimizer = torch.optim.AdamW(
             [{"params": matrices, "weight_decay": h.weight_decay}, {"params": others, "weight_decay": 0.0}],
             lr=h.learning_rate,

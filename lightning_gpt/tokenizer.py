@@ -43,8 +43,7 @@ class CharTokenizer:
     def unknown_characters(self, text: str) -> list[str]:
         """Characters of ``text`` missing from the vocabulary, sorted, each once."""
         points = np.unique(_code_points(text))
-        missing = points[~np.isin(points, self._points)]
-        return [chr(p) for p in missing]
+        return [chr(p) for p in points[~np.isin(points, self._points)]]
 
     def encode(self, text: str, dtype: np.dtype | type = np.int64) -> np.ndarray:
         """Text -> ids [len(text)]. Raises UnknownCharacterError naming any unknown characters."""
