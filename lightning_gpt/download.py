@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 import requests
 from tqdm import tqdm
 
+from lightning_gpt.atomic import write_atomically
 from lightning_gpt.errors import UserError
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -27,8 +28,8 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fetch_once(url: str, temp: Path, timeout: float, progress: bool, progress_min_bytes: int) -> str:
-    """Stream ``url`` into ``temp``; return the body's sha256. Raises requests errors, and
+def _fetch_once(url: str, file: BinaryIO, timeout: float, progress: bool, progress_min_bytes: int) -> str:
+    """Stream ``url`` into ``file``; return the body's sha256. Raises requests errors, and
     ChunkedEncodingError for a body shorter than ``Content-Length`` (asked for uncompressed)."""
     digest = hashlib.sha256()
     headers = {"Accept-Encoding": "identity"}
@@ -39,13 +40,11 @@ def _fetch_once(url: str, temp: Path, timeout: float, progress: bool, progress_m
         bar = tqdm(
             total=expected, unit="B", unit_scale=True, desc=f"downloading {Path(url).name}", disable=hide
         )
-        with bar, open(temp, "wb") as file:
+        with bar:
             for chunk in response.iter_content(_CHUNK):
                 file.write(chunk)
                 digest.update(chunk)
                 bar.update(len(chunk))
-            file.flush()
-            os.fsync(file.fileno())
         # Bytes read off the wire: Content-Length counts them, not the decoded ones, should a
         # server compress the body anyway.
         received = response.raw.tell()
@@ -86,23 +85,22 @@ def download(
     dest = Path(dest)
     if dest.is_file() and (sha256 is None or sha256_of(dest) == sha256):
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
     manual = f"download it yourself and pass --data.path FILE, or place it at {dest}"
     last_problem = ""
+
+    def fetch(file: BinaryIO) -> None:
+        digest = _fetch_once(url, file, timeout, progress, progress_min_bytes)
+        if sha256 is not None and digest != sha256:
+            raise UserError(
+                f"{url} sent a file with sha256 {digest}, expected {sha256}; nothing was saved. "
+                f"Check the URL, or {manual}"
+            )
+
     for attempt in range(retries + 1):
         if attempt:
             time.sleep(backoff * 2 ** (attempt - 1))
-        fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-        os.close(fd)
-        temp = Path(name)
         try:
-            digest = _fetch_once(url, temp, timeout, progress, progress_min_bytes)
-            if sha256 is not None and digest != sha256:
-                raise UserError(
-                    f"{url} sent a file with sha256 {digest}, expected {sha256}; nothing was saved. "
-                    f"Check the URL, or {manual}"
-                )
-            os.replace(temp, dest)
+            write_atomically(dest, fetch)  # renamed into place only once complete and verified
             return dest
         except requests.HTTPError as error:
             status = error.response.status_code if error.response is not None else 0
@@ -113,6 +111,4 @@ def download(
             last_problem = _describe(error, timeout)
         except requests.RequestException as error:  # a malformed URL, too many redirects, ...
             raise UserError(f"cannot download {url}: {error}; {manual}") from None
-        finally:
-            temp.unlink(missing_ok=True)
     raise UserError(f"cannot download {url} after {retries + 1} attempts (last: {last_problem}); {manual}")
