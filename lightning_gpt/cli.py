@@ -131,7 +131,17 @@ class GPTLightningCLI(LightningCLI):
         if subcommand == "predict":
             if trainer.enable_progress_bar is None:
                 trainer.enable_progress_bar = False  # stdout carries the generated text
-            self._one_predict_device(trainer)
+            # one process on one device: more would each print and write only their share of prompts
+            devices = trainer.devices
+            one = devices in ("auto", 1, "1") or (isinstance(devices, (list, tuple)) and len(devices) == 1)
+            if not one or trainer.num_nodes != 1:
+                print(
+                    f"note: predict generates on one device; ignoring --trainer.devices {devices}"
+                    + (f" --trainer.num_nodes {trainer.num_nodes}" if trainer.num_nodes != 1 else ""),
+                    file=sys.stderr,
+                )
+            trainer.devices = devices if one and devices != "auto" else 1
+            trainer.num_nodes, trainer.strategy = 1, "auto"
             if not self.config.predict.ckpt_path:
                 raise UserError("predict needs a trained model: pass --ckpt_path CHECKPOINT")
             # the one check of --generate.*, before anything is loaded; model.* holds the checkpoint's
@@ -141,20 +151,6 @@ class GPTLightningCLI(LightningCLI):
                 self.generation.check(self.config.predict.model.context_length)
             except ValueError as error:
                 raise UserError(f"invalid --generate settings: {error}") from None
-
-    @staticmethod
-    def _one_predict_device(trainer) -> None:
-        """Generation runs on one device: more processes would each print only their share of prompts."""
-        devices = trainer.devices
-        one = devices in ("auto", 1, "1") or (isinstance(devices, (list, tuple)) and len(devices) == 1)
-        if not one or trainer.num_nodes != 1:
-            print(
-                f"note: predict generates on one device; ignoring --trainer.devices {devices}"
-                + (f" --trainer.num_nodes {trainer.num_nodes}" if trainer.num_nodes != 1 else ""),
-                file=sys.stderr,
-            )
-        trainer.devices = devices if one and devices != "auto" else 1
-        trainer.num_nodes, trainer.strategy = 1, "auto"
 
     def before_predict(self) -> None:
         """Hand prompts to the DataModule and sampling settings to the model; print the samples."""

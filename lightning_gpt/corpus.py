@@ -1,8 +1,7 @@
 """A corpus (one UTF-8 text file or a folder of .txt files) -> a memory-mapped token cache on disk.
 
-The cache is built once, in two streaming passes over the text (the vocabulary, then the ids), so a
-multi-GB corpus never has to fit in memory, and it is reused until a source file changes, appears
-or disappears. Training then reads the ids through a memory map.
+Built in two streaming passes (the vocabulary, then the ids), so a multi-GB corpus never has to fit
+in memory; reused until a source file changes, appears or disappears.
 """
 
 from __future__ import annotations
@@ -57,15 +56,10 @@ def corpus_files(path: str | os.PathLike) -> list[Path]:
             f"corpus file {path} does not exist; pass an existing text file or a folder of .txt files "
             "with --data.path"
         )
-    found = [
-        Path(folder, name).relative_to(path)
-        for folder, _, names in os.walk(path)
-        for name in names
-        if name.endswith(".txt") and Path(folder, name).is_file()
-    ]
+    found = [file for file in path.rglob("*.txt") if file.is_file()]
     if not found:
         raise UserError(f"corpus folder {path} has no .txt files; put UTF-8 .txt files in it")
-    return [path / relative for relative in sorted(found, key=lambda p: p.as_posix())]
+    return sorted(found, key=lambda file: file.relative_to(path).as_posix())
 
 
 def fingerprint(path: str | os.PathLike, files: list[Path]) -> list[list]:
@@ -195,12 +189,8 @@ def build_token_cache(
     unchanged, else built (vocabulary pass, then encoding pass) and written atomically."""
     files = corpus_files(path)
     folder = cache_folder(path, cache_dir)
-    sources = {
-        "version": CACHE_VERSION,
-        "source": str(Path(path).resolve()),
-        "separator": SEPARATOR,
-        "files": fingerprint(path, files),
-    }
+    sources = {"version": CACHE_VERSION, "source": str(Path(path).resolve()), "separator": SEPARATOR}
+    sources["files"] = fingerprint(path, files)
     cached = _cache_if_valid(folder, sources)
     if cached is not None:
         return cached
@@ -227,8 +217,6 @@ def build_token_cache(
         write_atomically(folder / "tokens.bin", write_tokens)
         write_atomically(folder / "meta.json", lambda file: file.write(json.dumps(meta, indent=1).encode()))
     except OSError as error:  # no permission, disk full, ...
-        raise UserError(
-            f"cannot write the token cache {folder}: {error.strerror}; free some space or pass another "
-            "--data.cache_dir"
-        ) from None
+        hint = "free some space or pass another --data.cache_dir"
+        raise UserError(f"cannot write the token cache {folder}: {error.strerror}; {hint}") from None
     return TokenCache(folder, vocab, dtype.name, length, built=True)

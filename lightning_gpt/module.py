@@ -42,8 +42,7 @@ class GPTModule(L.LightningModule):
         num_blocks: transformer blocks.
         context_length: longest sequence T the model sees.
         dropout: dropout probability in training.
-        attention_dropout: dropout on the attention weights (default: ``dropout``); above 0 on CPU it
-            forces the slow unfused attention kernel.
+        attention_dropout: dropout on the attention weights (default: ``dropout``; above 0, slow on CPU).
         positional: "learned" (default) or "sinusoidal" positional encoding.
         bias: whether Linear layers have biases.
         vocab: the sorted character vocabulary; taken from the data when unset.
@@ -172,10 +171,9 @@ class GPTModule(L.LightningModule):
 
     def _check_finite(self, steps: int) -> None:
         """Stop if any training loss since the last check was nan or inf (``steps``: steps trained)."""
-        if self._finite is not None:
-            if not self._finite:
-                raise self._stopped("training", "nan or inf", f"{steps} or earlier")
-            self._finite = None
+        if self._finite is not None and not self._finite:
+            raise self._stopped("training", "nan or inf", f"{steps} or earlier")
+        self._finite = None
 
     def _stopped(self, which: str, value: object, step: object) -> UserError:
         return UserError(

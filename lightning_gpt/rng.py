@@ -1,8 +1,7 @@
 """Random-number-generator states as plain data (tensors, ints, lists) for weights_only checkpoints.
 
-Lightning does not save them; an exact resume needs the same dropout masks afterwards. Every process
-of a multi-process run has its own streams, so a checkpoint holds a list of states indexed by
-global rank and each rank restores its own entry.
+Lightning does not save them; an exact resume needs the same dropout masks. A checkpoint holds a list
+of states indexed by global rank, and each rank restores its own entry.
 """
 
 from __future__ import annotations
@@ -15,8 +14,7 @@ import torch.distributed as dist
 
 
 def rng_states(device: torch.device | None = None) -> dict:
-    """This process's torch CPU, Python and NumPy generator states, and the CUDA generator state of
-    ``device`` when it is a CUDA device (``None`` otherwise: a CPU run never initialises CUDA)."""
+    """This process's torch CPU, Python and NumPy generator states, and ``device``'s CUDA one if any."""
     kind, keys, position, has_gauss, cached = np.random.get_state()
     version, internal, gauss = random.getstate()
     cuda = torch.cuda.get_rng_state(device) if device is not None and device.type == "cuda" else None
