@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass, field
 
 import lightning as L
 import torch
@@ -34,6 +35,7 @@ class TrainingSpeed(L.Callback):
         self._start, self._tokens = None, 0  # validation time is not training time
 
 
+@dataclass(eq=False)
 class TextSampler(L.Callback):
     """After each validation, logs a sample from a fixed prompt and seed to TensorBoard (Text tab);
     prints the last one when training ends.
@@ -48,24 +50,14 @@ class TextSampler(L.Callback):
         keep: past the context, how many recent characters a restarted window keeps (default: half).
     """
 
-    def __init__(
-        self,
-        prompt: str = "\n",
-        max_new_tokens: int = 300,
-        temperature: float = 0.8,
-        seed: int = 1337,
-        every_n_validations: int = 1,
-        print_at_end: bool = True,
-        keep: int | None = None,
-    ):
-        self.prompt = prompt
-        self.max_new_tokens = max_new_tokens
-        self.temperature = temperature
-        self.seed = seed
-        self.every_n_validations = every_n_validations
-        self.print_at_end = print_at_end
-        self.keep = keep
-        self._validations = 0
+    prompt: str = "\n"
+    max_new_tokens: int = 300
+    temperature: float = 0.8
+    seed: int = 1337
+    every_n_validations: int = 1
+    print_at_end: bool = True
+    keep: int | None = None
+    _validations: int = field(default=0, init=False, repr=False)
 
     def sample(self, pl_module) -> str:
         prompt = self.prompt if set(self.prompt) <= set(pl_module.tokenizer.vocab) else "\n"

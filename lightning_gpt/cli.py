@@ -93,8 +93,7 @@ class GPTLightningCLI(LightningCLI):
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         bar = trainer.progress_bar_callback
-        if type(bar) is TQDMProgressBar and bar.refresh_rate == 1:  # Lightning's default bar
-            # A redraw every few steps is enough for a reader and costs nothing measurable.
+        if type(bar) is TQDMProgressBar and bar.refresh_rate == 1:  # Lightning's default: redraws every step
             callbacks = trainer.callbacks
             callbacks[callbacks.index(bar)] = TQDMProgressBar(refresh_rate=PROGRESS_REFRESH_STEPS)
         return trainer
@@ -105,16 +104,13 @@ class GPTLightningCLI(LightningCLI):
         if not subcommand:
             return
         section = self.config[subcommand]
-        ckpt_path = section.get("ckpt_path")
-        if ckpt_path and ckpt_path not in _LIGHTNING_CKPT_ALIASES:
-            if ckpt_path == "last":
-                ckpt_path = str(Path(section.checkpoint.dirpath or "checkpoints") / "last.ckpt")
-                if not Path(ckpt_path).is_file():
-                    raise UserError(
-                        f"no checkpoint at {ckpt_path} to resume from; run fit without --ckpt_path first"
-                    )
-                section.ckpt_path = ckpt_path
-            check_checkpoint(Path(ckpt_path))
+        if section.get("ckpt_path") == "last":
+            last = Path(section.checkpoint.dirpath or "checkpoints") / "last.ckpt"
+            if not last.is_file():
+                raise UserError(f"no checkpoint at {last} to resume from; run fit without --ckpt_path first")
+            section.ckpt_path = str(last)
+        if section.get("ckpt_path") and section.ckpt_path not in _LIGHTNING_CKPT_ALIASES:
+            check_checkpoint(Path(section.ckpt_path))
         super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:

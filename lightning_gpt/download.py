@@ -76,12 +76,9 @@ def download(
     progress: bool = True,
     progress_min_bytes: int = 4 << 20,
 ) -> Path:
-    """Make ``dest`` hold the file at ``url``, verified against ``sha256`` when given.
-
-    A file already at ``dest`` with the right hash is kept. ``dest`` never holds a partial or wrong
-    file. Connection errors, timeouts and 5xx answers are retried ``retries`` times, waiting
-    ``backoff`` seconds, then twice that, ...; ``timeout`` bounds each wait for the server.
-    """
+    """Make ``dest`` hold the file at ``url`` (kept if already there), verified against ``sha256``.
+    Connection errors, timeouts and 5xx answers are retried ``retries`` times, waiting ``backoff``
+    seconds, then twice that, ...; ``timeout`` bounds each wait for the server."""
     dest = Path(dest)
     if dest.is_file() and (sha256 is None or sha256_of(dest) == sha256):
         return dest

@@ -13,9 +13,7 @@ def interactive_session(
     module, settings: GenerationSettings, stdin: TextIO | None = None, stdout: TextIO | None = None
 ) -> int:
     """Loop over prompts from ``stdin`` (default: ``sys.stdin``); return how many were answered.
-
-    Ctrl-C stops the current generation and asks for the next prompt; Ctrl-D (EOF) ends.
-    """
+    Ctrl-C stops the current generation and asks for the next prompt; Ctrl-D (EOF) ends."""
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     interactive = stdin.isatty()
     if interactive:
