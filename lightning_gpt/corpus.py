@@ -80,20 +80,19 @@ def text_chunks(path: Path, chunk_bytes: int = CHUNK_BYTES, progress: tqdm | Non
     """The UTF-8 text of the file ``path`` in pieces of about ``chunk_bytes`` bytes (``progress`` counts
     the bytes). A UserError names the file and the byte offset of any invalid UTF-8."""
     decoder = codecs.getincrementaldecoder("utf-8")()
-    read = 0  # bytes read before this block
+    read = 0  # bytes read so far
     try:
         with open(path, "rb") as file:
             while True:
                 block = file.read(chunk_bytes)
-                start = read - len(decoder.getstate()[0])  # file offset of the bytes being decoded
+                read += len(block)  # what the decoder decodes (its buffered bytes + block) ends here
                 try:
                     text = decoder.decode(block, final=not block)
                 except UnicodeDecodeError as error:
                     raise UserError(
                         f"corpus {path} is not UTF-8: byte 0x{error.object[error.start]:02x} at offset "
-                        f"{start + error.start}; {_CONVERT_HINT}"
+                        f"{read - len(error.object) + error.start}; {_CONVERT_HINT}"
                     ) from None
-                read += len(block)
                 if progress is not None:
                     progress.update(len(block))
                 if text:

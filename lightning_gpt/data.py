@@ -190,8 +190,7 @@ class CharDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
-            # Its own generator: creating an iterator must not draw from the global torch RNG,
-            # or a resumed run's dropout masks would drift from the uninterrupted run's.
+            # Its own generator: an iterator drawing from the global RNG would shift resumed dropout masks.
             generator=torch.Generator().manual_seed(0),
         )
 

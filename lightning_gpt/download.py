@@ -45,8 +45,7 @@ def _fetch_once(url: str, file: BinaryIO, timeout: float, progress: bool, progre
                 file.write(chunk)
                 digest.update(chunk)
                 bar.update(len(chunk))
-        # Bytes read off the wire: Content-Length counts them, not the decoded ones, should a
-        # server compress the body anyway.
+        # bytes off the wire, as Content-Length counts them (should a server compress the body anyway)
         received = response.raw.tell()
         if expected and received != expected:
             raise requests.exceptions.ChunkedEncodingError(

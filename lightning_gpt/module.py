@@ -53,8 +53,7 @@ class GPTModule(L.LightningModule):
         weight_decay: AdamW weight decay, applied to matrices only (not biases or LayerNorms).
         beta1: AdamW beta1.
         beta2: AdamW beta2.
-        compile: ``torch.compile`` the forward (not generation); ``None`` (default): see
-            ``lightning_gpt.precision.auto_compile``. Not saved in checkpoints.
+        compile: ``torch.compile`` the forward, not generation (default: ``auto_compile``); not saved.
     """
 
     def __init__(
@@ -123,8 +122,7 @@ class GPTModule(L.LightningModule):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         if self._train_forward is None:
-            # Not an attribute Module.__setattr__ sees: the compiled wrapper must not add a second
-            # copy of every weight ("_orig_mod." names) to the state dict.
+            # Hidden from Module.__setattr__: the wrapper must not add "_orig_mod." weights to the state dict.
             use_compile = auto_compile(self.device) if self._compile is None else self._compile
             compiled = torch.compile(self.model) if use_compile else self.model
             object.__setattr__(self, "_train_forward", compiled)
@@ -208,8 +206,7 @@ class GPTModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Store every rank's generator states (Lightning calls this on all ranks; rank 0 writes)."""
         self._check_finite(self.global_step)  # never save weights that a nan or inf loss made
-        trainer = self._trainer
-        device = trainer.strategy.root_device if trainer is not None else None
+        device = self._trainer.strategy.root_device if self._trainer is not None else None
         checkpoint["rng_states"] = gather_rng_states(device)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

@@ -49,8 +49,7 @@ def auto_precision(accelerator: str = "auto") -> str:
 
 
 def auto_compile(device: torch.device) -> bool:
-    """Whether to ``torch.compile`` the training forward by default: on CUDA GPUs of compute capability
-    >= 8.0 with Triton only (on CPUs and MPS compiling costs more time than it saves)."""
+    """Whether to compile the training forward by default: on CUDA capability >= 8.0 with Triton only."""
     if device.type != "cuda" or torch.cuda.get_device_capability(device) < NATIVE_BF16_CAPABILITY:
         return False
     try:  # inductor needs Triton on GPUs (missing e.g. on Windows)

@@ -17,10 +17,9 @@ def rng_states(device: torch.device | None = None) -> dict:
     """This process's torch CPU, Python and NumPy generator states, and ``device``'s CUDA one if any."""
     kind, keys, position, has_gauss, cached = np.random.get_state()
     version, internal, gauss = random.getstate()
-    cuda = torch.cuda.get_rng_state(device) if device is not None and device.type == "cuda" else None
     return {
         "torch": torch.get_rng_state(),
-        "cuda": cuda,
+        "cuda": torch.cuda.get_rng_state(device) if device is not None and device.type == "cuda" else None,
         "python": {"version": version, "state": list(internal), "gauss": gauss},
         "numpy": {
             "kind": kind,
