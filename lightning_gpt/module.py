@@ -92,8 +92,8 @@ class GPTModule(L.LightningModule):
             self._build(vocab)
 
     def config(self, vocab_size: int) -> GPTConfig:
-        """The model's shape from the hyperparameters (a missing one, in older checkpoints, is ``None``)."""
-        shape = {f.name: self.hparams.get(f.name) for f in fields(GPTConfig) if f.name != "vocab_size"}
+        """The model's shape from the hyperparameters (older checkpoints lack some: GPTConfig's defaults)."""
+        shape = {f.name: self.hparams[f.name] for f in fields(GPTConfig) if f.name in self.hparams}
         try:
             return GPTConfig(vocab_size=vocab_size, **shape)
         except ValueError as error:
