@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass, field
 
 import lightning as L
 import torch
@@ -25,8 +26,7 @@ class TrainingSpeed(L.Callback):
         self._tokens += batch[1].numel() * trainer.world_size
         every = trainer.log_every_n_steps  # Lightning's logging steps (0: never)
         if every and trainer.global_step % every == 0:
-            # a host tensor: a number would become a device tensor, which the progress bar reads
-            # back (waiting for the device) at every step
+            # a host tensor: a number would become a device tensor that the progress bar reads back
             rate = torch.tensor(self._tokens / (now - self._start))
             pl_module.log("tokens_per_sec", rate, prog_bar=True)
             self._start, self._tokens = now, 0
@@ -35,10 +35,10 @@ class TrainingSpeed(L.Callback):
         self._start, self._tokens = None, 0  # validation time is not training time
 
 
+@dataclass(eq=False)
 class TextSampler(L.Callback):
-    """After each validation, samples text from a fixed prompt and seed and logs it to
-    TensorBoard (Text tab), so the samples show the model improving; prints the last one
-    when training ends.
+    """After each validation, logs a sample from a fixed prompt and seed to TensorBoard (Text tab);
+    prints the last one when training ends.
 
     Args:
         prompt: where every sample starts.
@@ -47,28 +47,17 @@ class TextSampler(L.Callback):
         seed: fixed, so samples differ only because the model changed.
         every_n_validations: sample at every n-th validation (0 disables logging).
         print_at_end: print a sample to stdout when fit ends.
-        keep: past the context, how many recent characters a restarted window keeps (default:
-            half the context; see ``lightning_gpt.generation.generate_tokens``).
+        keep: past the context, how many recent characters a restarted window keeps (default: half).
     """
 
-    def __init__(
-        self,
-        prompt: str = "\n",
-        max_new_tokens: int = 300,
-        temperature: float = 0.8,
-        seed: int = 1337,
-        every_n_validations: int = 1,
-        print_at_end: bool = True,
-        keep: int | None = None,
-    ):
-        self.prompt = prompt
-        self.max_new_tokens = max_new_tokens
-        self.temperature = temperature
-        self.seed = seed
-        self.every_n_validations = every_n_validations
-        self.print_at_end = print_at_end
-        self.keep = keep
-        self._validations = 0
+    prompt: str = "\n"
+    max_new_tokens: int = 300
+    temperature: float = 0.8
+    seed: int = 1337
+    every_n_validations: int = 1
+    print_at_end: bool = True
+    keep: int | None = None
+    _validations: int = field(default=0, init=False, repr=False)
 
     def sample(self, pl_module) -> str:
         prompt = self.prompt if set(self.prompt) <= set(pl_module.tokenizer.vocab) else "\n"
@@ -95,8 +84,7 @@ class TextSampler(L.Callback):
 
 
 class ModelSize(L.Callback):
-    """One line when fit starts, in place of Lightning's model summary table: the model's shape and
-    parameter count."""
+    """One line when fit starts, in place of Lightning's model summary: shape and parameter count."""
 
     def on_fit_start(self, trainer, pl_module) -> None:
         if trainer.is_global_zero:

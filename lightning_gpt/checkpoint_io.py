@@ -12,15 +12,9 @@ from lightning_gpt.atomic import write_atomically
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Save to a temporary file in the same folder, fsync, then rename over the target.
+    """Saves with ``write_atomically`` (a kill leaves the old or the new file); loads with weights_only."""
 
-    A kill at any moment leaves either the old checkpoint or the new one, never a truncated
-    file. Loading always uses ``weights_only=True``.
-    """
-
-    def save_checkpoint(
-        self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options=None
-    ) -> None:
+    def save_checkpoint(self, checkpoint: dict, path: str | os.PathLike, storage_options=None) -> None:
         write_atomically(path, lambda file: torch.save(checkpoint, file))
 
     def load_checkpoint(self, path, map_location=None, weights_only: bool | None = True) -> dict[str, Any]:

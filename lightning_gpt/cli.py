@@ -17,7 +17,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lightning_gpt.callbacks import ModelSize, TextSampler, TrainingSpeed
 from lightning_gpt.checkpoint_io import AtomicCheckpointIO
-from lightning_gpt.data import CharDataModule, read_corpus
+from lightning_gpt.corpus import read_corpus
+from lightning_gpt.data import CharDataModule
 from lightning_gpt.errors import UserError
 from lightning_gpt.generation import GenerationSettings, prepare_prompt
 from lightning_gpt.interactive import interactive_session
@@ -56,8 +57,7 @@ def check_checkpoint(path: Path) -> dict:
 
 
 class FitConfigSaver(SaveConfigCallback):
-    """Saves the run's ``config.yaml`` beside its logs, for ``fit`` only (``validate`` and ``predict``
-    make no run folder)."""
+    """Saves the run's ``config.yaml`` beside its logs, for ``fit`` only."""
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit":
@@ -93,8 +93,7 @@ class GPTLightningCLI(LightningCLI):
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         bar = trainer.progress_bar_callback
-        if type(bar) is TQDMProgressBar and bar.refresh_rate == 1:  # Lightning's default bar
-            # A redraw every few steps is enough for a reader and costs nothing measurable.
+        if type(bar) is TQDMProgressBar and bar.refresh_rate == 1:  # Lightning's default: redraws every step
             callbacks = trainer.callbacks
             callbacks[callbacks.index(bar)] = TQDMProgressBar(refresh_rate=PROGRESS_REFRESH_STEPS)
         return trainer
@@ -105,16 +104,13 @@ class GPTLightningCLI(LightningCLI):
         if not subcommand:
             return
         section = self.config[subcommand]
-        ckpt_path = section.get("ckpt_path")
-        if ckpt_path and ckpt_path not in _LIGHTNING_CKPT_ALIASES:
-            if ckpt_path == "last":
-                ckpt_path = str(Path(section.checkpoint.dirpath or "checkpoints") / "last.ckpt")
-                if not Path(ckpt_path).is_file():
-                    raise UserError(
-                        f"no checkpoint at {ckpt_path} to resume from; run fit without --ckpt_path first"
-                    )
-                section.ckpt_path = ckpt_path
-            check_checkpoint(Path(ckpt_path))
+        if section.get("ckpt_path") == "last":
+            last = Path(section.checkpoint.dirpath or "checkpoints") / "last.ckpt"
+            if not last.is_file():
+                raise UserError(f"no checkpoint at {last} to resume from; run fit without --ckpt_path first")
+            section.ckpt_path = str(last)
+        if section.get("ckpt_path") and section.ckpt_path not in _LIGHTNING_CKPT_ALIASES:
+            check_checkpoint(Path(section.ckpt_path))
         super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
@@ -131,36 +127,26 @@ class GPTLightningCLI(LightningCLI):
         if subcommand == "predict":
             if trainer.enable_progress_bar is None:
                 trainer.enable_progress_bar = False  # stdout carries the generated text
-            self._one_predict_device(trainer)
+            # one process on one device: more would each print and write only their share of prompts
+            devices = trainer.devices
+            one = devices in ("auto", 1, "1") or (isinstance(devices, (list, tuple)) and len(devices) == 1)
+            if not one or trainer.num_nodes != 1:
+                print(
+                    f"note: predict generates on one device; ignoring --trainer.devices {devices}"
+                    + (f" --trainer.num_nodes {trainer.num_nodes}" if trainer.num_nodes != 1 else ""),
+                    file=sys.stderr,
+                )
+            trainer.devices = devices if one and devices != "auto" else 1
+            trainer.num_nodes, trainer.strategy = 1, "auto"
             if not self.config.predict.ckpt_path:
                 raise UserError("predict needs a trained model: pass --ckpt_path CHECKPOINT")
             # the one check of --generate.*, before anything is loaded; model.* holds the checkpoint's
             # hyperparameters by now (LightningCLI merged them in)
-            self.generation = self._generation_settings(self.config.predict.model.context_length)
-
-    @staticmethod
-    def _one_predict_device(trainer) -> None:
-        """Generation runs in one process, on one device: more would split the prompts between
-        processes that each print and write only their own share."""
-        devices = trainer.devices
-        one = devices in ("auto", 1, "1") or (isinstance(devices, (list, tuple)) and len(devices) == 1)
-        if not one or trainer.num_nodes != 1:
-            print(
-                f"note: predict generates on one device; ignoring --trainer.devices {devices}"
-                + (f" --trainer.num_nodes {trainer.num_nodes}" if trainer.num_nodes != 1 else ""),
-                file=sys.stderr,
-            )
-        trainer.devices = devices if one and devices != "auto" else 1
-        trainer.num_nodes, trainer.strategy = 1, "auto"
-
-    def _generation_settings(self, context_length: int) -> GenerationSettings:
-        """``--generate.*`` as settings, refused in one line if impossible."""
-        settings = GenerationSettings(**self.config.predict.generate)
-        try:
-            settings.check(context_length)
-        except ValueError as error:
-            raise UserError(f"invalid --generate settings: {error}") from None
-        return settings
+            self.generation = GenerationSettings(**self.config.predict.generate)
+            try:
+                self.generation.check(self.config.predict.model.context_length)
+            except ValueError as error:
+                raise UserError(f"invalid --generate settings: {error}") from None
 
     def before_predict(self) -> None:
         """Hand prompts to the DataModule and sampling settings to the model; print the samples."""
@@ -199,8 +185,7 @@ class GPTLightningCLI(LightningCLI):
 def make_cli(
     args: list[str] | None = None, callbacks: Sequence[L.Callback] = (), **kwargs
 ) -> GPTLightningCLI:
-    """What ``python cli.py ARGS`` runs: the CLI with this project's defaults (fresh callbacks each
-    time, plus ``callbacks``); ``kwargs`` go to LightningCLI, e.g. ``run=False``."""
+    """What ``python cli.py ARGS`` runs, plus ``callbacks``; ``kwargs`` go to LightningCLI (``run=False``)."""
     defaults = {"callbacks": [TrainingSpeed(), ModelSize(), *callbacks], "enable_model_summary": False}
     return GPTLightningCLI(
         GPTModule,

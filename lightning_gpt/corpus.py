@@ -1,12 +1,12 @@
 """A corpus (one UTF-8 text file or a folder of .txt files) -> a memory-mapped token cache on disk.
 
-The cache is built once, in two streaming passes over the text (the vocabulary, then the ids), so a
-multi-GB corpus never has to fit in memory, and it is reused until a source file changes, appears
-or disappears. Training then reads the ids through a memory map.
+Built in two streaming passes (the vocabulary, then the ids), so a multi-GB corpus never has to fit
+in memory; reused until a source file changes, appears or disappears.
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import os
@@ -34,17 +34,7 @@ def read_corpus(path: str | os.PathLike) -> str:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"corpus file {path} does not exist; pass an existing text file with --data.path")
-    try:
-        raw = path.read_bytes()
-    except OSError as error:
-        raise UserError(f"cannot read corpus {path}: {error.strerror}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise UserError(
-            f"corpus {path} is not UTF-8: byte 0x{raw[error.start]:02x} at offset {error.start}; "
-            + _CONVERT_HINT
-        ) from None
+    text = "".join(text_chunks(path))
     if not text:
         raise UserError(f"corpus {path} is empty; pass a text file with --data.path")
     return text
@@ -66,15 +56,10 @@ def corpus_files(path: str | os.PathLike) -> list[Path]:
             f"corpus file {path} does not exist; pass an existing text file or a folder of .txt files "
             "with --data.path"
         )
-    found = [
-        Path(folder, name).relative_to(path)
-        for folder, _, names in os.walk(path)
-        for name in names
-        if name.endswith(".txt") and Path(folder, name).is_file()
-    ]
+    found = [file for file in path.rglob("*.txt") if file.is_file()]
     if not found:
         raise UserError(f"corpus folder {path} has no .txt files; put UTF-8 .txt files in it")
-    return [path / relative for relative in sorted(found, key=lambda p: p.as_posix())]
+    return sorted(found, key=lambda file: file.relative_to(path).as_posix())
 
 
 def fingerprint(path: str | os.PathLike, files: list[Path]) -> list[list]:
@@ -91,41 +76,29 @@ def cache_folder(path: str | os.PathLike, cache_dir: str | os.PathLike) -> Path:
     return Path(cache_dir) / f"tokens-{absolute.stem[:40]}-{digest}"
 
 
-def _char_boundary(data: bytes) -> int:
-    """Length of the longest prefix of ``data`` that does not end inside a UTF-8 character."""
-    for back in range(1, min(4, len(data)) + 1):
-        byte = data[-back]
-        if byte & 0xC0 != 0x80:  # ASCII or the lead byte of a multi-byte character
-            needed = 1 if byte < 0x80 else 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
-            return len(data) - back if needed > back else len(data)
-    return len(data)  # only continuation bytes: invalid either way, let the decoder say where
-
-
 def text_chunks(path: Path, chunk_bytes: int = CHUNK_BYTES, progress: tqdm | None = None) -> Iterator[str]:
-    """The UTF-8 text of the file ``path`` in pieces of about ``chunk_bytes`` bytes, split between
-    characters (``progress`` counts the bytes). A UserError names the file and the byte offset of
-    any invalid UTF-8."""
-    offset, carry = 0, b""
+    """The UTF-8 text of the file ``path`` in pieces of about ``chunk_bytes`` bytes (``progress`` counts
+    the bytes). A UserError names the file and the byte offset of any invalid UTF-8."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    read = 0  # bytes read so far
     try:
         with open(path, "rb") as file:
             while True:
                 block = file.read(chunk_bytes)
-                data = carry + block
-                if not data:
-                    return
-                cut = _char_boundary(data) if block else len(data)
+                read += len(block)  # what the decoder decodes (its buffered bytes + block) ends here
                 try:
-                    text = data[:cut].decode("utf-8")
+                    text = decoder.decode(block, final=not block)
                 except UnicodeDecodeError as error:
                     raise UserError(
-                        f"corpus {path} is not UTF-8: byte 0x{data[error.start]:02x} at offset "
-                        f"{offset + error.start}; {_CONVERT_HINT}"
+                        f"corpus {path} is not UTF-8: byte 0x{error.object[error.start]:02x} at offset "
+                        f"{read - len(error.object) + error.start}; {_CONVERT_HINT}"
                     ) from None
-                offset, carry = offset + cut, data[cut:]
                 if progress is not None:
-                    progress.update(cut)
+                    progress.update(len(block))
                 if text:
                     yield text
+                if not block:
+                    return
     except OSError as error:
         raise UserError(f"cannot read corpus {path}: {error.strerror}") from None
 
@@ -168,64 +141,44 @@ class TokenCache:
         return MappedSlice(str(self.tokens_path), self.dtype, start, stop).open()
 
 
-def _read_meta(folder: Path) -> dict | None:
-    try:
-        return json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def _cache_if_valid(folder: Path, sources: dict) -> TokenCache | None:
     """The cache in ``folder`` when it was built from exactly ``sources`` and is complete."""
-    meta = _read_meta(folder)
-    if not isinstance(meta, dict) or any(meta.get(key) != value for key, value in sources.items()):
-        return None
     try:
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        if any(meta.get(key) != value for key, value in sources.items()):
+            return None
         cache = TokenCache(folder, meta["vocab"], meta["dtype"], meta["length"], built=False)
         complete = cache.tokens_path.stat().st_size == cache.length * np.dtype(cache.dtype).itemsize
-    except (KeyError, TypeError, OSError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # missing, unreadable or not ours
         return None
     return cache if complete else None
 
 
-def _progress(total: int, what: str) -> tqdm:
-    """A progress bar over ``total`` bytes, shown only for big corpora."""
+def _texts(files: list[Path], chunk_bytes: int, what: str) -> Iterator[str]:
+    """The corpus's text in pieces, SEPARATOR between files; a progress bar for big corpora."""
+    total = sum(file.stat().st_size for file in files)
     disable = total < PROGRESS_MIN_BYTES
-    return tqdm(total=total, desc=f"token cache: {what}", unit="B", unit_scale=True, disable=disable)
+    with tqdm(total=total, desc=f"token cache: {what}", unit="B", unit_scale=True, disable=disable) as bar:
+        for number, file in enumerate(files):
+            if number:
+                yield SEPARATOR
+            empty = True
+            for text in text_chunks(file, chunk_bytes, bar):
+                empty = False
+                yield text
+            if empty:
+                where = "pass a text file with --data.path" if len(files) == 1 else "remove it or add text"
+                raise UserError(f"corpus {file} is empty; {where}")
 
 
 def _scan(files: list[Path], chunk_bytes: int) -> tuple[str, int]:
     """First pass: the sorted vocabulary of the corpus and its length in characters."""
     seen = np.zeros(0x110000, dtype=bool)  # one flag per Unicode code point
     length = 0
-    with _progress(sum(file.stat().st_size for file in files), "vocabulary") as bar:
-        for number, file in enumerate(files):
-            if number:
-                seen[[ord(c) for c in SEPARATOR]] = True
-                length += len(SEPARATOR)
-            before = length
-            for text in text_chunks(file, chunk_bytes, bar):
-                seen[np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)] = True
-                length += len(text)
-            if length == before:
-                where = "pass a text file with --data.path" if len(files) == 1 else "remove it or add text"
-                raise UserError(f"corpus {file} is empty; {where}")
+    for text in _texts(files, chunk_bytes, "vocabulary"):
+        seen[np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)] = True
+        length += len(text)
     return np.flatnonzero(seen).astype(np.uint32).tobytes().decode("utf-32-le"), length
-
-
-def _encode(files: list[Path], tokenizer: CharTokenizer, dtype: np.dtype, chunk_bytes: int, file) -> int:
-    """Second pass: write the ids of the corpus to ``file``; returns how many were written."""
-    written = 0
-    separator = tokenizer.encode(SEPARATOR, dtype) if len(files) > 1 else None
-    with _progress(sum(path.stat().st_size for path in files), "encoding") as bar:
-        for number, path in enumerate(files):
-            if number:
-                file.write(separator)
-                written += len(separator)
-            for text in text_chunks(path, chunk_bytes, bar):
-                file.write(tokenizer.encode(text, dtype))  # the array's bytes, without a copy
-                written += len(text)
-    return written
 
 
 def build_token_cache(
@@ -235,12 +188,8 @@ def build_token_cache(
     unchanged, else built (vocabulary pass, then encoding pass) and written atomically."""
     files = corpus_files(path)
     folder = cache_folder(path, cache_dir)
-    sources = {
-        "version": CACHE_VERSION,
-        "source": str(Path(path).resolve()),
-        "separator": SEPARATOR,
-        "files": fingerprint(path, files),
-    }
+    sources = {"version": CACHE_VERSION, "source": str(Path(path).resolve()), "separator": SEPARATOR}
+    sources["files"] = fingerprint(path, files)
     cached = _cache_if_valid(folder, sources)
     if cached is not None:
         return cached
@@ -249,8 +198,12 @@ def build_token_cache(
     dtype = token_dtype(tokenizer.vocab_size)
 
     def write_tokens(file) -> None:
+        """Second pass: the ids of the corpus, checked against the first pass's length."""
+        written = 0
         try:
-            written = _encode(files, tokenizer, dtype, chunk_bytes, file)
+            for text in _texts(files, chunk_bytes, "encoding"):
+                file.write(tokenizer.encode(text, dtype))  # the array's bytes, without a copy
+                written += len(text)
         except UnknownCharacterError:  # a character that the first pass did not see
             written = -1
         if written != length:
@@ -263,8 +216,6 @@ def build_token_cache(
         write_atomically(folder / "tokens.bin", write_tokens)
         write_atomically(folder / "meta.json", lambda file: file.write(json.dumps(meta, indent=1).encode()))
     except OSError as error:  # no permission, disk full, ...
-        raise UserError(
-            f"cannot write the token cache {folder}: {error.strerror}; free some space or pass another "
-            "--data.cache_dir"
-        ) from None
+        hint = "free some space or pass another --data.cache_dir"
+        raise UserError(f"cannot write the token cache {folder}: {error.strerror}; {hint}") from None
     return TokenCache(folder, vocab, dtype.name, length, built=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -12,19 +13,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from lightning_gpt.config import GPTConfig
-from lightning_gpt.corpus import MappedSlice, TokenCache, build_token_cache, read_corpus, token_dtype
+from lightning_gpt.corpus import MappedSlice, TokenCache, build_token_cache
 from lightning_gpt.download import SHAKESPEARE_SHA256, SHAKESPEARE_URL, download
 from lightning_gpt.errors import UserError
 from lightning_gpt.tokenizer import CharTokenizer
-
-__all__ = [
-    "CharDataModule",
-    "ConsecutiveWindows",
-    "RandomWindows",
-    "batch_seed",
-    "read_corpus",
-    "token_dtype",
-]
 
 
 def batch_seed(seed: int, rank: int, batch: int) -> int:
@@ -33,8 +25,7 @@ def batch_seed(seed: int, rank: int, batch: int) -> int:
 
 
 class _MappedTokensPickle:
-    """Pickles memory-mapped ``self.tokens`` as its file and bounds: a spawned dataloader worker maps
-    the token cache again instead of receiving a copy of the whole corpus."""
+    """Pickles memory-mapped ``self.tokens`` as a ``MappedSlice``, so a spawned worker maps it again."""
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "tokens": getattr(self.tokens, "mapped_slice", self.tokens)}
@@ -44,30 +35,20 @@ class _MappedTokensPickle:
         self.__dict__.update(state, tokens=tokens.open() if isinstance(tokens, MappedSlice) else tokens)
 
 
+@dataclass(eq=False)
 class RandomWindows(_MappedTokensPickle, IterableDataset):
     """Endless batches of random windows: x = data[i : i+T], y = data[i+1 : i+T+1], each [B, T].
 
-    Batch number g's offsets come from a generator seeded by (seed, rank, g), so every DDP rank
-    draws its own windows, any dataloader worker can make any batch (worker w of W makes
-    g = start + w, start + w + W, ... and the DataLoader interleaves them in order), and a run
-    resumed at batch ``start`` continues with exactly the batches it would have drawn.
+    Batch g's offsets come from a generator seeded by (seed, rank, g): each DDP rank draws its own,
+    worker w of W makes g = start + w, start + w + W, ..., and a resume at ``start`` repeats the run.
     """
 
-    def __init__(
-        self,
-        tokens: torch.Tensor,
-        context_length: int,
-        batch_size: int,
-        seed: int,
-        rank: int = 0,
-        start: int = 0,
-    ):
-        self.tokens = tokens
-        self.context_length = context_length
-        self.batch_size = batch_size
-        self.seed = seed
-        self.rank = rank
-        self.start = start
+    tokens: torch.Tensor
+    context_length: int
+    batch_size: int
+    seed: int
+    rank: int = 0
+    start: int = 0
 
     def batch(self, number: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Batch ``number`` of this rank's stream: x [B, T], y [B, T]."""
@@ -84,12 +65,12 @@ class RandomWindows(_MappedTokensPickle, IterableDataset):
             yield self.batch(number)
 
 
+@dataclass(eq=False)
 class ConsecutiveWindows(_MappedTokensPickle, Dataset):
     """Non-overlapping windows covering the split in order: the same windows on every run."""
 
-    def __init__(self, tokens: torch.Tensor, context_length: int):
-        self.tokens = tokens
-        self.context_length = context_length
+    tokens: torch.Tensor
+    context_length: int
 
     def __len__(self) -> int:
         return (len(self.tokens) - 1) // self.context_length
@@ -155,15 +136,12 @@ class CharDataModule(L.LightningDataModule):
     def corpus_path(self) -> Path:
         return Path(self.path) if self.path else Path(self.cache_dir) / self.filename
 
-    def _predicting(self) -> bool:
-        return self.trainer is not None and self.trainer.state.fn == "predict"
-
     def token_cache(self) -> TokenCache:
         """The corpus's token cache, built on first use and reused while the corpus is unchanged."""
         return build_token_cache(self.corpus_path, self.cache_dir)
 
     def prepare_data(self) -> None:
-        if self._predicting():  # generation needs no corpus
+        if self.trainer is not None and self.trainer.state.fn == "predict":  # generation needs no corpus
             return
         if not self.path:
             download(self.url, self.corpus_path, self.sha256)
@@ -191,26 +169,19 @@ class CharDataModule(L.LightningDataModule):
             raise RuntimeError("call setup() before reading the vocabulary")
         return self.tokenizer.vocab
 
-    def _seed(self) -> int:
-        if "PL_GLOBAL_SEED" in os.environ:  # set by seed_everything / the CLI's seed_everything
-            return int(os.environ["PL_GLOBAL_SEED"])
-        return torch.initial_seed()
-
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
         rank = trainer.global_rank if trainer is not None else 0
         # Resuming: global_step was restored before this call; skip the batches already trained on.
         start = trainer.global_step * trainer.accumulate_grad_batches if trainer is not None else 0
-        self._run_seed = self._run_seed if self._run_seed is not None else self._seed()
-        dataset = RandomWindows(
-            self.train_tokens, self.context_length, self.batch_size, self._run_seed, rank, start
-        )
-        return self._loader(dataset, batch_size=None)
+        if self._run_seed is None:  # PL_GLOBAL_SEED: set by seed_everything / the CLI's seed_everything
+            self._run_seed = int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed()))
+        seed = self._run_seed
+        windows = RandomWindows(self.train_tokens, self.context_length, self.batch_size, seed, rank, start)
+        return self._loader(windows, batch_size=None)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(
-            ConsecutiveWindows(self.val_tokens, self.context_length), batch_size=self.batch_size
-        )
+        return self._loader(ConsecutiveWindows(self.val_tokens, self.context_length), self.batch_size)
 
     def _loader(self, dataset: Dataset, batch_size: int | None) -> DataLoader:
         return DataLoader(
@@ -219,8 +190,7 @@ class CharDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
-            # Its own generator: creating an iterator must not draw from the global torch RNG,
-            # or a resumed run's dropout masks would drift from the uninterrupted run's.
+            # Its own generator: an iterator drawing from the global RNG would shift resumed dropout masks.
             generator=torch.Generator().manual_seed(0),
         )
 

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 import requests
+from tqdm import tqdm
 
+from lightning_gpt.atomic import write_atomically
 from lightning_gpt.errors import UserError
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 _CHUNK = 1 << 16
+_RETRYABLE = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 
 
 def sha256_of(path: Path) -> str:
@@ -25,36 +28,24 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fetch_once(url: str, temp: Path, timeout: float, progress: bool, progress_min_bytes: int) -> str:
-    """Stream ``url`` into ``temp``; return the body's sha256. Raises requests errors.
-
-    The body is asked for without compression, so ``Content-Length`` is the file's size; a body
-    shorter than it (the server closed the connection early) raises ChunkedEncodingError.
-    """
+def _fetch_once(url: str, file: BinaryIO, timeout: float, progress: bool, progress_min_bytes: int) -> str:
+    """Stream ``url`` into ``file``; return the body's sha256. Raises requests errors, and
+    ChunkedEncodingError for a body shorter than ``Content-Length`` (asked for uncompressed)."""
     digest = hashlib.sha256()
     headers = {"Accept-Encoding": "identity"}
     with requests.get(url, stream=True, timeout=timeout, headers=headers) as response:
         response.raise_for_status()
         expected = int(response.headers.get("Content-Length") or 0)
-        bar = None
-        if progress and expected > progress_min_bytes:
-            from tqdm import tqdm
-
-            bar = tqdm(total=expected, unit="B", unit_scale=True, desc=f"downloading {Path(url).name}")
-        try:
-            with open(temp, "wb") as file:
-                for chunk in response.iter_content(_CHUNK):
-                    file.write(chunk)
-                    digest.update(chunk)
-                    if bar is not None:
-                        bar.update(len(chunk))
-                file.flush()
-                os.fsync(file.fileno())
-        finally:
-            if bar is not None:
-                bar.close()
-        # Bytes read off the wire: Content-Length counts them, not the decoded ones, should a
-        # server compress the body anyway.
+        hide = not progress or expected <= progress_min_bytes
+        bar = tqdm(
+            total=expected, unit="B", unit_scale=True, desc=f"downloading {Path(url).name}", disable=hide
+        )
+        with bar:
+            for chunk in response.iter_content(_CHUNK):
+                file.write(chunk)
+                digest.update(chunk)
+                bar.update(len(chunk))
+        # bytes off the wire, as Content-Length counts them (should a server compress the body anyway)
         received = response.raw.tell()
         if expected and received != expected:
             raise requests.exceptions.ChunkedEncodingError(
@@ -84,49 +75,36 @@ def download(
     progress: bool = True,
     progress_min_bytes: int = 4 << 20,
 ) -> Path:
-    """Make ``dest`` hold the file at ``url``, verified against ``sha256`` when given.
-
-    A file already at ``dest`` with the right hash is kept (no request is made). The body is
-    written to a temporary file next to ``dest`` and renamed into place only once complete and
-    verified, so ``dest`` never holds a partial or wrong file. Connection errors, timeouts and
-    5xx answers are retried ``retries`` times with exponential backoff (``backoff`` seconds, then
-    twice that, ...); ``timeout`` bounds each wait for the server, not the whole transfer. Bodies
-    larger than ``progress_min_bytes`` show a progress bar on stderr when ``progress`` is true.
-    """
+    """Make ``dest`` hold the file at ``url`` (kept if already there), verified against ``sha256``.
+    Connection errors, timeouts and 5xx answers are retried ``retries`` times, waiting ``backoff``
+    seconds, then twice that, ...; ``timeout`` bounds each wait for the server."""
     dest = Path(dest)
     if dest.is_file() and (sha256 is None or sha256_of(dest) == sha256):
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
     manual = f"download it yourself and pass --data.path FILE, or place it at {dest}"
     last_problem = ""
+
+    def fetch(file: BinaryIO) -> None:
+        digest = _fetch_once(url, file, timeout, progress, progress_min_bytes)
+        if sha256 is not None and digest != sha256:
+            raise UserError(
+                f"{url} sent a file with sha256 {digest}, expected {sha256}; nothing was saved. "
+                f"Check the URL, or {manual}"
+            )
+
     for attempt in range(retries + 1):
         if attempt:
             time.sleep(backoff * 2 ** (attempt - 1))
-        fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-        os.close(fd)
-        temp = Path(name)
         try:
-            digest = _fetch_once(url, temp, timeout, progress, progress_min_bytes)
-            if sha256 is not None and digest != sha256:
-                raise UserError(
-                    f"{url} sent a file with sha256 {digest}, expected {sha256}; nothing was saved. "
-                    f"Check the URL, or {manual}"
-                )
-            os.replace(temp, dest)
+            write_atomically(dest, fetch)  # renamed into place only once complete and verified
             return dest
         except requests.HTTPError as error:
             status = error.response.status_code if error.response is not None else 0
             if status < 500:
                 raise UserError(f"cannot download {url}: HTTP {status}; {manual}") from None
             last_problem = f"HTTP {status}"
-        except (
-            requests.ConnectionError,
-            requests.Timeout,
-            requests.exceptions.ChunkedEncodingError,
-        ) as error:
+        except _RETRYABLE as error:
             last_problem = _describe(error, timeout)
         except requests.RequestException as error:  # a malformed URL, too many redirects, ...
             raise UserError(f"cannot download {url}: {error}; {manual}") from None
-        finally:
-            temp.unlink(missing_ok=True)
     raise UserError(f"cannot download {url} after {retries + 1} attempts (last: {last_problem}); {manual}")

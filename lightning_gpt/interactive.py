@@ -13,9 +13,7 @@ def interactive_session(
     module, settings: GenerationSettings, stdin: TextIO | None = None, stdout: TextIO | None = None
 ) -> int:
     """Loop over prompts from ``stdin`` (default: ``sys.stdin``); return how many were answered.
-
-    Ctrl-C stops the current generation and asks for the next prompt; Ctrl-D (EOF) ends.
-    """
+    Ctrl-C stops the current generation and asks for the next prompt; Ctrl-D (EOF) ends."""
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     interactive = stdin.isatty()
     if interactive:
@@ -39,16 +37,9 @@ def interactive_session(
             continue
         stdout.write(prompt)
         try:
-            stream = module.stream_text(
-                prompt,
-                settings.max_new_tokens,
-                temperature=settings.temperature,
-                top_k=settings.top_k,
-                top_p=settings.top_p,
-                seed=settings.seed + answered,
-                keep=settings.keep,
-            )
-            for chars in stream:
+            s = settings
+            sampling = dict(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, keep=s.keep)
+            for chars in module.stream_text(prompt, s.max_new_tokens, seed=s.seed + answered, **sampling):
                 stdout.write(chars[0])
                 stdout.flush()
         except KeyboardInterrupt:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import fields
 
 import lightning as L
 import torch
@@ -20,8 +21,7 @@ from lightning_gpt.tokenizer import CharTokenizer
 
 
 def warmup_cosine(step: int, warmup_steps: int, decay_steps: int, min_lr_ratio: float) -> float:
-    """LR multiplier: linear warmup to 1 over ``warmup_steps``, cosine down to ``min_lr_ratio``
-    at ``decay_steps``, then flat."""
+    """LR multiplier: linear warmup, cosine down to ``min_lr_ratio`` at ``decay_steps``, then flat."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     if step >= decay_steps:
@@ -42,8 +42,7 @@ class GPTModule(L.LightningModule):
         num_blocks: transformer blocks.
         context_length: longest sequence T the model sees.
         dropout: dropout probability in training.
-        attention_dropout: dropout on the attention weights (default: ``dropout``). On CPU any value
-            above 0 forces the slow unfused attention kernel (figures: benchmarks/README.md).
+        attention_dropout: dropout on the attention weights (default: ``dropout``; above 0, slow on CPU).
         positional: "learned" (default) or "sinusoidal" positional encoding.
         bias: whether Linear layers have biases.
         vocab: the sorted character vocabulary; taken from the data when unset.
@@ -54,9 +53,7 @@ class GPTModule(L.LightningModule):
         weight_decay: AdamW weight decay, applied to matrices only (not biases or LayerNorms).
         beta1: AdamW beta1.
         beta2: AdamW beta2.
-        compile: run the model's forward (training, validation, ``module(x)``) through
-            ``torch.compile``; generation stays eager and checkpoints keep plain parameter names.
-            ``None`` (default): see ``lightning_gpt.precision.auto_compile``. Not saved in checkpoints.
+        compile: ``torch.compile`` the forward, not generation (default: ``auto_compile``); not saved.
     """
 
     def __init__(
@@ -95,19 +92,10 @@ class GPTModule(L.LightningModule):
             self._build(vocab)
 
     def config(self, vocab_size: int) -> GPTConfig:
-        h = self.hparams
+        """The model's shape from the hyperparameters (older checkpoints lack some: GPTConfig's defaults)."""
+        shape = {f.name: self.hparams[f.name] for f in fields(GPTConfig) if f.name in self.hparams}
         try:
-            return GPTConfig(
-                vocab_size=vocab_size,
-                context_length=h.context_length,
-                d_model=h.d_model,
-                num_heads=h.num_heads,
-                num_blocks=h.num_blocks,
-                dropout=h.dropout,
-                attention_dropout=h.get("attention_dropout"),
-                positional=h.positional,
-                bias=h.bias,
-            )
+            return GPTConfig(vocab_size=vocab_size, **shape)
         except ValueError as error:
             raise UserError(f"invalid model settings: {error}") from None
 
@@ -134,14 +122,11 @@ class GPTModule(L.LightningModule):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         if self._train_forward is None:
-            # Not an attribute Module.__setattr__ sees: the compiled wrapper must not add a second
-            # copy of every weight ("_orig_mod." names) to the state dict.
-            compiled = torch.compile(self.model) if self._use_compile() else self.model
+            # Hidden from Module.__setattr__: the wrapper must not add "_orig_mod." weights to the state dict.
+            use_compile = auto_compile(self.device) if self._compile is None else self._compile
+            compiled = torch.compile(self.model) if use_compile else self.model
             object.__setattr__(self, "_train_forward", compiled)
         return self._train_forward(idx, targets)
-
-    def _use_compile(self) -> bool:
-        return auto_compile(self.device) if self._compile is None else self._compile
 
     def on_fit_start(self) -> None:
         if self.device.type == "cuda":  # TF32 tensor cores for whatever runs outside autocast
@@ -152,57 +137,41 @@ class GPTModule(L.LightningModule):
         return stream_text(self.model, self.tokenizer, prompt, max_new_tokens, **sampling)
 
     def generate_text(self, prompt: str, max_new_tokens: int = 500, **sampling) -> str:
-        """``prompt`` and ``max_new_tokens`` sampled characters, e.g. ``generate_text("ROMEO:", 200,
-        temperature=0.8, top_k=None, top_p=None, seed=1)``."""
+        """``prompt`` and ``max_new_tokens`` sampled characters, e.g. ``generate_text("A:", 200, seed=1)``."""
         return generate_text(self.model, self.tokenizer, prompt, max_new_tokens, **sampling)
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[str]:
         """One prompt -> ``num_samples`` texts (prompt + continuation), per ``self.generation``."""
         g = self.generation
-        chars = list(
-            stream_text(
-                self.model,
-                self.tokenizer,
-                batch["prompt"],
-                g.max_new_tokens,
-                temperature=g.temperature,
-                top_k=g.top_k,
-                top_p=g.top_p,
-                seed=g.seed + batch["index"],
-                num_samples=g.num_samples,
-                keep=g.keep,
-            )
-        )
+        sampling = dict(temperature=g.temperature, top_k=g.top_k, top_p=g.top_p, keep=g.keep)
+        sampling.update(seed=g.seed + batch["index"], num_samples=g.num_samples)
+        chars = list(self.stream_text(batch["prompt"], g.max_new_tokens, **sampling))
         return [batch["prompt"] + "".join(step[s] for step in chars) for s in range(g.num_samples)]
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch  # [B, T] each
         _, loss = self(x, y)
-        # Every loss joins a flag on the device. Reading it waits for the device, so it is read only
-        # at logging steps and before a checkpoint is saved (a non-finite validation loss also stops
-        # the run, before any checkpoint of that validation is written: see on_validation_epoch_end).
+        # Every loss joins a flag on the device, read (a wait for the device) only at logging steps
+        # and before a checkpoint is saved.
         finite = torch.isfinite(loss.detach())
         self._finite = finite if self._finite is None else self._finite & finite
         if self._logging_step():
             self._check_finite(self.global_step + 1)
-            # Host values: the progress bar converts its values at every step, and converting a
-            # device tensor would wait for the device each time.
+            # Host values: the progress bar reads its values at every step (a device tensor: a wait).
             self.log("train_loss", loss.detach().cpu(), prog_bar=True)
             self.log("lr", torch.tensor(self.optimizers().param_groups[0]["lr"]), prog_bar=True)
         return loss
 
     def _logging_step(self) -> bool:
-        """Whether Lightning sends this optimizer step's logged values to the loggers: every
-        ``log_every_n_steps``-th step (the count includes this step; 0 = never)."""
+        """Whether this optimizer step's logged values reach the loggers (``log_every_n_steps``)."""
         every = self.trainer.log_every_n_steps
         return every > 0 and (self.global_step + 1) % every == 0
 
     def _check_finite(self, steps: int) -> None:
         """Stop if any training loss since the last check was nan or inf (``steps``: steps trained)."""
-        if self._finite is not None:
-            if not self._finite:
-                raise self._stopped("training", "nan or inf", f"{steps} or earlier")
-            self._finite = None
+        if self._finite is not None and not self._finite:
+            raise self._stopped("training", "nan or inf", f"{steps} or earlier")
+        self._finite = None
 
     def _stopped(self, which: str, value: object, step: object) -> UserError:
         return UserError(
@@ -235,32 +204,26 @@ class GPTModule(L.LightningModule):
             self.log("grad_norm", torch.nn.utils.get_total_norm(grads))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Store every rank's generator states, a list indexed by global rank. Lightning calls this
-        hook on all ranks (rank 0 alone writes the file), so the states can be gathered here."""
+        """Store every rank's generator states (Lightning calls this on all ranks; rank 0 writes)."""
         self._check_finite(self.global_step)  # never save weights that a nan or inf loss made
-        trainer = self._trainer
-        device = trainer.strategy.root_device if trainer is not None else None
+        device = self._trainer.strategy.root_device if self._trainer is not None else None
         checkpoint["rng_states"] = gather_rng_states(device)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Give this rank its own generator states back. Without a trainer (``load_from_checkpoint``)
-        rank 0's are restored and CUDA's are left alone."""
-        if "rng_states" not in checkpoint:
-            return
-        trainer = self._trainer
-        if trainer is None:
-            restore_rng_states(checkpoint["rng_states"], rank=0, world_size=1)
-            return
-        note = restore_rng_states(
-            checkpoint["rng_states"], trainer.global_rank, trainer.world_size, trainer.strategy.root_device
-        )
-        if note and trainer.state.fn == "fit":
-            rank_zero_warn(note)
+        """Give this rank its generator states back (rank 0's, CUDA's left alone, without a trainer)."""
+        saved, trainer = checkpoint.get("rng_states"), self._trainer
+        if saved is not None and trainer is None:
+            restore_rng_states(saved)
+        elif saved is not None:
+            rank, device = trainer.global_rank, trainer.strategy.root_device
+            note = restore_rng_states(saved, rank, trainer.world_size, device)
+            if note and trainer.state.fn == "fit":
+                rank_zero_warn(note)
 
     def configure_optimizers(self):
         h = self.hparams
-        matrices = [p for p in self.model.parameters() if p.requires_grad and p.dim() >= 2]
-        others = [p for p in self.model.parameters() if p.requires_grad and p.dim() < 2]
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        matrices, others = [p for p in params if p.dim() >= 2], [p for p in params if p.dim() < 2]
         optimizer = torch.optim.AdamW(
             [{"params": matrices, "weight_decay": h.weight_decay}, {"params": others, "weight_decay": 0.0}],
             lr=h.learning_rate,

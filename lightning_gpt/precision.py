@@ -33,8 +33,7 @@ def resolve_accelerator(accelerator: str = "auto") -> str:
         return accelerator
     if accelerator in ("gpu", "auto") and torch.cuda.is_available():
         return "cuda"
-    mps = getattr(torch.backends, "mps", None)
-    if accelerator in ("gpu", "auto") and mps is not None and mps.is_available():
+    if accelerator in ("gpu", "auto") and torch.backends.mps.is_available():
         return "mps"
     return "cpu"
 
@@ -43,16 +42,14 @@ def auto_precision(accelerator: str = "auto") -> str:
     """The fastest precision that trains as well as fp32 on ``accelerator`` (see the module doc)."""
     device = resolve_accelerator(accelerator)
     if device == "cuda":
-        native = torch.cuda.get_device_capability() >= NATIVE_BF16_CAPABILITY
-        return "bf16-mixed" if native else "16-mixed"
+        return "bf16-mixed" if torch.cuda.get_device_capability() >= NATIVE_BF16_CAPABILITY else "16-mixed"
     if device == "mps":
         return "32-true"
     return "bf16-mixed" if cpu_has_native_bf16() else "32-true"
 
 
 def auto_compile(device: torch.device) -> bool:
-    """Whether to ``torch.compile`` the training forward by default: on CUDA GPUs of compute capability
-    >= 8.0 with Triton only (on CPUs and MPS compiling costs more time than it saves)."""
+    """Whether to compile the training forward by default: on CUDA capability >= 8.0 with Triton only."""
     if device.type != "cuda" or torch.cuda.get_device_capability(device) < NATIVE_BF16_CAPABILITY:
         return False
     try:  # inductor needs Triton on GPUs (missing e.g. on Windows)

@@ -1,8 +1,7 @@
 """Random-number-generator states as plain data (tensors, ints, lists) for weights_only checkpoints.
 
-Lightning does not save them; an exact resume needs the same dropout masks afterwards. Every process
-of a multi-process run has its own streams, so a checkpoint holds a list of states indexed by
-global rank and each rank restores its own entry.
+Lightning does not save them; an exact resume needs the same dropout masks. A checkpoint holds a list
+of states indexed by global rank, and each rank restores its own entry.
 """
 
 from __future__ import annotations
@@ -15,14 +14,12 @@ import torch.distributed as dist
 
 
 def rng_states(device: torch.device | None = None) -> dict:
-    """This process's torch CPU, Python and NumPy generator states, and the CUDA generator state of
-    ``device`` when it is a CUDA device (``None`` otherwise: a CPU run never initialises CUDA)."""
+    """This process's torch CPU, Python and NumPy generator states, and ``device``'s CUDA one if any."""
     kind, keys, position, has_gauss, cached = np.random.get_state()
     version, internal, gauss = random.getstate()
-    cuda = torch.cuda.get_rng_state(device) if device is not None and device.type == "cuda" else None
     return {
         "torch": torch.get_rng_state(),
-        "cuda": cuda,
+        "cuda": torch.cuda.get_rng_state(device) if device is not None and device.type == "cuda" else None,
         "python": {"version": version, "state": list(internal), "gauss": gauss},
         "numpy": {
             "kind": kind,
@@ -39,8 +36,7 @@ def set_rng_states(states: dict, device: torch.device | None = None) -> None:
     torch.set_rng_state(states["torch"])
     cuda = states["cuda"]
     if isinstance(cuda, list):  # older checkpoints: one state for each visible CUDA device
-        index = device.index if device is not None and device.index is not None else 0
-        cuda = cuda[index] if index < len(cuda) else None
+        cuda = dict(enumerate(cuda)).get(getattr(device, "index", None) or 0)
     if cuda is not None and device is not None and device.type == "cuda":
         torch.cuda.set_rng_state(cuda, device)
     python = states["python"]
@@ -52,10 +48,7 @@ def set_rng_states(states: dict, device: torch.device | None = None) -> None:
 
 def gather_rng_states(device: torch.device | None = None) -> list[dict]:
     """Every process's ``rng_states``, indexed by global rank (one entry without torch.distributed).
-
-    A collective when torch.distributed is initialised: every rank must call it, as Lightning does
-    with ``on_save_checkpoint`` (all ranks build the checkpoint, rank 0 writes it).
-    """
+    A collective: every rank calls it, as Lightning does with ``on_save_checkpoint``."""
     states = rng_states(device)
     if not (dist.is_available() and dist.is_initialized()):
         return [states]
@@ -65,32 +58,28 @@ def gather_rng_states(device: torch.device | None = None) -> list[dict]:
 
 
 def restore_rng_states(
-    saved: list[dict] | dict, rank: int, world_size: int, device: torch.device | None = None
+    saved: list[dict] | dict, rank: int = 0, world_size: int = 1, device: torch.device | None = None
 ) -> str | None:
-    """Restore this rank's entry of ``saved`` (from ``gather_rng_states``; a single dict, from older
-    checkpoints, is read as rank 0's).
-
-    With a different number of processes than the checkpoint's, the ranks that have an entry restore
-    it and the others keep their fresh streams; the returned line says so (``None`` when they match).
-    """
+    """Restore this rank's entry of ``saved`` (a single dict, from older checkpoints, is rank 0's).
+    With another number of processes, ranks without an entry keep fresh streams and a line says so."""
     per_rank = [saved] if isinstance(saved, dict) else list(saved)
     if rank < len(per_rank):
         set_rng_states(per_rank[rank], device)
-    if len(per_rank) == world_size:
+    count = len(per_rank)
+    if count == world_size:
         return None
-    saved_count = len(per_rank)
-    matched = min(saved_count, world_size)
-    restored = _ranks(0, matched - 1) if matched else "no rank"
-    if saved_count > world_size:
-        rest = f"unused: the states of {_ranks(world_size, saved_count - 1)}"
+    if count > world_size:
+        rest = f"unused: the states of {_ranks(world_size, count)}"
     else:
-        rest = f"fresh streams for {_ranks(saved_count, world_size - 1)}"
+        rest = f"fresh streams for {_ranks(count, world_size)}"
     return (
-        f"the checkpoint holds the random-number-generator states of {saved_count} process(es) and this "
-        f"run has {world_size}: restored for {restored}; {rest}; a resume with another number of "
-        "processes does not repeat the uninterrupted run exactly"
+        f"the checkpoint holds the random-number-generator states of {count} process(es) and this "
+        f"run has {world_size}: restored for {_ranks(0, min(count, world_size))}; {rest}; a resume with "
+        "another number of processes does not repeat the uninterrupted run exactly"
     )
 
 
-def _ranks(first: int, last: int) -> str:
-    return f"rank {first}" if first == last else f"ranks {first}-{last}"
+def _ranks(first: int, stop: int) -> str:
+    if stop <= first:
+        return "no rank"
+    return f"rank {first}" if stop == first + 1 else f"ranks {first}-{stop - 1}"

@@ -15,11 +15,7 @@ def _code_points(text: str) -> np.ndarray:
 
 
 class CharTokenizer:
-    """Maps each character of a sorted vocabulary to its index.
-
-    The vocabulary is a plain string (sorted by code point), so it can be stored in a
-    checkpoint's hyperparameters and reloaded with ``torch.load(weights_only=True)``.
-    """
+    """Maps each character of a sorted vocabulary (a plain string: checkpoint-safe) to its index."""
 
     def __init__(self, vocab: str):
         if not vocab:
@@ -47,8 +43,7 @@ class CharTokenizer:
     def unknown_characters(self, text: str) -> list[str]:
         """Characters of ``text`` missing from the vocabulary, sorted, each once."""
         points = np.unique(_code_points(text))
-        missing = points[~np.isin(points, self._points)]
-        return [chr(p) for p in missing]
+        return [chr(p) for p in points[~np.isin(points, self._points)]]
 
     def encode(self, text: str, dtype: np.dtype | type = np.int64) -> np.ndarray:
         """Text -> ids [len(text)]. Raises UnknownCharacterError naming any unknown characters."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 from lightning.pytorch.callbacks import BasePredictionWriter
 
@@ -20,20 +19,10 @@ class SampleWriter(BasePredictionWriter):
         self.headers = headers
         self.texts: list[str] = []
 
-    def write_on_batch_end(
-        self,
-        trainer,
-        pl_module,
-        prediction: list[str],
-        batch_indices,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
+    def write_on_batch_end(self, trainer, pl_module, prediction: list[str], indices, batch: dict, *_) -> None:
         for sample, text in enumerate(prediction):
-            block = (
-                f"==> prompt {batch['index'] + 1}, sample {sample + 1} <==\n{text}" if self.headers else text
-            )
+            header = f"==> prompt {batch['index'] + 1}, sample {sample + 1} <==\n"
+            block = header + text if self.headers else text
             self.texts.append(block)
             print(block, flush=True)
 

@@ -3,7 +3,8 @@ import itertools
 import pytest
 import torch
 
-from lightning_gpt.data import CharDataModule, ConsecutiveWindows, RandomWindows, read_corpus
+from lightning_gpt.corpus import read_corpus
+from lightning_gpt.data import CharDataModule, ConsecutiveWindows, RandomWindows
 from lightning_gpt.errors import UserError
 
 
