@@ -53,8 +53,9 @@ def step_of(path: Path) -> int:
         return -1
 
 
-def test_stop_and_resume_is_bit_for_bit(tmp_path, small_corpus):
+def test_a_stopped_or_killed_run_resumes_bit_for_bit(tmp_path, small_corpus):
     fit(small_corpus, tmp_path, "--trainer.max_steps=60", "--checkpoint.dirpath=whole")
+    # stopped at a checkpoint, then resumed
     fit(
         small_corpus,
         tmp_path,
@@ -65,10 +66,7 @@ def test_stop_and_resume_is_bit_for_bit(tmp_path, small_corpus):
     assert step_of(tmp_path / "split" / "last.ckpt") == 27
     fit(small_corpus, tmp_path, "--trainer.max_steps=60", "--checkpoint.dirpath=split", "--ckpt_path=last")
     assert_same_weights(tmp_path / "whole" / "last.ckpt", tmp_path / "split" / "last.ckpt")
-
-
-def test_sigkill_then_resume_matches_the_uninterrupted_run(tmp_path, small_corpus):
-    fit(small_corpus, tmp_path, "--trainer.max_steps=60", "--checkpoint.dirpath=whole")
+    # killed (SIGKILL) part-way, then resumed
     args = [
         sys.executable,
         str(CLI),
