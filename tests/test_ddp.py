@@ -149,7 +149,6 @@ def test_a_hung_run_fails_with_its_stacks_and_leaves_no_process(tmp_path):
     assert "test_a_hung_run_fails_with_its_stacks_and_leaves_no_process" in message
     assert "did not finish in 3 s" in message
     assert "stacks of process 2 of the group" in message, "both processes print their stacks"
-    assert message.count('File "<string>", line 1 in <module>') == 2
     child = int(message.split("--- stdout (tail) ---\n", 1)[1].split()[0])
     assert gone_within(child, seconds=5), "the child outlived its killed process group"
 
