@@ -125,6 +125,8 @@ class GPTLightningCLI(LightningCLI):
         if subcommand in ("validate", "predict") and trainer.logger is None:
             trainer.logger = False  # nothing to chart: no empty lightning_logs/version_N
         if subcommand == "predict":
+            if not self.config.predict.ckpt_path:
+                raise UserError("predict needs a trained model: pass --ckpt_path CHECKPOINT")
             if trainer.enable_progress_bar is None:
                 trainer.enable_progress_bar = False  # stdout carries the generated text
             # one process on one device: more would each print and write only their share of prompts
@@ -138,8 +140,6 @@ class GPTLightningCLI(LightningCLI):
                 )
             trainer.devices = devices if one and devices != "auto" else 1
             trainer.num_nodes, trainer.strategy = 1, "auto"
-            if not self.config.predict.ckpt_path:
-                raise UserError("predict needs a trained model: pass --ckpt_path CHECKPOINT")
             # the one check of --generate.*, before anything is loaded; model.* holds the checkpoint's
             # hyperparameters by now (LightningCLI merged them in)
             self.generation = GenerationSettings(**self.config.predict.generate)
