@@ -211,6 +211,11 @@ def main(args: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     warnings.filterwarnings("ignore", message=r".*infer the batch indices.*")
     try:
+        argv = sys.argv[1:] if args is None else args
+        if argv[:1] == ["serve"]:  # not a Trainer method: its own parser, and litserve imported only here
+            from lightning_gpt.serve import main as serve_main
+
+            return serve_main(argv[1:])
         make_cli(args)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
 
 POSITIONAL_KINDS = ("learned", "sinusoidal")
 
@@ -33,6 +34,12 @@ class GPTConfig:
                 raise ValueError(f"{name} must be in [0, 1), got {value}")
         if self.positional not in POSITIONAL_KINDS:
             raise ValueError(f"positional must be one of {POSITIONAL_KINDS}, got {self.positional!r}")
+
+    @classmethod
+    def from_hparams(cls, hparams: Mapping, vocab_size: int) -> GPTConfig:
+        """The shape saved in a checkpoint's hyperparameters (older checkpoints lack some: the defaults)."""
+        shape = {f.name: hparams[f.name] for f in fields(cls) if f.name in hparams}
+        return cls(vocab_size=vocab_size, **shape)
 
     @property
     def attention_dropout_p(self) -> float:

@@ -1,0 +1,275 @@
+"""``cli.py serve``: a checkpoint behind HTTP with LitServe: ``POST /predict`` (whole or streamed text),
+``POST /v1/chat/completions`` (OpenAI-compatible) and a web page at ``GET /``.
+
+Each endpoint has one inference worker that takes requests from LitServe's queue one at a time, in
+order of arrival, each with its own random generator, so concurrent clients never share a
+generation. Requests are checked in the HTTP process before they are queued (a bad one gets a 400
+answer at once); a client that goes away leaves a stop mark that the worker reads between characters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+import litserve as ls
+import torch
+from litserve.specs.openai import ChatCompletionRequest
+from starlette.responses import HTMLResponse, JSONResponse
+
+from lightning_gpt.config import GPTConfig
+from lightning_gpt.errors import UserError
+from lightning_gpt.generation import GenerationSettings, check_sampling, prepare_prompt, stream_text
+from lightning_gpt.model import GPT
+from lightning_gpt.tokenizer import CharTokenizer
+
+MAX_PROMPT_CHARS = 10_000  # longer prompts are refused (the model sees only its context anyway)
+MAX_NEW_TOKENS = 2_000  # the most characters one request may ask for
+MAX_BODY_BYTES = 1_000_000
+PREDICT, CHAT = "/predict", "/v1/chat/completions"
+HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # what LitServe listens on
+STOP_KEY = "lightning_gpt_stop"  # where a chat request carries its stop mark (in "metadata")
+PAGE = Path(__file__).resolve().parent / "static" / "index.html"
+FIELDS = {
+    "prompt": str,
+    "max_new_tokens": int,
+    "temperature": float,
+    "top_k": int,
+    "top_p": float,
+    "seed": int,
+    "stream": bool,
+}
+KINDS = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+
+
+def build_model(checkpoint: dict) -> tuple[GPT, CharTokenizer]:
+    """The plain ``GPT`` (in eval mode) and tokenizer of a checkpoint, as ``GPTModule`` builds them from
+    its hyperparameters; without Lightning, which each inference worker would otherwise import."""
+    hparams = checkpoint["hyper_parameters"]
+    model = GPT(GPTConfig.from_hparams(hparams, len(hparams["vocab"])))
+    weights = checkpoint["state_dict"].items()
+    model.load_state_dict({k.removeprefix("model."): w for k, w in weights if k.startswith("model.")})
+    return model.eval(), CharTokenizer(hparams["vocab"])
+
+
+def request_settings(body: object, tokenizer: CharTokenizer, chat: bool = False) -> dict:
+    """The generation settings of a /predict (or, with ``chat``, a chat completion) request body;
+    ValueError with a one-line reason for a bad one. A field that is absent or null takes its default."""
+    if not isinstance(body, dict):
+        raise ValueError("the request body must be a JSON object")
+    defaults = GenerationSettings()
+    if chat:
+        messages = body.get("messages")
+        if (
+            not messages
+            or not isinstance(messages, list)
+            or not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages)
+        ):
+            raise ValueError('messages must be a non-empty list of {"role": ..., "content": "<text>"}')
+        tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+        prompt = "\n".join(m["content"] for m in messages)
+        body = dict(
+            prompt=prompt,
+            max_new_tokens=tokens,
+            temperature=body.get("temperature"),
+            top_p=body.get("top_p"),
+            stream=body.get("stream"),
+        )
+        defaults.seed = None  # as OpenAI's API: another continuation at every call
+    elif set(body) - set(FIELDS):
+        raise ValueError(f"unknown fields {sorted(set(body) - set(FIELDS))}; the fields are {list(FIELDS)}")
+    elif not isinstance(body.get("prompt"), str):
+        raise ValueError('the request needs a "prompt" string')
+    settings = {"stream": False}
+    for name, kind in FIELDS.items():
+        value = body.get(name)
+        if value is None:
+            settings.setdefault(name, getattr(defaults, name, None))
+            continue
+        numeric = kind is float and isinstance(value, (int, float))
+        if isinstance(value, bool) != (kind is bool) or not (isinstance(value, kind) or numeric):
+            raise ValueError(f"{name} must be {KINDS[kind]}, got {json.dumps(value)}")
+        if numeric and not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+        settings[name] = value
+    if len(settings["prompt"]) > MAX_PROMPT_CHARS:
+        raise ValueError(f"the prompt has {len(settings['prompt'])} characters; at most {MAX_PROMPT_CHARS}")
+    if settings["max_new_tokens"] > MAX_NEW_TOKENS:
+        raise ValueError(f"max_new_tokens must be <= {MAX_NEW_TOKENS}, got {settings['max_new_tokens']}")
+    if settings["seed"] is not None and not 0 <= settings["seed"] < 2**63:
+        raise ValueError(f"seed must be in [0, 2**63), got {settings['seed']}")
+    check_sampling(settings["temperature"], settings["top_k"], settings["top_p"], settings["max_new_tokens"])
+    unknown = tokenizer.unknown_characters(settings["prompt"])
+    if unknown:
+        names = ", ".join(repr(c) for c in unknown)
+        raise ValueError(f"prompt characters not in the model's vocabulary: {names}; remove them")
+    settings["prompt"] = prepare_prompt(settings["prompt"], tokenizer)
+    return settings
+
+
+class Gate:
+    """ASGI middleware in front of LitServe's routes: serves the page, refuses a bad generation
+    request with 400 before it is queued, and leaves a stop mark when the client goes away."""
+
+    def __init__(self, app, vocab: str, stops: str):
+        self.app, self.tokenizer, self.stops, self.page = app, CharTokenizer(vocab), stops, PAGE.read_text()
+
+    async def __call__(self, scope, receive, send) -> None:
+        route = (scope.get("method"), scope.get("path"))
+        if scope["type"] == "http" and route == ("GET", "/"):
+            return await HTMLResponse(self.page)(scope, receive, send)
+        if scope["type"] != "http" or route not in (("POST", PREDICT), ("POST", CHAT)):
+            return await self.app(scope, receive, send)
+        body, message = b"", {"more_body": True}
+        while message.get("more_body") and len(body) <= MAX_BODY_BYTES:
+            message = await receive()
+            body += message.get("body", b"")
+        try:
+            if len(body) > MAX_BODY_BYTES:
+                raise ValueError(f"the request body is over {MAX_BODY_BYTES} bytes")
+            request = json.loads(body)
+            stream = request_settings(request, self.tokenizer, chat=route[1] == CHAT)["stream"]
+        except ValueError as error:  # json's errors too
+            return await JSONResponse({"error": str(error)}, status_code=400)(scope, receive, send)
+        stop = uuid.uuid4().hex
+        if route[1] == CHAT:
+            metadata = request.get("metadata")
+            request["metadata"] = {**(metadata if isinstance(metadata, dict) else {}), STOP_KEY: stop}
+        else:
+            request["id"] = stop
+        pending = [{"type": "http.request", "body": json.dumps(request).encode()}]
+        headers = [(k, v) for k, v in scope["headers"] if k not in (b"content-type", b"content-length")]
+        scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
+
+        async def replay() -> dict:
+            if pending:
+                return pending.pop()
+            message = await receive()
+            if message["type"] == "http.disconnect":  # the client went away (or stopped reading)
+                Path(self.stops, stop).touch()
+            return message
+
+        async def typed(message: dict) -> None:  # LitServe's /predict stream has no content type
+            if route[1] == PREDICT and message["type"] == "http.response.start" and message["status"] == 200:
+                kind = b"application/x-ndjson" if stream else b"application/json"
+                message["headers"] = [*message.get("headers", []), (b"content-type", kind)]
+            await send(message)
+
+        await self.app(scope, replay, typed)
+
+
+class PredictAPI(ls.LitAPI):
+    """``POST /predict``: ``{"text": ...}``, or one such JSON line per new character when streamed."""
+
+    def __init__(self, checkpoint: str, stops: str, **kwargs):
+        super().__init__(**kwargs)
+        self.checkpoint, self.stops = checkpoint, stops
+
+    def setup(self, device: str) -> None:
+        checkpoint = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+        model, self.tokenizer = build_model(checkpoint)
+        self.model = model.to(device)
+
+    def decode_request(self, request):  # the request's JSON object, checked already by Gate
+        stop = request.pop("id")
+        return request_settings(request, self.tokenizer), stop
+
+    def predict(self, request: tuple[dict, str]):
+        s, stop = request[0], Path(self.stops, request[1])
+        sampling = dict(temperature=s["temperature"], top_k=s["top_k"], top_p=s["top_p"], seed=s["seed"])
+        text = []
+        try:
+            chars = stream_text(self.model, self.tokenizer, s["prompt"], s["max_new_tokens"], **sampling)
+            for (char,) in chars:
+                if stop.exists():
+                    print(
+                        f"a request was stopped after {len(text)} of {s['max_new_tokens']} characters",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    return
+                text.append(char)
+                if s["stream"]:
+                    yield char
+            if not s["stream"]:
+                yield "".join(text)
+        finally:
+            stop.unlink(missing_ok=True)
+
+    def encode_response(self, outputs):
+        for text in outputs:
+            yield {"text": text}
+
+
+class ChatAPI(PredictAPI):
+    """``POST /v1/chat/completions`` through LitServe's OpenAI spec: the messages' contents, joined by
+    newlines, are the prompt; ``max_tokens``, ``temperature``, ``top_p`` and ``stream`` are honoured."""
+
+    def decode_request(self, request: ChatCompletionRequest) -> tuple[dict, str]:
+        body = request.model_dump(exclude_unset=True)
+        return request_settings(body, self.tokenizer, chat=True), body["metadata"][STOP_KEY]
+
+    encode_response = ls.LitAPI.encode_response  # the spec's
+
+
+def serve(ckpt_path: str, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve the checkpoint at ``http://host:port`` until Ctrl-C (or SIGTERM)."""
+    from lightning_gpt.cli import check_checkpoint  # cli.py imports this module only to serve
+
+    if host not in HOSTS:
+        raise UserError(f"--host must be one of {', '.join(HOSTS)} (127.0.0.1: this machine only): {host}")
+    try:
+        vocab = build_model(check_checkpoint(Path(ckpt_path)))[1].vocab
+    except (ValueError, RuntimeError) as error:  # a bad shape, or weights that do not fit it
+        raise UserError(f"cannot build the model of {ckpt_path}: {str(error).splitlines()[0]}") from None
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            reason = f"cannot listen on {host} port {port} ({error.strerror})"
+            raise UserError(f"{reason}; pick another --port") from None
+    stops = tempfile.mkdtemp(prefix="lightning-gpt-serve-")
+    try:
+        apis = [
+            PredictAPI(ckpt_path, stops, api_path=PREDICT, stream=True),
+            ChatAPI(ckpt_path, stops, spec=ls.OpenAISpec()),
+        ]
+        middleware = (Gate, {"vocab": vocab, "stops": stops})
+        server = ls.LitServer(apis, accelerator="auto", devices=1, timeout=False, middlewares=[middleware])
+        main_pid = os.getpid()
+
+        def stop(signum, frame) -> None:  # LitServe's clean shutdown; its HTTP processes leave quietly
+            if os.getpid() == main_pid:
+                raise KeyboardInterrupt
+            sys.exit(0)
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        shown = f"[{host}]" if ":" in host else host
+        print(f"serving {ckpt_path} at http://{shown}:{port}/ (Ctrl-C stops)", file=sys.stderr, flush=True)
+        server.run(host=host, port=port, generate_client_file=False, log_level="warning")
+    finally:
+        shutil.rmtree(stops, ignore_errors=True)
+
+
+def main(argv: list[str]) -> None:
+    """``cli.py serve ARGS``."""
+    parser = argparse.ArgumentParser(
+        prog="cli.py serve",
+        description="Serve a checkpoint: a web page at /, POST /predict and POST /v1/chat/completions "
+        "(OpenAI-compatible). See docs/serving.md.",
+    )
+    parser.add_argument("--ckpt_path", required=True, help="the checkpoint to serve (a .ckpt file)")
+    parser.add_argument("--host", default="127.0.0.1", help=f"one of {', '.join(HOSTS)} (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="the port (default: 8000)")
+    args = parser.parse_args(argv)
+    serve(args.ckpt_path, args.host, args.port)
