@@ -136,10 +136,14 @@ class Gate:
         try:
             if len(body) > MAX_BODY_BYTES:
                 raise ValueError(f"the request body is over {MAX_BODY_BYTES} bytes")
-            request = json.loads(body)
+            try:
+                request = json.loads(body)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"the request body is not JSON ({error})") from None
             stream = request_settings(request, self.tokenizer, chat=route[1] == CHAT)["stream"]
-        except ValueError as error:  # json's errors too
-            return await JSONResponse({"error": str(error)}, status_code=400)(scope, receive, send)
+        except ValueError as error:
+            answer = JSONResponse({"error": {"message": str(error)}}, status_code=400)  # OpenAI's shape
+            return await answer(scope, receive, send)
         stop = uuid.uuid4().hex
         if route[1] == CHAT:
             metadata = request.get("metadata")

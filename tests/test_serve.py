@@ -1,0 +1,226 @@
+"""``cli.py serve``: one real server (a subprocess) on 127.0.0.1, shared by the module's tests."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+import torch
+from conftest import CLI
+
+from lightning_gpt.generation import stream_text
+from lightning_gpt.serve import MAX_NEW_TOKENS, MAX_PROMPT_CHARS, build_model
+
+START_TIMEOUT = 180  # seconds: three Python processes import torch on a possibly busy 2-core machine
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_checkpoint: Path, tmp_path_factory):
+    """``cli.py serve`` on a free port: yields (base URL, path of its stderr); stopped with SIGTERM."""
+    port, log = free_port(), tmp_path_factory.mktemp("serve") / "stderr.txt"
+    command = [sys.executable, str(CLI), "serve", "--ckpt_path", str(tiny_checkpoint), "--port", str(port)]
+    with log.open("w") as stderr:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while not _ready(url):
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the server did not start (exit {process.poll()}):\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield url, log
+        process.send_signal(signal.SIGTERM)  # to the main process, as `kill PID` does
+        assert process.wait(timeout=60) == 0, log.read_text()[-3000:]
+        assert "Traceback" not in log.read_text()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def _ready(url: str) -> bool:
+    with contextlib.suppress(requests.ConnectionError):
+        return requests.get(f"{url}/health", timeout=5).text == "ok"
+    return False
+
+
+@pytest.fixture(scope="module")
+def expected(tiny_checkpoint: Path):
+    """The text that generation.stream_text (what `predict` runs) gives for the same settings."""
+    model, tokenizer = build_model(torch.load(tiny_checkpoint, map_location="cpu", weights_only=True))
+
+    def text(prompt: str, max_new_tokens: int, **sampling) -> str:
+        return "".join(c for (c,) in stream_text(model, tokenizer, prompt, max_new_tokens, **sampling))
+
+    return text
+
+
+def predict(url: str, **body) -> str:
+    """The text of one request, whole or streamed (then one JSON line per character)."""
+    response = requests.post(f"{url}/predict", json=body, stream=True, timeout=60)
+    assert response.status_code == 200, response.text
+    if not body.get("stream"):
+        assert response.headers["content-type"] == "application/json"
+        return response.json()["text"]
+    assert response.headers["content-type"] == "application/x-ndjson"
+    pieces = [json.loads(line)["text"] for line in response.iter_lines()]
+    assert all(len(piece) == 1 for piece in pieces)
+    return "".join(pieces)
+
+
+def test_predict_whole_and_streamed_match_generation(server, expected):
+    url, _ = server
+    settings = dict(max_new_tokens=60, temperature=0.9, top_k=20, top_p=0.95, seed=7)
+    whole = predict(url, prompt="ROMEO:", **settings)
+    assert whole == predict(url, prompt="ROMEO:", stream=True, **settings)  # the same seed, the same text
+    assert whole == expected("ROMEO:", **settings)
+    assert whole != predict(url, prompt="ROMEO:", **{**settings, "seed": 8})
+    assert len(predict(url, prompt="")) == 500  # every field but the prompt has predict's default
+
+
+def test_four_concurrent_clients_get_their_own_text(server, expected):
+    url, _ = server
+    requests_ = [dict(prompt=p, max_new_tokens=150, seed=i, stream=True) for i, p in enumerate("ABCD")]
+    with ThreadPoolExecutor(4) as pool:
+        texts = list(pool.map(lambda body: predict(url, **body), requests_))
+    assert texts == [expected(r["prompt"], 150, seed=r["seed"], temperature=0.8) for r in requests_]
+
+
+def test_openai_client_whole_and_streamed(server, expected):
+    openai = pytest.importorskip("openai", reason="the openai client is in the dev extra")
+    client = openai.OpenAI(base_url=f"{server[0]}/v1", api_key="not-needed")
+    messages = [{"role": "system", "content": "ROMEO:"}, {"role": "user", "content": "JULIET:"}]
+    greedy = expected("ROMEO:\nJULIET:", 40, temperature=0)
+    answer = client.chat.completions.create(model="tiny", messages=messages, max_tokens=40, temperature=0)
+    assert answer.choices[0].message.content == greedy
+    # a tiny top_p leaves only the most likely character: greedy even at a high temperature
+    chunks = client.chat.completions.create(
+        model="tiny", messages=messages, max_tokens=40, temperature=1.5, top_p=1e-6, stream=True
+    )
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in chunks) == greedy
+    with pytest.raises(openai.BadRequestError, match="top_p must be in"):
+        client.chat.completions.create(model="tiny", messages=messages, top_p=1.5)
+
+
+BAD_PREDICT = [
+    (b"{not json", "the request body is not JSON (Expecting property name"),
+    (b'["ROMEO:"]', "must be a JSON object"),
+    ({"max_new_tokens": 5}, 'needs a "prompt" string'),
+    ({"prompt": 5}, 'needs a "prompt" string'),
+    ({"prompt": "A", "lenght": 5}, "unknown fields ['lenght']"),
+    ({"prompt": "caf\u00e9 \u20ac"}, "not in the model's vocabulary: '\u00e9', '\u20ac'"),
+    ({"prompt": "A", "temperature": -1}, "temperature must be >= 0"),
+    ({"prompt": "A", "top_k": 0}, "top_k must be >= 1"),
+    ({"prompt": "A", "top_p": 1.5}, "top_p must be in (0, 1]"),
+    ({"prompt": "A", "max_new_tokens": 0}, "max_new_tokens must be >= 1"),
+    ({"prompt": "A", "max_new_tokens": "ten"}, 'max_new_tokens must be an integer, got "ten"'),
+    ({"prompt": "A", "max_new_tokens": 2.5}, "max_new_tokens must be an integer"),
+    ({"prompt": "A", "stream": "yes"}, "stream must be true or false"),
+    ({"prompt": "A", "top_k": True}, "top_k must be an integer, got true"),
+    ({"prompt": "A", "temperature": "hot"}, "temperature must be a number"),
+    (b'{"prompt": "A", "temperature": NaN}', "temperature must be a finite number"),
+    ({"prompt": "A", "seed": -1}, "seed must be in [0, 2**63)"),
+    ({"prompt": "A" * (MAX_PROMPT_CHARS + 1)}, f"at most {MAX_PROMPT_CHARS}"),
+    ({"prompt": "A", "max_new_tokens": MAX_NEW_TOKENS + 1}, f"max_new_tokens must be <= {MAX_NEW_TOKENS}"),
+]
+BAD_CHAT = [
+    ({"model": "x"}, "messages must be a non-empty list"),
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": "A"}]}]}, "messages must be"),
+    ({"messages": [{"role": "user", "content": "A"}], "max_tokens": MAX_NEW_TOKENS + 1}, "max_new_tokens"),
+    ({"messages": [{"role": "user", "content": "A"}], "temperature": -2}, "temperature must be >= 0"),
+    ({"messages": [{"role": "user", "content": "\u00e9"}], "stream": True}, "not in the model's vocabulary"),
+]
+
+
+def test_bad_requests_get_one_message_and_the_server_keeps_serving(server):
+    url, _ = server
+    cases = [("/predict", *case) for case in BAD_PREDICT] + [("/v1/chat/completions", *c) for c in BAD_CHAT]
+    for path, body, message in cases:
+        sent = {"data": body} if isinstance(body, bytes) else {"json": body}
+        response = requests.post(f"{url}{path}", **sent, timeout=30)
+        assert response.status_code == 400, (body, response.text)
+        assert response.headers["content-type"] == "application/json"
+        assert response.json() == {"error": {"message": response.json()["error"]["message"]}}
+        assert message in response.json()["error"]["message"], (body, response.text)
+    assert predict(url, prompt="A", max_new_tokens=3, stream=True)
+
+
+def test_a_stopped_stream_frees_its_work(server):
+    url, log = server
+    body = {"prompt": "A", "max_new_tokens": MAX_NEW_TOKENS, "stream": True}
+    with requests.post(f"{url}/predict", json=body, stream=True, timeout=30) as response:
+        lines = response.iter_lines()
+        assert [json.loads(next(lines)) for _ in range(3)]
+    deadline = time.monotonic() + 30
+    while "a request was stopped" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    stopped = [line for line in log.read_text().splitlines() if "a request was stopped" in line]
+    assert stopped and int(stopped[-1].split()[5]) < MAX_NEW_TOKENS, log.read_text()[-2000:]
+    assert predict(url, prompt="A", max_new_tokens=3)
+
+
+def test_listens_on_loopback_only(server):
+    port = int(server[0].rsplit(":", 1)[1])
+    listening = [line.split()[1] for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+    assert f"0100007F:{port:04X}" in listening  # 127.0.0.1, little-endian hex
+    assert not [a for a in listening if a.endswith(f":{port:04X}") and not a.startswith("0100007F")]
+
+
+def test_page_streams_and_stops_in_a_browser(server):
+    playwright = pytest.importorskip("playwright.sync_api", reason="Playwright is in the dev extra")
+    if CHROMIUM is None:
+        pytest.skip("no chromium to drive (Debian: apt-get install chromium; .ci/run installs it)")
+    page_url = server[0] + "/"
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 900, "height": 520})
+        # slow the download to a crawl so that the stream is still coming in when Stop is pressed
+        network = page.context.new_cdp_session(page)
+        network.send("Network.enable")
+        conditions = {"offline": False, "latency": 0, "downloadThroughput": 400, "uploadThroughput": -1}
+        network.send("Network.emulateNetworkConditions", conditions)
+        page.goto(page_url)
+        page.fill("#prompt", "JULIET:")
+        page.fill("#length", str(MAX_NEW_TOKENS))
+        page.click("#generate")
+        page.wait_for_function("document.getElementById('output').textContent.length > 'JULIET:'.length + 20")
+        assert page.text_content("#status") == "generating…"
+        page.screenshot(path=os.environ.get("SERVE_SCREENSHOT") or str(Path(server[1]).with_name("page.png")))
+        page.click("#stop")
+        page.wait_for_function("document.getElementById('status').textContent === 'stopped'")
+        text = page.text_content("#output")
+        assert text.startswith("JULIET:") and len(text) < len("JULIET:") + MAX_NEW_TOKENS
+        assert page.is_enabled("#generate") and not page.is_enabled("#stop")
+        browser.close()
+
+
+def test_serve_refuses_bad_arguments_in_one_line(cli_main, tiny_checkpoint: Path, tmp_path: Path):
+    missing = cli_main("serve", "--ckpt_path", str(tmp_path / "none.ckpt"), cwd=tmp_path)
+    assert missing.returncode == 2 and missing.stderr.startswith("error: checkpoint")
+    host = cli_main("serve", "--ckpt_path", str(tiny_checkpoint), "--host", "example.com", cwd=tmp_path)
+    assert host.returncode == 2 and host.stderr.strip().startswith("error: --host must be one of 127.0.0.1")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        busy = cli_main("serve", "--ckpt_path", str(tiny_checkpoint), "--port", port, cwd=tmp_path)
+    assert busy.returncode == 2 and f"error: cannot listen on 127.0.0.1 port {port}" in busy.stderr
+    assert "Traceback" not in missing.stderr + host.stderr + busy.stderr
