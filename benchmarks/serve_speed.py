@@ -3,10 +3,12 @@
     python benchmarks/serve_speed.py [--new 500] [--repeats 3]
 
 An untrained seed-shape checkpoint (random weights: speed does not depend on them) is written to a
-temporary folder. First ``generation.stream_text`` (the loop ``predict`` runs) is timed in this
-process; then a real ``cli.py serve`` is started and timed from HTTP clients on 127.0.0.1: the time
-from sending a streamed /predict request to its first character, and characters per second over the
-whole request, with 1 client and with 4 concurrent clients (served one after another from the queue).
+temporary folder and a real ``cli.py serve`` started on it. Each repeat times ``generation.stream_text``
+(the loop ``predict`` runs) in this process, one streamed /predict request from an HTTP client on
+127.0.0.1, ``stream_text`` again, 4 concurrent streamed requests (served one after another from the
+queue), and ``stream_text`` once more; each served rate is compared with the mean of the in-process
+rates around it, so that a shared machine's drift cancels out. Time to the first character is from
+sending the request; characters per second are over the whole request.
 """
 
 from __future__ import annotations
@@ -80,14 +82,12 @@ def main() -> None:
         print(
             f"seed-size model, random weights ({model.num_parameters():,} parameters), {args.new} characters"
         )
-        rates = []
-        for seed in range(args.repeats):
+
+        def predict_rate(seed: int) -> float:
             start = time.perf_counter()
             for _ in stream_text(model, tokenizer, PROMPT, args.new, temperature=0.8, seed=seed):
                 pass
-            rates.append(args.new / (time.perf_counter() - start))
-        predict = statistics.median(rates)
-        print(f"predict's loop (stream_text, in process): median {predict:.1f} chars/s")
+            return args.new / (time.perf_counter() - start)
 
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
@@ -114,24 +114,35 @@ def main() -> None:
                 time.sleep(0.2)
             print(f"server ready {time.perf_counter() - started:.1f} s after its start")
             stream(url, 20, 0)  # warm-up
-            single = [stream(url, args.new, seed) for seed in range(args.repeats)]
-            first = statistics.median(t for t, _ in single)
-            rate = statistics.median(r for _, r in single)
-            print(
-                f"1 client:  first character median {first * 1000:.0f} ms, {rate:.1f} chars/s median "
-                f"({100 * rate / predict:.0f}% of predict's)"
-            )
+            firsts, ratios, ratios4 = [], [], []
             for repeat in range(args.repeats):
-                start = time.perf_counter()
+                # predict's loop in this process before and after each served run: a busy machine's
+                # drift over those seconds cancels out of the ratio
+                before = predict_rate(repeat)
+                first, rate = stream(url, args.new, repeat)
+                after = predict_rate(repeat)
                 with ThreadPoolExecutor(4) as pool:
+                    start = time.perf_counter()
                     results = list(pool.map(lambda seed: stream(url, args.new, seed), range(4)))
-                total = 4 * args.new / (time.perf_counter() - start)
-                firsts = ", ".join(f"{t * 1000:.0f}" for t in sorted(t for t, _ in results))
+                    total = 4 * args.new / (time.perf_counter() - start)
+                again = predict_rate(repeat)
+                predict = (before + after) / 2
+                firsts.append(first)
+                ratios.append(rate / predict)
+                ratios4.append(total / ((after + again) / 2))
+                fours = ", ".join(f"{t * 1000:.0f}" for t in sorted(t for t, _ in results))
                 print(
-                    f"4 clients (repeat {repeat + 1}): first characters after {firsts} ms; "
-                    f"{total:.1f} chars/s "
-                    f"in all ({100 * total / predict:.0f}% of predict's)"
+                    f"repeat {repeat + 1}: predict {before:.1f} / {after:.1f} / {again:.1f} chars/s; "
+                    f"1 client: first character {first * 1000:.0f} ms, {rate:.1f} chars/s "
+                    f"({100 * ratios[-1]:.0f}%); 4 clients: first characters {fours} ms, "
+                    f"{total:.1f} chars/s in all ({100 * ratios4[-1]:.0f}%)",
+                    flush=True,
                 )
+            print(
+                f"medians: first character (1 client) {statistics.median(firsts) * 1000:.0f} ms; streamed "
+                f"chars/s vs predict's: 1 client {100 * statistics.median(ratios):.0f}%, "
+                f"4 clients {100 * statistics.median(ratios4):.0f}%"
+            )
         finally:
             server.send_signal(signal.SIGTERM)
             try:

@@ -192,12 +192,12 @@ def test_page_streams_and_stops_in_a_browser(server):
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 900, "height": 520})
-        # slow the download to a crawl so that the stream is still coming in when Stop is pressed
+        page.goto(page_url)
+        # slow the download (2 kB/s, some 14 s for the whole stream) so that it is still coming in at Stop
         network = page.context.new_cdp_session(page)
         network.send("Network.enable")
-        conditions = {"offline": False, "latency": 0, "downloadThroughput": 400, "uploadThroughput": -1}
+        conditions = {"offline": False, "latency": 0, "downloadThroughput": 2000, "uploadThroughput": -1}
         network.send("Network.emulateNetworkConditions", conditions)
-        page.goto(page_url)
         page.fill("#prompt", "JULIET:")
         page.fill("#length", str(MAX_NEW_TOKENS))
         page.click("#generate")
