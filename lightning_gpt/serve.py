@@ -1,10 +1,7 @@
-"""``cli.py serve``: a checkpoint behind HTTP with LitServe: ``POST /predict`` (whole or streamed text),
-``POST /v1/chat/completions`` (OpenAI-compatible) and a web page at ``GET /``.
-
-Each endpoint has one inference worker that takes requests from LitServe's queue one at a time, in
-order of arrival, each with its own random generator, so concurrent clients never share a
-generation. Requests are checked in the HTTP process before they are queued (a bad one gets a 400
-answer at once); a client that goes away leaves a stop mark that the worker reads between characters.
+"""``cli.py serve``: LitServe serving ``POST /predict`` (whole or streamed text), ``POST
+/v1/chat/completions`` (OpenAI-compatible) and a page at ``GET /``. One inference worker per route
+takes queued requests one at a time, each with its own generator; a bad request gets a 400 answer
+before it is queued; a client that goes away leaves a stop mark the worker reads between characters.
 """
 
 from __future__ import annotations
@@ -39,15 +36,9 @@ PREDICT, CHAT = "/predict", "/v1/chat/completions"
 HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # what LitServe listens on
 STOP_KEY = "lightning_gpt_stop"  # where a chat request carries its stop mark (in "metadata")
 PAGE = Path(__file__).resolve().parent / "static" / "index.html"
-FIELDS = {
-    "prompt": str,
-    "max_new_tokens": int,
-    "temperature": float,
-    "top_k": int,
-    "top_p": float,
-    "seed": int,
-    "stream": bool,
-}
+FIELDS = dict(
+    prompt=str, max_new_tokens=int, temperature=float, top_k=int, top_p=float, seed=int, stream=bool
+)
 KINDS = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
 
 
@@ -68,22 +59,13 @@ def request_settings(body: object, tokenizer: CharTokenizer, chat: bool = False)
         raise ValueError("the request body must be a JSON object")
     defaults = GenerationSettings()
     if chat:
-        messages = body.get("messages")
-        if (
-            not messages
-            or not isinstance(messages, list)
-            or not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages)
-        ):
+        messages = body.get("messages") if isinstance(body.get("messages"), list) else []
+        contents = [m.get("content") if isinstance(m, dict) else None for m in messages]
+        if not contents or not all(isinstance(content, str) for content in contents):
             raise ValueError('messages must be a non-empty list of {"role": ..., "content": "<text>"}')
         tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-        prompt = "\n".join(m["content"] for m in messages)
-        body = dict(
-            prompt=prompt,
-            max_new_tokens=tokens,
-            temperature=body.get("temperature"),
-            top_p=body.get("top_p"),
-            stream=body.get("stream"),
-        )
+        sampling = {name: body.get(name) for name in ("temperature", "top_p", "stream")}
+        body = dict(prompt="\n".join(contents), max_new_tokens=tokens, **sampling)
         defaults.seed = None  # as OpenAI's API: another continuation at every call
     elif set(body) - set(FIELDS):
         raise ValueError(f"unknown fields {sorted(set(body) - set(FIELDS))}; the fields are {list(FIELDS)}")
@@ -195,12 +177,8 @@ class PredictAPI(ls.LitAPI):
             chars = stream_text(self.model, self.tokenizer, s["prompt"], s["max_new_tokens"], **sampling)
             for (char,) in chars:
                 if stop.exists():
-                    print(
-                        f"a request was stopped after {len(text)} of {s['max_new_tokens']} characters",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                    return
+                    note = f"a request was stopped after {len(text)} of {s['max_new_tokens']} characters"
+                    return print(note, file=sys.stderr, flush=True)
                 text.append(char)
                 if s["stream"]:
                     yield char
@@ -267,11 +245,8 @@ def serve(ckpt_path: str, host: str = "127.0.0.1", port: int = 8000) -> None:
 
 def main(argv: list[str]) -> None:
     """``cli.py serve ARGS``."""
-    parser = argparse.ArgumentParser(
-        prog="cli.py serve",
-        description="Serve a checkpoint: a web page at /, POST /predict and POST /v1/chat/completions "
-        "(OpenAI-compatible). See docs/serving.md.",
-    )
+    about = "Serve a checkpoint: a page at /, POST /predict, POST /v1/chat/completions (docs/serving.md)."
+    parser = argparse.ArgumentParser(prog="cli.py serve", description=about)
     parser.add_argument("--ckpt_path", required=True, help="the checkpoint to serve (a .ckpt file)")
     parser.add_argument("--host", default="127.0.0.1", help=f"one of {', '.join(HOSTS)} (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="the port (default: 8000)")
