@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import fields
 
 import lightning as L
 import torch
@@ -93,9 +92,8 @@ class GPTModule(L.LightningModule):
 
     def config(self, vocab_size: int) -> GPTConfig:
         """The model's shape from the hyperparameters (older checkpoints lack some: GPTConfig's defaults)."""
-        shape = {f.name: self.hparams[f.name] for f in fields(GPTConfig) if f.name in self.hparams}
         try:
-            return GPTConfig(vocab_size=vocab_size, **shape)
+            return GPTConfig.from_hparams(self.hparams, vocab_size)
         except ValueError as error:
             raise UserError(f"invalid model settings: {error}") from None
 
