@@ -84,7 +84,7 @@ def test_bad_checkpoints_get_one_line_errors(tmp_path, small_corpus, cli_main):
     torch.save({"state_dict": {}, "hyper_parameters": {"lr": 1}}, foreign)
     cases = {
         "missing.ckpt": "does not exist",
-        str(not_a_checkpoint): "cannot load checkpoint",
+        str(not_a_checkpoint): "is not a checkpoint",
         str(foreign): "not a lightning-gpt checkpoint",
         "last": "no checkpoint at checkpoints/last.ckpt",
     }
