@@ -150,10 +150,14 @@ class GPTLightningCLI(LightningCLI):
         return f"{message} (options: cli.py {subcommand or ''} --help)".replace("  ", " ")
 
     def check_inputs(self) -> None:
-        """Report every missing input at once, before any state (earlier checkpoints) is looked at."""
+        """Report every input mistake at once, before any state (earlier checkpoints) is looked at."""
         subcommand = self.config.get("subcommand")
         section = self.config[subcommand] if subcommand else self.config
         problems = []
+        try:
+            GPTConfig.from_hparams(section.model, vocab_size=1)
+        except ValueError as error:
+            problems.append(f"invalid model settings: {error}")
         if section.data.path and subcommand != "predict":
             try:
                 corpus_files(section.data.path)

@@ -64,7 +64,7 @@ ROWS = {
         "unknown subcommand (also `test`)",
         "`--config` file missing",
     ],
-    "test_errors.py::test_inputs_are_checked_before_state_and_all_at_once": ["several missing inputs"],
+    "test_errors.py::test_inputs_are_checked_before_state_and_all_at_once": ["several input mistakes"],
     "test_cli.py::test_new_fit_never_overwrites_earlier_checkpoints": ["new `fit` over an earlier run"],
     "test_cli.py::test_bad_checkpoints_get_one_line_errors": [
         "`--ckpt_path last` with nothing to resume",
@@ -153,14 +153,15 @@ def test_bad_settings_are_refused_before_anything_is_built(tmp_path, small_corpu
 def test_inputs_are_checked_before_state_and_all_at_once(tmp_path, cli_main):
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"an earlier run")
-    result = cli_main("fit", "--data.path=nowhere.txt", "--ckpt_path=missing.ckpt", *TINY_MODEL, cwd=tmp_path)
-    one_line_error(result, "checkpoint missing.ckpt does not exist")
-    lines = result.stderr.strip().splitlines()
-    assert lines[-2] == (
+    args = ["fit", "--data.path=nowhere.txt", *TINY_MODEL]
+    result = cli_main(*args, "--model.num_heads=5", "--ckpt_path=missing.ckpt", cwd=tmp_path)
+    one_line_error(result, "checkpoint missing.ckpt does not exist; pass the path of a .ckpt file")
+    assert result.stderr.strip().splitlines()[-3:-1] == [
+        "error: invalid model settings: d_model (32) must be divisible by num_heads (5)",
         "error: corpus file nowhere.txt does not exist; pass an existing text file or a folder of .txt "
-        "files with --data.path"
-    )
-    stale = cli_main("fit", "--data.path=nowhere.txt", *TINY_MODEL, cwd=tmp_path)  # not the earlier run
+        "files with --data.path",
+    ]
+    stale = cli_main(*args, cwd=tmp_path)  # the input mistake, not the earlier run's checkpoint
     one_line_error(stale, "nowhere.txt does not exist")
     assert "earlier run" not in stale.stderr
     assert (tmp_path / "checkpoints" / "last.ckpt").read_bytes() == b"an earlier run"
