@@ -153,8 +153,12 @@ def _stop_process_group(process: subprocess.Popen) -> tuple[str, str]:
     for pid in _group_members(process.pid) if prlimit else []:
         with contextlib.suppress(OSError):
             prlimit(pid, resource.RLIMIT_CORE, (0, 0))  # SIGABRT must not write core files
+    for pid in _group_members(process.pid):  # one at a time: dumps written at once interleave
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGABRT)
+        time.sleep(0.5)
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGABRT)
+        os.killpg(process.pid, signal.SIGABRT)  # anything started since
     try:
         return process.communicate(timeout=5)
     except subprocess.TimeoutExpired:
