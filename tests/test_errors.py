@@ -137,15 +137,16 @@ def test_help_offers_fit_validate_and_predict_only(tmp_path, cli_main):
     [
         ("--model.num_heads=5", "invalid model settings: d_model (32) must be divisible by num_heads (5)"),
         ("--model.d_model=131072", "invalid model settings: d_model must be an integer from 1 to 65536"),
-        ("--model.num_blocks=1000", "the shape needs 1.3e+10 weights, more than the limit 1e+10"),
+        (
+            "--model.num_blocks=1000 --model.d_model=1024",
+            "the shape needs 1.3e+10 weights, more than the limit 1e+10",
+        ),
         ("--data.batch_size=0", "data.batch_size must be at least 1, got 0"),
         ("--data.val_fraction=1.5", "data.val_fraction must be between 0 and 1, got 1.5"),
     ],
 )
 def test_bad_settings_are_refused_before_anything_is_built(tmp_path, small_corpus, cli_main, flag, message):
-    args = ["fit", f"--data.path={small_corpus}", *TINY_MODEL, flag]
-    if "num_blocks" in flag:
-        args.append("--model.d_model=1024")
+    args = ["fit", f"--data.path={small_corpus}", *TINY_MODEL, *flag.split()]
     one_line_error(cli_main(*args, cwd=tmp_path), message)
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "lightning_logs").exists()
 
@@ -269,7 +270,6 @@ def test_an_edited_token_cache_is_rebuilt_never_used(tmp_path, small_corpus, cap
     meta, tokens = cache_files(small_corpus, tmp_path / "cache")
     original = tokens.read_bytes()
     edit(meta, tokens)
-    assert tokens.read_bytes() != original or "vocab" in edit.__name__
     capsys.readouterr()
     cache = build_token_cache(small_corpus, tmp_path / "cache")
     assert cache.built and "was edited after it was built; rebuilding it" in capsys.readouterr().err
