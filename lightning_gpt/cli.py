@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 import re
 import sys
 import warnings
+from argparse import ArgumentError
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,11 +19,13 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lightning_gpt.callbacks import ModelSize, TextSampler, TrainingSpeed
 from lightning_gpt.checkpoint_io import AtomicCheckpointIO
-from lightning_gpt.corpus import read_corpus
+from lightning_gpt.config import GPTConfig
+from lightning_gpt.corpus import corpus_files, read_corpus
 from lightning_gpt.data import CharDataModule
 from lightning_gpt.errors import UserError
 from lightning_gpt.generation import GenerationSettings, prepare_prompt
 from lightning_gpt.interactive import interactive_session
+from lightning_gpt.model import GPT
 from lightning_gpt.module import GPTModule
 from lightning_gpt.precision import auto_precision, resolve_accelerator
 from lightning_gpt.tokenizer import UnknownCharacterError
@@ -35,24 +39,43 @@ _LIGHTNING_CKPT_ALIASES = ("best", "hpc", "registry")
 
 def check_checkpoint(path: Path) -> dict:
     """Load ``path`` safely (weights_only) and check it is a checkpoint of this project."""
+    if path.is_dir():
+        raise UserError(f"checkpoint {path} is a folder; pass the path of a .ckpt file in it")
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; pass the path of a .ckpt file")
     try:
+        with open(path, "rb") as file:
+            head = file.read(4)
+    except OSError as error:
+        raise UserError(f"cannot read checkpoint {path}: {error.strerror}") from None
+    if not head:
+        raise UserError(f"checkpoint {path} is empty (0 bytes): its save never finished; use another")
+    try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # truncated file, not a torch file, or an unsafe pickle
-        message = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
-        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", message)
-        if unsafe or "Weights only load failed" in message:
-            what = f" ({unsafe.group(1)})" if unsafe else ""
+    except Exception as error:  # an unsafe pickle, a damaged file, or not a torch file at all
+        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", re.sub(r"\x1b\[[0-9;]*m", "", str(error)))
+        if unsafe:
             raise UserError(
-                f"refused to load checkpoint {path}: it holds Python objects{what}, not only tensors "
-                "and plain data; nothing from it was run. Load only checkpoints you trust"
+                f"refused to load checkpoint {path}: it holds Python objects ({unsafe.group(1)}), not only "
+                "tensors and plain data; nothing from it was run. Load only checkpoints you trust"
             ) from None
-        reason = message.strip().splitlines()[0].strip() if message.strip() else type(error).__name__
-        raise UserError(f"cannot load checkpoint {path}: {reason[:200]}") from None
+        if head == b"PK\x03\x04":  # a zip archive, as torch.save writes, that torch cannot read
+            raise UserError(f"checkpoint {path} is damaged (cut short or altered); use another") from None
+        raise UserError(f"{path} is not a checkpoint (not saved by PyTorch); pass a .ckpt file") from None
     hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
-    if not isinstance(hparams, dict) or not hparams.get("vocab") or "state_dict" not in checkpoint:
+    vocab = hparams.get("vocab") if isinstance(hparams, dict) else None
+    if not vocab or not isinstance(vocab, str) or not isinstance(checkpoint.get("state_dict"), dict):
         raise UserError(f"{path} is not a lightning-gpt checkpoint (no model vocabulary or weights)")
+    # The shape must be sound and match the weights, so the model built from it is no bigger than the file.
+    try:
+        with torch.device("meta"):
+            model = GPT(GPTConfig.from_hparams(hparams, len(vocab)))
+    except (TypeError, ValueError) as error:
+        raise UserError(f"checkpoint {path} has impossible model settings: {error}") from None
+    shapes = {f"model.{key}": value.shape for key, value in model.state_dict().items()}
+    weights = checkpoint["state_dict"].items()
+    if shapes != {key: getattr(value, "shape", None) for key, value in weights if key.startswith("model.")}:
+        raise UserError(f"checkpoint {path} is damaged: its weights do not fit its model settings")
     return checkpoint
 
 
@@ -67,7 +90,13 @@ class FitConfigSaver(SaveConfigCallback):
 class GPTLightningCLI(LightningCLI):
     """LightningCLI with checkpointing defaults, data/model links and one-line errors."""
 
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """fit, validate and predict: Lightning's ``test`` is left out, as the corpus has no test split."""
+        return {name: skip for name, skip in LightningCLI.subcommands().items() if name != "test"}
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        self.subcommand_parsers = [*getattr(self, "subcommand_parsers", []), parser]  # for "did you mean"
         parser.link_arguments("model.context_length", "data.context_length")
         parser.add_class_arguments(GenerationSettings, "generate")
         parser.add_lightning_class_args(TextSampler, "sample")
@@ -97,6 +126,49 @@ class GPTLightningCLI(LightningCLI):
             callbacks = trainer.callbacks
             callbacks[callbacks.index(bar)] = TQDMProgressBar(refresh_rate=PROGRESS_REFRESH_STEPS)
         return trainer
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Sequence[str] | None) -> None:
+        """A mistake in the arguments is one line (the usage is left to --help), then inputs are checked."""
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as error:  # exit_on_error=False: the parser raises instead of printing its usage
+            raise UserError(self._argument_error(str(error), args or sys.argv[1:])) from None
+        self.check_inputs()
+
+    def _argument_error(self, error: str, args: Sequence[str]) -> str:
+        """jsonargparse's message in one line, with the closest option to a misspelt one."""
+        lines = [line.strip() for line in error.splitlines() if line.strip()]
+        message = re.sub(r'^Parser key "([^"]+)":', r"--\1:", " ".join(lines[:2]))
+        message += "".join(f" ({line})" for line in lines[2:] if line.startswith("Given value:"))
+        subcommand = next((word for word in args if word in self.subcommands()), None)
+        unknown = re.match(r"unrecognized arguments: (--[^\s=]+)", message)
+        for parser in self.subcommand_parsers if unknown and subcommand else []:
+            if parser.prog.endswith(f" {subcommand}"):
+                options = [f"--{key}" for key, _ in parser.get_defaults(skip_validation=True).items()]
+                close = difflib.get_close_matches(unknown.group(1), options, n=1)
+                message += f"; did you mean {close[0]}?" if close else ""
+        return f"{message} (options: cli.py {subcommand or ''} --help)".replace("  ", " ")
+
+    def check_inputs(self) -> None:
+        """Report every input mistake at once, before any state (earlier checkpoints) is looked at."""
+        subcommand = self.config.get("subcommand")
+        section = self.config[subcommand] if subcommand else self.config
+        problems = []
+        try:
+            GPTConfig.from_hparams(section.model, vocab_size=1)
+        except ValueError as error:
+            problems.append(f"invalid model settings: {error}")
+        if section.data.path and subcommand != "predict":
+            try:
+                corpus_files(section.data.path)
+            except UserError as error:
+                problems.append(str(error))
+        ckpt = section.get("ckpt_path")
+        local = ckpt and ckpt not in ("last", *_LIGHTNING_CKPT_ALIASES) and "://" not in ckpt
+        if local and not Path(ckpt).exists():
+            problems.append(f"checkpoint {ckpt} does not exist; pass the path of a .ckpt file")
+        if problems:
+            raise UserError("\n".join(problems))
 
     def _parse_ckpt_path(self) -> None:
         """Resolve ``last``, refuse bad checkpoints in one line, then let Lightning merge hparams."""
@@ -194,7 +266,8 @@ def make_cli(
         seed_everything_default=1337,
         save_config_callback=FitConfigSaver,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"fit": {"default_config_files": [str(SEED_RECIPE)]}},
+        # parse errors raise ArgumentError (one line from main()) instead of printing the whole usage
+        parser_kwargs={"exit_on_error": False, "fit": {"default_config_files": [str(SEED_RECIPE)]}},
         args=args,
         **kwargs,
     )
@@ -217,6 +290,7 @@ def main(args: list[str] | None = None) -> None:
 
             return serve_main(argv[1:])
         make_cli(args)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except UserError as error:  # one line per mistake found
+        for line in str(error).splitlines():
+            print(f"error: {line}", file=sys.stderr)
         sys.exit(2)

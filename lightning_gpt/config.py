@@ -6,6 +6,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 
 POSITIONAL_KINDS = ("learned", "sinusoidal")
+# Upper bounds on the shape, checked before anything is allocated, so that a typo or a foreign
+# checkpoint's hyperparameters cannot ask for absurd memory (every Unicode character fits the vocabulary).
+SHAPE_LIMITS = dict(vocab_size=0x110000, context_length=2**20, d_model=2**16, num_heads=1024, num_blocks=1024)
+MAX_WEIGHTS = 10**10  # embedding, positional and block values, (V + T) * C + 12 * N * C^2: 40 GB in fp32
 
 
 @dataclass(frozen=True)
@@ -23,9 +27,14 @@ class GPTConfig:
     bias: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "context_length", "d_model", "num_heads", "num_blocks"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name, limit in SHAPE_LIMITS.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+                raise ValueError(f"{name} must be an integer from 1 to {limit}, got {value!r}")
+        C = self.d_model
+        weights = (self.vocab_size + self.context_length) * C + 12 * self.num_blocks * C * C
+        if weights > MAX_WEIGHTS:
+            raise ValueError(f"the shape needs {weights:.1e} weights, more than the limit {MAX_WEIGHTS:.0e}")
         if self.d_model % self.num_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads})")
         for name in ("dropout", "attention_dropout"):
@@ -37,8 +46,8 @@ class GPTConfig:
 
     @classmethod
     def from_hparams(cls, hparams: Mapping, vocab_size: int) -> GPTConfig:
-        """The shape saved in a checkpoint's hyperparameters (older checkpoints lack some: the defaults)."""
-        shape = {f.name: hparams[f.name] for f in fields(cls) if f.name in hparams}
+        """The shape in a module's hyperparameters (older checkpoints lack some fields: the defaults)."""
+        shape = {f.name: hparams[f.name] for f in fields(cls)[1:] if f.name in hparams}
         return cls(vocab_size=vocab_size, **shape)
 
     @property

@@ -1,7 +1,8 @@
 """A corpus (one UTF-8 text file or a folder of .txt files) -> a memory-mapped token cache on disk.
 
 Built in two streaming passes (the vocabulary, then the ids), so a multi-GB corpus never has to fit
-in memory; reused until a source file changes, appears or disappears.
+in memory; reused until a source file changes, appears or disappears. A checksum over the ids and the
+cache's description (sha256, checked at every reuse) makes an edited cache be built again, never used.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import codecs
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +27,7 @@ from lightning_gpt.tokenizer import CharTokenizer, UnknownCharacterError
 SEPARATOR = "\n\n"  # between the files of a folder corpus
 CHUNK_BYTES = 4 * 2**20  # bytes of text decoded and encoded at a time while building a cache
 PROGRESS_MIN_BYTES = 64 * 2**20  # corpora at least this big show a progress bar while building
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: meta.json holds a checksum
 _CONVERT_HINT = "convert it, e.g. iconv -f latin1 -t utf-8"
 
 
@@ -141,14 +143,25 @@ class TokenCache:
         return MappedSlice(str(self.tokens_path), self.dtype, start, stop).open()
 
 
+def _checksum(tokens: Path, meta: dict) -> str:
+    """sha256 of the token file and of the cache's description: an edit of either changes it."""
+    with open(tokens, "rb") as file:
+        digest = hashlib.file_digest(file, "sha256")
+    digest.update(json.dumps(meta, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
 def _cache_if_valid(folder: Path, sources: dict) -> TokenCache | None:
-    """The cache in ``folder`` when it was built from exactly ``sources`` and is complete."""
+    """The cache in ``folder`` when it was built from exactly ``sources`` and is complete and unedited."""
     try:
         meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
         if any(meta.get(key) != value for key, value in sources.items()):
             return None
         cache = TokenCache(folder, meta["vocab"], meta["dtype"], meta["length"], built=False)
         complete = cache.tokens_path.stat().st_size == cache.length * np.dtype(cache.dtype).itemsize
+        if complete and meta.pop("checksum") != _checksum(cache.tokens_path, meta):
+            print(f"note: token cache {folder} was edited after it was built; rebuilding it", file=sys.stderr)
+            return None
     except (OSError, ValueError, KeyError, TypeError, AttributeError):  # missing, unreadable or not ours
         return None
     return cache if complete else None
@@ -214,6 +227,7 @@ def build_token_cache(
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "meta.json").unlink(missing_ok=True)  # the old cache is invalid from here on
         write_atomically(folder / "tokens.bin", write_tokens)
+        meta["checksum"] = _checksum(folder / "tokens.bin", meta)
         write_atomically(folder / "meta.json", lambda file: file.write(json.dumps(meta, indent=1).encode()))
     except OSError as error:  # no permission, disk full, ...
         hint = "free some space or pass another --data.cache_dir"

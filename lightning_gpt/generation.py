@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from lightning_gpt.errors import UserError
-from lightning_gpt.model import GPT, KVCache, decode
+from lightning_gpt.model import GPT, KVCache, decode, split_weights
 from lightning_gpt.tokenizer import CharTokenizer, UnknownCharacterError
 
 
@@ -105,11 +105,12 @@ def generate_tokens(
     tokens = idx.cpu()  # [B, L], the whole text so far
     start = max(0, tokens.shape[1] - context)  # first position of the model's window
     cache = KVCache(model.config) if use_cache else None
+    halves = split_weights(model)  # views of the weights for batch-1 decoding on a CPU
 
     def next_logits(ids: torch.Tensor, position: int = 0) -> torch.Tensor:
         """Next-token logits [B, V] after ids [B, T], the first of them at ``position`` in the window."""
         ids = ids.to(device)
-        return (decode(model, ids, cache, position) if use_cache else model(ids)[0])[:, -1]
+        return (decode(model, ids, cache, position, halves) if use_cache else model(ids)[0])[:, -1]
 
     logits = next_logits(tokens[:, start:])  # the prompt (prefill)
     if not torch.isfinite(logits).all():  # checked once: sampling would turn NaN into a token

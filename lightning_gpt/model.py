@@ -7,7 +7,6 @@ V = vocab_size. With the seed defaults: C 256, H 8, hs 32, 6 blocks, T <= 256, V
 from __future__ import annotations
 
 import math
-import weakref
 
 import torch
 import torch.nn.functional as F
@@ -185,12 +184,15 @@ class KVCache:
         return keys, values
 
 
-def decode(model: GPT, idx: torch.Tensor, cache: KVCache, start: int = 0) -> torch.Tensor:
+def decode(
+    model: GPT, idx: torch.Tensor, cache: KVCache, start: int = 0, halves: Halves | None = None
+) -> torch.Tensor:
     """``model(idx)`` in eval mode for tokens at positions start .. start+T-1, the keys and values of
     the positions before ``start`` taken from ``cache``: idx [B, T] -> logits [B, T, V].
 
     ``start`` 0 fills the cache with a prompt; then each call adds one token (T = 1) at the next
-    position. The computation of ``GPT.forward`` without dropout, its products through ``linear``.
+    position. The computation of ``GPT.forward`` without dropout; single rows are multiplied by the
+    weight ``halves`` of ``split_weights(model)``, if given (see ``linear``).
     """
     B, T = idx.shape
     H, C, context = model.config.num_heads, model.config.d_model, model.config.context_length
@@ -200,45 +202,47 @@ def decode(model: GPT, idx: torch.Tensor, cache: KVCache, start: int = 0) -> tor
         raise ValueError(f"positions {start} .. {start + T - 1} exceed context_length {context}")
     if start > 0 and T > 1:
         raise ValueError("decode() fills the cache from position 0, then adds one token per call")
+    halves = halves or {}
     x = model.token_embedding(idx) + model.positions(start, T)  # [B, T, C]
     for i, block in enumerate(model.blocks):
         attn, ffn = block.attn, block.ffn
-        qkv = linear(attn.qkv, block.ln1(x))  # [B, T, 3C]
+        qkv = linear(attn.qkv, block.ln1(x), halves)  # [B, T, 3C]
         qkv = qkv.view(B, T, 3, H, C // H).permute(2, 0, 3, 1, 4)  # [3, B, H, T, hs]
         k, v = cache.update(i, start, qkv[1:])  # positions 0 .. start+T-1: 2 x [B, H, start+T, hs]
         y = attn.attend(qkv[0], k, v, is_causal=T > 1)  # one new query sees every position: [B, H, T, hs]
-        x = x + linear(attn.proj, y.transpose(1, 2).reshape(B, T, C))  # [B, T, C]
-        x = x + linear(ffn.down, F.relu(linear(ffn.up, block.ln2(x))))  # [B, T, C]
-    return linear(model.head, model.ln_final(x))  # [B, T, V]
+        x = x + linear(attn.proj, y.transpose(1, 2).reshape(B, T, C), halves)  # [B, T, C]
+        x = x + linear(ffn.down, F.relu(linear(ffn.up, block.ln2(x), halves)), halves)  # [B, T, C]
+    return linear(model.head, model.ln_final(x), halves)  # [B, T, V]
 
 
-def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """``layer(x)``: [..., in] -> [..., out]. A single row on a multi-core CPU is multiplied by the
-    two halves of the weight in one batched matmul, which two cores share (PyTorch computes a
-    one-row product on one core); the same numbers up to float rounding."""
-    one_row = x.numel() == layer.in_features
-    if not one_row or layer.out_features % 2 or not x.is_cpu or torch.get_num_threads() < 2:
-        return F.linear(x, layer.weight, layer.bias)  # rows, an odd width, a GPU, one thread
-    weight, bias = halves(layer)  # [2, in, out/2], [2, 1, out/2]
+Halves = dict[nn.Linear, tuple[torch.Tensor, torch.Tensor | None]]
+
+
+def split_weights(model: nn.Module) -> Halves:
+    """The weight [out, in] and bias [out] of every Linear of even width in ``model`` viewed as two
+    halves, [2, in, out/2] and [2, 1, out/2], for ``linear``; none on a GPU or with one CPU thread.
+    Views: they follow in-place changes of the weights, not new weight tensors."""
+    if torch.get_num_threads() < 2:
+        return {}
+    return {
+        layer: (
+            layer.weight.view(2, layer.out_features // 2, layer.in_features).transpose(1, 2),
+            None if layer.bias is None else layer.bias.view(2, 1, layer.out_features // 2),
+        )
+        for layer in model.modules()
+        if isinstance(layer, nn.Linear) and layer.out_features % 2 == 0 and layer.weight.is_cpu
+    }
+
+
+def linear(layer: nn.Linear, x: torch.Tensor, halves: Halves) -> torch.Tensor:
+    """``layer(x)``: [..., in] -> [..., out]. A single row with the layer in ``halves`` (batch-1
+    decoding on a multi-core CPU) is multiplied by the two halves of the weight in one batched matmul,
+    which two cores share (PyTorch computes a one-row product on one core); the same numbers up to
+    float rounding."""
+    split = halves.get(layer) if x.numel() == layer.in_features else None
+    if split is None:
+        return F.linear(x, layer.weight, layer.bias)
+    weight, bias = split  # [2, in, out/2], [2, 1, out/2]
     rows = x.reshape(1, 1, -1).expand(2, 1, -1)  # the row once per half: [2, 1, in]
     y = torch.bmm(rows, weight) if bias is None else torch.baddbmm(bias, rows, weight)  # [2, 1, out/2]
     return y.view(*x.shape[:-1], -1)  # [..., out]
-
-
-_halves: weakref.WeakKeyDictionary[nn.Linear, tuple] = weakref.WeakKeyDictionary()
-
-
-def halves(layer: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Views of ``layer``'s weight [out, in] and bias [out] as two halves, [2, in, out/2] and
-    [2, 1, out/2]; made again only when the weight or bias is another tensor or has moved."""
-    weight, bias = layer.weight, layer.bias
-    key = (weight.data_ptr(), None if bias is None else bias.data_ptr())
-    found = _halves.get(layer)
-    if found is None or found[0] != key:
-        out_features, in_features = weight.shape
-        views = (
-            weight.view(2, out_features // 2, in_features).transpose(1, 2),
-            None if bias is None else bias.view(2, 1, out_features // 2),
-        )
-        found = _halves[layer] = (key, views)
-    return found[1]

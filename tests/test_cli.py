@@ -1,4 +1,5 @@
-"""``cli.py`` end to end in subprocesses, with a tiny model on a small corpus."""
+"""``cli.py`` end to end with a tiny model on a small corpus: in subprocesses where the output of a
+whole process is checked, in-process (``cli_main``) where the process boundary adds nothing."""
 
 import pytest
 import torch
@@ -57,18 +58,28 @@ def test_fit_then_validate_then_predict_quietly(tmp_path, small_corpus):
             assert noise not in run.stdout + run.stderr
     assert len(event_files(tmp_path)) == 1  # validate and predict made no run folder of their own
     assert [p.name for p in (tmp_path / "lightning_logs").iterdir()] == ["version_0"]
+    # TensorBoard: every scalar, and a text sample at each validation
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(event_files(tmp_path)[0]), size_guidance={"tensors": 0})
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"train_loss", "val_loss", "val_bpc", "val_ppl", "lr", "grad_norm", "tokens_per_sec"} <= scalars
+    samples = events.Tensors("sample/text_summary")
+    assert [s.step for s in samples] == [3, 6]
+    assert all(len(s.tensor_proto.string_val[0]) > 100 for s in samples)
 
 
-def test_saved_config_runs_again(tmp_path, small_corpus):
-    assert run_cli(*tiny_fit_args(small_corpus, steps=2, val_every=2), cwd=tmp_path).returncode == 0
+def test_saved_config_runs_again(tmp_path, small_corpus, cli_main):
+    assert cli_main(*tiny_fit_args(small_corpus, steps=2, val_every=2), cwd=tmp_path).returncode == 0
     config = tmp_path / "lightning_logs" / "version_0" / "config.yaml"
-    again = run_cli("fit", f"--config={config}", "--checkpoint.dirpath=second", cwd=tmp_path)
+    again = cli_main("fit", f"--config={config}", "--checkpoint.dirpath=second", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert (tmp_path / "second" / "last.ckpt").is_file()
 
 
 def test_new_fit_never_overwrites_earlier_checkpoints(tmp_path, small_corpus, cli_main):
-    assert run_cli(*tiny_fit_args(small_corpus, steps=2, val_every=2), cwd=tmp_path).returncode == 0
+    assert cli_main(*tiny_fit_args(small_corpus, steps=2, val_every=2), cwd=tmp_path).returncode == 0
     before = (tmp_path / "checkpoints" / "last.ckpt").read_bytes()
     again = cli_main(*tiny_fit_args(small_corpus, steps=2, val_every=2), cwd=tmp_path)
     assert again.returncode != 0
@@ -84,7 +95,7 @@ def test_bad_checkpoints_get_one_line_errors(tmp_path, small_corpus, cli_main):
     torch.save({"state_dict": {}, "hyper_parameters": {"lr": 1}}, foreign)
     cases = {
         "missing.ckpt": "does not exist",
-        str(not_a_checkpoint): "cannot load checkpoint",
+        str(not_a_checkpoint): "is not a checkpoint",
         str(foreign): "not a lightning-gpt checkpoint",
         "last": "no checkpoint at checkpoints/last.ckpt",
     }
@@ -107,7 +118,7 @@ def test_missing_corpus_and_bad_values(tmp_path, cli_main):
 
 
 def test_resuming_on_a_corpus_with_another_vocabulary_is_refused(tmp_path, small_corpus, cli_main):
-    assert run_cli(*tiny_fit_args(small_corpus, steps=2, val_every=2), cwd=tmp_path).returncode == 0
+    assert cli_main(*tiny_fit_args(small_corpus, steps=2, val_every=2), cwd=tmp_path).returncode == 0
     other = tmp_path / "other.txt"
     other.write_text("0123456789 " * 500)
     result = cli_main("validate", f"--data.path={other}", "--ckpt_path=checkpoints/last.ckpt", cwd=tmp_path)
@@ -115,8 +126,10 @@ def test_resuming_on_a_corpus_with_another_vocabulary_is_refused(tmp_path, small
 
 
 @pytest.mark.parametrize("log_every", [1, 50], ids=["checked every step", "checked before each save"])
-def test_non_finite_loss_stops_with_the_step_and_keeps_checkpoints(tmp_path, small_corpus, log_every: int):
-    result = run_cli(
+def test_non_finite_loss_stops_with_the_step_and_keeps_checkpoints(
+    tmp_path, small_corpus, cli_main, log_every: int
+):
+    result = cli_main(
         *tiny_fit_args(small_corpus, steps=60, val_every=30),
         f"--trainer.log_every_n_steps={log_every}",  # the loss is checked at logging steps and saves
         "--model.learning_rate=1e30",
@@ -141,16 +154,3 @@ def test_print_config_runs_as_is(tmp_path, small_corpus, cli_main):
     config.write_text(printed.stdout)
     again = cli_main("fit", f"--config={config}", "--trainer.fast_dev_run=true", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
-
-
-def test_tensorboard_gets_scalars_and_text_samples(tmp_path, small_corpus):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    assert run_cli(*tiny_fit_args(small_corpus, steps=6, val_every=3), cwd=tmp_path).returncode == 0
-    events = EventAccumulator(str(event_files(tmp_path)[0]), size_guidance={"tensors": 0})
-    events.Reload()
-    scalars = set(events.Tags()["scalars"])
-    assert {"train_loss", "val_loss", "val_bpc", "val_ppl", "lr", "grad_norm", "tokens_per_sec"} <= scalars
-    samples = events.Tensors("sample/text_summary")
-    assert [s.step for s in samples] == [3, 6]
-    assert all(len(s.tensor_proto.string_val[0]) > 100 for s in samples)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lightning_gpt import GPT, GPTConfig, preset
-from lightning_gpt.model import KVCache, decode
+from lightning_gpt.model import KVCache, decode, split_weights
 
 
 def expected_parameters(c: GPTConfig) -> int:
@@ -93,7 +93,7 @@ def test_attention_dropout_is_separate_from_dropout():
 
 @pytest.fixture
 def two_threads():
-    """``linear`` splits a single row over two cores only with two or more threads."""
+    """Weights are split in halves for one-row products only with two or more threads."""
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     yield
@@ -102,10 +102,12 @@ def two_threads():
 
 def decoded(model: GPT, idx: torch.Tensor, prompt: int, cache: KVCache) -> Iterator[torch.Tensor]:
     """Logits of a cached decoding of idx [B, T]: the first ``prompt`` positions at once, [B, prompt, V],
-    then one position per call, [B, V] each."""
-    yield decode(model, idx[:, :prompt], cache)
+    then one position per call, [B, V] each (batch 1: one-row products by weight halves)."""
+    halves = split_weights(model)
+    assert halves  # two threads
+    yield decode(model, idx[:, :prompt], cache, halves=halves)
     for t in range(prompt, idx.shape[1]):
-        yield decode(model, idx[:, t : t + 1], cache, start=t)[:, -1]
+        yield decode(model, idx[:, t : t + 1], cache, t, halves)[:, -1]
 
 
 @pytest.mark.parametrize("positional", ["learned", "sinusoidal"])
@@ -142,9 +144,9 @@ def test_a_refilled_cache_takes_another_batch_dtype_and_weights(two_threads):
     with torch.inference_mode():
         check(torch.randint(0, 65, (3, 5)))
         check(torch.randint(0, 65, (1, 5)))  # another batch size: new buffers
-        model.load_state_dict(GPT(preset("tiny")).state_dict(), assign=True)  # new weights: new halves
+        model.load_state_dict(GPT(preset("tiny")).state_dict(), assign=True)  # new weight tensors
         check(torch.randint(0, 65, (1, 5)))
-        model.double()  # new dtype (as .to(device) moves them): new buffers and halves
+        model.double()  # new dtype (as .to(device) moves them): new buffers
         check(torch.randint(0, 65, (1, 5)))
         assert cache.kv[0].dtype == torch.float64
 

@@ -19,7 +19,7 @@ def bare_dir(tmp_path, tiny_checkpoint):
     return tmp_path
 
 
-def test_predict_from_checkpoint_alone(bare_dir):
+def test_predict_from_checkpoint_alone(bare_dir, cli_main):
     result = run_cli(
         "predict",
         "--ckpt_path=model.ckpt",
@@ -33,7 +33,7 @@ def test_predict_from_checkpoint_alone(bare_dir):
     assert text.startswith("ROMEO:") and len(text) == len("ROMEO:") + 40
     assert (bare_dir / "out" / "samples.txt").read_text() == text + "\n"
     assert not (bare_dir / "data").exists()  # no corpus was needed or downloaded
-    again = run_cli(
+    again = cli_main(
         "predict",
         "--ckpt_path=model.ckpt",
         "--generate.prompt=ROMEO:",
@@ -43,8 +43,8 @@ def test_predict_from_checkpoint_alone(bare_dir):
     assert again.stdout.rstrip("\n") == text  # same seed, same text
 
 
-def test_several_prompts_and_samples(bare_dir):
-    result = run_cli(
+def test_several_prompts_and_samples(bare_dir, cli_main):
+    result = cli_main(
         "predict",
         "--ckpt_path=model.ckpt",
         '--generate.prompt=["First", "All:"]',

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CLI, TINY_MODEL, run_cli
+from conftest import CLI, TINY_MODEL
 
 from lightning_gpt.rng import restore_rng_states, rng_states, set_rng_states
 
@@ -30,8 +30,9 @@ RUN = [
 ]
 
 
-def fit(corpus: Path, cwd: Path, *extra: str) -> None:
-    result = run_cli("fit", f"--data.path={corpus}", *RUN, *extra, cwd=cwd)
+def fit(cli_main, corpus: Path, cwd: Path, *extra: str) -> None:
+    """A fit in this process (the kill below needs a process of its own; these do not)."""
+    result = cli_main("fit", f"--data.path={corpus}", *RUN, *extra, cwd=cwd)
     assert result.returncode == 0, result.stderr
 
 
@@ -53,10 +54,11 @@ def step_of(path: Path) -> int:
         return -1
 
 
-def test_a_stopped_or_killed_run_resumes_bit_for_bit(tmp_path, small_corpus):
-    fit(small_corpus, tmp_path, "--trainer.max_steps=60", "--checkpoint.dirpath=whole")
+def test_a_stopped_or_killed_run_resumes_bit_for_bit(tmp_path, small_corpus, cli_main):
+    fit(cli_main, small_corpus, tmp_path, "--trainer.max_steps=60", "--checkpoint.dirpath=whole")
     # stopped at a checkpoint, then resumed
     fit(
+        cli_main,
         small_corpus,
         tmp_path,
         "--trainer.max_steps=27",
@@ -64,7 +66,14 @@ def test_a_stopped_or_killed_run_resumes_bit_for_bit(tmp_path, small_corpus):
         "--checkpoint.every_n_train_steps=9",
     )
     assert step_of(tmp_path / "split" / "last.ckpt") == 27
-    fit(small_corpus, tmp_path, "--trainer.max_steps=60", "--checkpoint.dirpath=split", "--ckpt_path=last")
+    fit(
+        cli_main,
+        small_corpus,
+        tmp_path,
+        "--trainer.max_steps=60",
+        "--checkpoint.dirpath=split",
+        "--ckpt_path=last",
+    )
     assert_same_weights(tmp_path / "whole" / "last.ckpt", tmp_path / "split" / "last.ckpt")
     # killed (SIGKILL) part-way, then resumed
     args = [
@@ -86,7 +95,14 @@ def test_a_stopped_or_killed_run_resumes_bit_for_bit(tmp_path, small_corpus):
     process.wait()
     killed_at = step_of(last)
     assert 12 <= killed_at < 60, "the run must be killed part-way"
-    fit(small_corpus, tmp_path, "--trainer.max_steps=60", "--checkpoint.dirpath=killed", "--ckpt_path=last")
+    fit(
+        cli_main,
+        small_corpus,
+        tmp_path,
+        "--trainer.max_steps=60",
+        "--checkpoint.dirpath=killed",
+        "--ckpt_path=last",
+    )
     assert step_of(last) == 60
     assert_same_weights(tmp_path / "whole" / "last.ckpt", last)
 

@@ -16,7 +16,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import lightning_gpt
 from lightning_gpt.cli import PROGRESS_REFRESH_STEPS, make_cli
-from lightning_gpt.model import linear
+from lightning_gpt.model import linear, split_weights
 from lightning_gpt.module import GPTModule
 
 
@@ -27,27 +27,26 @@ def test_linear_multiplies_one_row_by_two_halves_with_the_same_result(monkeypatc
     for name in ("bmm", "baddbmm"):
         original = getattr(torch, name)
         monkeypatch.setattr(torch, name, lambda *args, f=original: split.append(f) or f(*args))
+    model = nn.Sequential(nn.Linear(16, 24), nn.Linear(16, 24, bias=False), nn.Linear(16, 7))
+    halves = split_weights(model)
+    assert set(halves) == {model[0], model[1]}  # an odd width cannot be halved
     with torch.inference_mode():
-        for layer in (nn.Linear(16, 24), nn.Linear(16, 24, bias=False)):
+        for layer in model:
             for row in (torch.randn(1, 16), torch.randn(1, 1, 16)):  # [1, in] and [B, T, in] = [1, 1, in]
                 split.clear()
-                y = linear(layer, row)
-                assert y.shape == (*row.shape[:-1], 24) and len(split) == 1
+                y = linear(layer, row, halves)
+                assert y.shape == (*row.shape[:-1], layer.out_features)
+                assert len(split) == (layer in halves)
                 torch.testing.assert_close(y, layer(row), atol=1e-6, rtol=1e-6)
-        layer, row = nn.Linear(16, 24), torch.randn(1, 16)
-        linear(layer, row)
-        with torch.no_grad():
-            layer.weight.mul_(2)  # in place: the same storage, the halves show it
-        layer.bias = nn.Parameter(torch.randn(24))  # another tensor: new halves
-        torch.testing.assert_close(linear(layer, row), layer(row), atol=1e-6, rtol=1e-6)
+        layer, row = model[0], torch.randn(1, 16)
+        layer.weight.mul_(2)  # in place: the halves are views, so they show it
+        torch.testing.assert_close(linear(layer, row, halves), layer(row), atol=1e-6, rtol=1e-6)
         split.clear()
         rows = torch.randn(3, 16)
-        assert torch.equal(linear(layer, rows), layer(rows))  # a batch of rows: the plain Linear
-        odd, row = nn.Linear(16, 7), torch.randn(1, 16)
-        assert torch.equal(linear(odd, row), odd(row))  # an odd width cannot be halved
-        monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
-        assert torch.equal(linear(layer, row), layer(row))  # one thread: nothing to share
+        assert torch.equal(linear(layer, rows, halves), layer(rows))  # a batch of rows: the plain Linear
         assert not split
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert split_weights(model) == {}  # one thread: nothing to share
 
 
 def test_progress_bar_redraws_every_few_steps(tmp_path, small_corpus, monkeypatch):

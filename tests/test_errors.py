@@ -1,0 +1,314 @@
+"""Every row of docs/errors.md has a test (ROWS names it); the mistakes no other file covers are here."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, TINY_MODEL, run_cli
+
+from lightning_gpt import corpus
+from lightning_gpt.cli import check_checkpoint
+from lightning_gpt.corpus import build_token_cache, text_chunks
+from lightning_gpt.errors import UserError
+from lightning_gpt.module import GPTModule
+
+# the test -> the cases (first column) of docs/errors.md that it checks
+ROWS = {
+    "test_corpus.py::test_empty_folders_and_empty_files_are_user_errors": [
+        "corpus path does not exist",
+        "corpus folder without `.txt` files",
+        "corpus file empty",
+    ],
+    "test_corpus.py::test_a_non_utf8_file_in_a_folder_is_named_with_the_byte_offset": ["corpus not UTF-8"],
+    "test_errors.py::test_unreadable_corpus_and_unwritable_cache": [
+        "corpus unreadable",
+        "token cache cannot be written",
+    ],
+    "test_errors.py::test_corpus_changed_during_the_build": [
+        "corpus changed while its token cache was built"
+    ],
+    "test_errors.py::test_an_edited_token_cache_is_rebuilt_never_used": [
+        "token cache edited after it was built"
+    ],
+    "test_data.py::test_bad_corpora_give_clear_errors": ["a split shorter than the context + 1"],
+    "test_errors.py::test_bad_settings_are_refused_before_anything_is_built": [
+        "batch size below 1",
+        "validation fraction outside (0, 1)",
+        "impossible model shape or setting",
+        "model too big (a typo in a size)",
+    ],
+    "test_download.py::test_404_names_the_url_and_the_manual_way": ["HTTP error 4xx"],
+    "test_download.py::test_persistent_server_errors_give_up_clearly": [
+        "still failing after the retries (timeouts, dropped connections, 5xx)"
+    ],
+    "test_download.py::test_wrong_hash_leaves_nothing": ["file with the wrong sha256"],
+    "test_download.py::test_unsupported_url_is_a_user_error": ["malformed URL, too many redirects"],
+    "test_errors.py::test_no_step_count_and_no_vocabulary": [
+        "no step count for the schedule",
+        "no vocabulary to build the model from",
+    ],
+    "test_cli.py::test_non_finite_loss_stops_with_the_step_and_keeps_checkpoints": [
+        "training or validation loss NaN or inf"
+    ],
+    "test_cli.py::test_resuming_on_a_corpus_with_another_vocabulary_is_refused": [
+        "corpus vocabulary differs from the checkpoint's"
+    ],
+    "test_errors.py::test_argument_mistakes_are_one_line_without_the_usage": [
+        "misspelt option",
+        "value of the wrong type",
+        "unknown subcommand (also `test`)",
+        "`--config` file missing",
+    ],
+    "test_errors.py::test_inputs_are_checked_before_state_and_all_at_once": ["several input mistakes"],
+    "test_cli.py::test_new_fit_never_overwrites_earlier_checkpoints": ["new `fit` over an earlier run"],
+    "test_cli.py::test_bad_checkpoints_get_one_line_errors": [
+        "`--ckpt_path last` with nothing to resume",
+        "checkpoint file missing",
+    ],
+    "test_errors.py::test_files_that_are_not_sound_checkpoints": [
+        "checkpoint path is a folder",
+        "checkpoint file empty",
+        "not a checkpoint at all (text, random bytes, a plain pickle)",
+        "checkpoint cut short or altered",
+        "a checkpoint of another project",
+        "checkpoint's model settings impossible or too big",
+        "checkpoint's weights do not fit its model settings",
+    ],
+    "test_safe_loading.py::test_cli_refuses_a_pickle_payload": ["checkpoint holds pickled Python objects"],
+    "test_predict.py::test_predict_without_checkpoint": ["`predict` (also interactive) without a checkpoint"],
+    "test_predict.py::test_bad_generation_input": [
+        "impossible sampling setting",
+        "prompt characters outside the vocabulary",
+    ],
+    "test_errors.py::test_prompt_file_missing": ["`--generate.prompt_file` missing, empty or not UTF-8"],
+    "test_generation.py::test_broken_weights_are_refused_not_sampled": [
+        "model outputs not finite (broken weights)"
+    ],
+}
+
+
+def test_every_row_of_errors_md_has_a_test():
+    table = (ROOT / "docs" / "errors.md").read_text(encoding="utf-8")
+    cases = [row.split(" | ")[0].removeprefix("| ") for row in table.splitlines() if row.startswith("| ")]
+    cases = [case for case in cases if case != "case"]
+    assert len(cases) >= 30 and sorted(cases) == sorted(case for row in ROWS.values() for case in row)
+    for test in ROWS:
+        file, name = test.split("::")
+        assert f"def {name}(" in (ROOT / "tests" / file).read_text(encoding="utf-8"), test
+
+
+def one_line_error(result, message: str) -> None:
+    """Exit code 2, and ``message`` in the last stderr line, which starts with ``error: ``."""
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["predict", "--generate.temprature", "0.5"], "; did you mean --generate.temperature?"),
+        (["fit", "--model.d_model", "abc"], "--model.d_model: Expected a <class 'int'>. Got value: abc"),
+        (["fit", "--trainer.precision", "17"], "--trainer.precision: Does not validate"),
+        (["test"], "invalid choice: 'test' (choose from 'fit', 'validate', 'predict')"),
+        (["fit", "--config", "nothere.yaml"], "--config: File does not exist"),
+    ],
+)
+def test_argument_mistakes_are_one_line_without_the_usage(tmp_path, cli_main, args, message):
+    result = cli_main(*args, cwd=tmp_path)
+    one_line_error(result, message)
+    assert len(result.stderr.strip().splitlines()) == 1 and result.stdout == ""
+
+
+def test_help_offers_fit_validate_and_predict_only(tmp_path, cli_main):
+    result = cli_main("--help", cwd=tmp_path)
+    assert result.returncode == 0
+    assert re.findall(r"^    (\w+) ", result.stdout, re.MULTILINE) == ["fit", "validate", "predict"]
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        ("--model.num_heads=5", "invalid model settings: d_model (32) must be divisible by num_heads (5)"),
+        ("--model.d_model=131072", "invalid model settings: d_model must be an integer from 1 to 65536"),
+        (
+            "--model.num_blocks=1000 --model.d_model=1024",
+            "the shape needs 1.3e+10 weights, more than the limit 1e+10",
+        ),
+        ("--data.batch_size=0", "data.batch_size must be at least 1, got 0"),
+        ("--data.val_fraction=1.5", "data.val_fraction must be between 0 and 1, got 1.5"),
+    ],
+)
+def test_bad_settings_are_refused_before_anything_is_built(tmp_path, small_corpus, cli_main, flag, message):
+    args = ["fit", f"--data.path={small_corpus}", *TINY_MODEL, *flag.split()]
+    one_line_error(cli_main(*args, cwd=tmp_path), message)
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "lightning_logs").exists()
+
+
+def test_inputs_are_checked_before_state_and_all_at_once(tmp_path, cli_main):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"an earlier run")
+    args = ["fit", "--data.path=nowhere.txt", *TINY_MODEL]
+    result = cli_main(*args, "--model.num_heads=5", "--ckpt_path=missing.ckpt", cwd=tmp_path)
+    one_line_error(result, "checkpoint missing.ckpt does not exist; pass the path of a .ckpt file")
+    assert result.stderr.strip().splitlines()[-3:-1] == [
+        "error: invalid model settings: d_model (32) must be divisible by num_heads (5)",
+        "error: corpus file nowhere.txt does not exist; pass an existing text file or a folder of .txt "
+        "files with --data.path",
+    ]
+    stale = cli_main(*args, cwd=tmp_path)  # the input mistake, not the earlier run's checkpoint
+    one_line_error(stale, "nowhere.txt does not exist")
+    assert "earlier run" not in stale.stderr
+    assert (tmp_path / "checkpoints" / "last.ckpt").read_bytes() == b"an earlier run"
+
+
+@pytest.fixture
+def damaged(tmp_path: Path, tiny_checkpoint: Path):
+    """Makes a file from ``tiny_checkpoint`` with ``edit(bytes or checkpoint dict)`` and returns its path."""
+
+    def make(edit, name: str = "edited.ckpt") -> Path:
+        path = tmp_path / name
+        if edit is None:
+            path.mkdir()
+        elif isinstance(edit, bytes):
+            path.write_bytes(edit)
+        else:
+            checkpoint = torch.load(tiny_checkpoint, weights_only=True)
+            edit(checkpoint)
+            torch.save(checkpoint, path)
+        return path
+
+    return make
+
+
+def forged_shape(**shape):
+    return lambda checkpoint: checkpoint["hyper_parameters"].update(shape)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (None, "is a folder; pass the path of a .ckpt file in it"),
+        (b"", "is empty (0 bytes): its save never finished"),
+        ((ROOT / "README.md").read_bytes(), "is not a checkpoint (not saved by PyTorch)"),
+        (os.urandom(4096), "is not a checkpoint (not saved by PyTorch)"),
+        (b"\x80\x04\x95" + b"\x00" * 40, "is not a checkpoint (not saved by PyTorch)"),  # a plain pickle
+        ("half", "is damaged (cut short or altered)"),
+        (lambda checkpoint: checkpoint.pop("hyper_parameters"), "is not a lightning-gpt checkpoint"),
+        (forged_shape(d_model=64), "is damaged: its weights do not fit its model settings"),
+        (forged_shape(positional="sinusoidal"), "is damaged: its weights do not fit its model settings"),
+        (forged_shape(d_model=2**16, num_blocks=1024), "impossible model settings: the shape needs 5.3e+13"),
+        (forged_shape(context_length=2**40), "impossible model settings: context_length must be an integer"),
+        (forged_shape(num_blocks="2"), "impossible model settings: num_blocks must be an integer"),
+    ],
+    ids=[
+        "folder",
+        "empty",
+        "text",
+        "random",
+        "pickle",
+        "cut",
+        "foreign",
+        "wider",
+        "positional",
+        "huge",
+        "long",
+        "string",
+    ],
+)
+def test_files_that_are_not_sound_checkpoints(tiny_checkpoint, damaged, edit, message):
+    assert check_checkpoint(tiny_checkpoint)["global_step"] == 30  # the original is sound
+    if edit == "half":
+        edit = tiny_checkpoint.read_bytes()[: tiny_checkpoint.stat().st_size // 2]
+    with pytest.raises(UserError, match=re.escape(message)):
+        check_checkpoint(damaged(edit))
+
+
+def test_a_real_process_exits_2_with_one_line_and_no_usage(tmp_path):
+    typo = run_cli("predict", "--generate.temprature", "0.5", cwd=tmp_path, timeout=120)
+    assert typo.returncode == 2 and typo.stdout == ""
+    assert typo.stderr.strip().splitlines() == [
+        "error: unrecognized arguments: --generate.temprature 0.5; did you mean --generate.temperature? "
+        "(options: cli.py predict --help)"
+    ]
+
+
+def cache_files(corpus_path: Path, cache_dir: Path) -> tuple[Path, Path]:
+    cache = build_token_cache(corpus_path, cache_dir)
+    return cache.folder / "meta.json", cache.tokens_path
+
+
+def swap_two_vocabulary_characters(meta: Path, tokens: Path) -> None:
+    data = json.loads(meta.read_text())
+    data["vocab"] = data["vocab"][1] + data["vocab"][0] + data["vocab"][2:]  # same length, other order
+    meta.write_text(json.dumps(data, indent=1))
+
+
+def change_one_token(meta: Path, tokens: Path) -> None:
+    with open(tokens, "r+b") as file:
+        file.seek(100)
+        byte = file.read(1)
+        file.seek(100)
+        file.write(bytes([(byte[0] + 1) % 20]))
+
+
+def shorten_both(meta: Path, tokens: Path) -> None:
+    data = json.loads(meta.read_text())
+    data["length"] -= 1000
+    meta.write_text(json.dumps(data, indent=1))
+    os.truncate(tokens, data["length"])
+
+
+@pytest.mark.parametrize("edit", [swap_two_vocabulary_characters, change_one_token, shorten_both])
+def test_an_edited_token_cache_is_rebuilt_never_used(tmp_path, small_corpus, capsys, edit):
+    meta, tokens = cache_files(small_corpus, tmp_path / "cache")
+    original = tokens.read_bytes()
+    edit(meta, tokens)
+    capsys.readouterr()
+    cache = build_token_cache(small_corpus, tmp_path / "cache")
+    assert cache.built and "was edited after it was built; rebuilding it" in capsys.readouterr().err
+    assert tokens.read_bytes() == original
+    text = small_corpus.read_text(encoding="utf-8")
+    assert "".join(cache.vocab[i] for i in cache.tokens(0, 500).tolist()) == text[:500]
+    assert not build_token_cache(small_corpus, tmp_path / "cache").built  # and is trusted again
+
+
+def test_unreadable_corpus_and_unwritable_cache(tmp_path, small_corpus):
+    with pytest.raises(UserError, match=f"cannot read corpus {re.escape(str(tmp_path))}: Is a directory"):
+        "".join(text_chunks(tmp_path))
+    (tmp_path / "file").write_text("a file where the cache folder should be")
+    with pytest.raises(UserError, match=r"cannot write the token cache .*: Not a directory; free some space"):
+        build_token_cache(small_corpus, tmp_path / "file")
+
+
+def test_corpus_changed_during_the_build(tmp_path, small_corpus, monkeypatch):
+    scan = corpus._scan
+
+    def scan_then_append(files, chunk_bytes):
+        result = scan(files, chunk_bytes)
+        with open(small_corpus, "a", encoding="utf-8") as file:
+            file.write("more text")
+        return result
+
+    monkeypatch.setattr(corpus, "_scan", scan_then_append)
+    with pytest.raises(UserError, match="changed while its token cache was being built; run again"):
+        build_token_cache(small_corpus, tmp_path / "cache")
+
+
+def test_no_step_count_and_no_vocabulary(tmp_path, small_corpus, cli_main):
+    with pytest.raises(UserError, match=r"no vocabulary: pass a corpus \(--data.path\) or a checkpoint"):
+        GPTModule().configure_model()
+    args = ["fit", f"--data.path={small_corpus}", *TINY_MODEL, "--trainer.max_steps=-1"]
+    result = cli_main(*args, "--trainer.max_epochs=1", "--trainer.enable_progress_bar=false", cwd=tmp_path)
+    one_line_error(result, "set --trainer.max_steps or --model.decay_steps for the learning-rate schedule")
+
+
+def test_prompt_file_missing(tmp_path, tiny_checkpoint, cli_main):
+    args = ["predict", f"--ckpt_path={tiny_checkpoint}", "--generate.prompt_file=nowhere.txt"]
+    one_line_error(cli_main(*args, cwd=tmp_path), "corpus file nowhere.txt does not exist")
