@@ -89,6 +89,22 @@ ROWS = {
     "test_generation.py::test_broken_weights_are_refused_not_sampled": [
         "model outputs not finite (broken weights)"
     ],
+    "test_serve.py::test_serve_refuses_bad_arguments_in_one_line": [
+        "`serve --host` that LitServe cannot listen on",
+        "`serve` port taken",
+    ],
+    "test_serve.py::test_bad_requests_get_one_message_and_the_server_keeps_serving": [
+        "request body not JSON, or not an object",
+        "request body over 1 MB",
+        "`/predict` without a prompt string",
+        "`/predict` with a field it does not know",
+        "request value of the wrong type",
+        "request with an impossible sampling setting",
+        "request prompt or `max_new_tokens` over the cap",
+        "request seed out of range",
+        "request prompt characters outside the vocabulary",
+        "chat messages missing, or not text",
+    ],
 }
 
 

@@ -20,7 +20,7 @@ import torch
 from conftest import CLI
 
 from lightning_gpt.generation import stream_text
-from lightning_gpt.serve import MAX_NEW_TOKENS, MAX_PROMPT_CHARS, build_model
+from lightning_gpt.serve import MAX_BODY_BYTES, MAX_NEW_TOKENS, MAX_PROMPT_CHARS, build_model
 
 START_TIMEOUT = 180  # seconds: three Python processes import torch on a possibly busy 2-core machine
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -123,6 +123,7 @@ def test_openai_client_whole_and_streamed(server, expected):
 BAD_PREDICT = [
     (b"{not json", "the request body is not JSON (Expecting property name"),
     (b'["ROMEO:"]', "must be a JSON object"),
+    (b'{"prompt": "' + b"A" * MAX_BODY_BYTES + b'"}', f"the request body is over {MAX_BODY_BYTES} bytes"),
     ({"max_new_tokens": 5}, 'needs a "prompt" string'),
     ({"prompt": 5}, 'needs a "prompt" string'),
     ({"prompt": "A", "lenght": 5}, "unknown fields ['lenght']"),
