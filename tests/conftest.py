@@ -198,12 +198,14 @@ def tiny_checkpoint(tmp_path_factory, shakespeare: str) -> Path:
     corpus.write_text(shakespeare[:20_000], encoding="utf-8")
     from lightning_gpt.cli import main
 
-    here = Path.cwd()
+    here, argv = Path.cwd(), sys.argv
     os.chdir(root)  # in this process: a subprocess would add only its start-up time
+    sys.argv = [str(CLI)]  # as if run as cli.py: no pytest arguments
     try:
         main(tiny_fit_args(corpus, steps=30, val_every=15))
     finally:
         os.chdir(here)
+        sys.argv = argv
     return root / "checkpoints" / "last.ckpt"
 
 
