@@ -1,5 +1,6 @@
 """Exact resume after a kill, and checkpoints that survive kills during saves."""
 
+import contextlib
 import os
 import random
 import re
@@ -114,25 +115,25 @@ SLURM = {
 # What `scontrol requeue` does to a running job, as far as its main process sees it: a SIGTERM.
 FAKE_SCONTROL = '#!/bin/sh\necho "$@" >> scontrol.log\nkill -TERM $PPID\n'
 SPLIT = ["--checkpoint.dirpath=split", "--ckpt_path=last"]
+# Saves every 3 steps once a validation gave a val_loss to monitor (validations do not change what
+# training draws, so the end is the uninterrupted run's).
+LEG = ["--trainer.max_steps=60", "--trainer.val_check_interval=5", "--sample.every_n_validations=0"]
+LEG += ["--checkpoint.every_n_train_steps=3", *SPLIT]
 SAVED = re.compile(
     r"^(SIGTERM|SIGINT): saved step (\d+) to (\S+); continue: the same command with --ckpt_path last$"
 )
 
 
-def launch(corpus: Path, cwd: Path, env: dict | None = None, **popen) -> subprocess.Popen:
-    """Start (or resume) the 60-step run in ``cwd/split`` that saves every 3 steps (once the first
-    validation gave a val_loss to monitor; validations do not change what training draws)."""
-    args = ["--trainer.max_steps=60", "--trainer.val_check_interval=5", "--sample.every_n_validations=0"]
-    args += ["--checkpoint.every_n_train_steps=3", *SPLIT]
+def launch(corpus: Path, cwd: Path, env: dict | None = None) -> subprocess.Popen:
+    """Start (or resume) the 60-step run in ``cwd/split`` (``LEG``)."""
     return subprocess.Popen(
-        [sys.executable, str(CLI), "fit", f"--data.path={corpus}", *RUN, *args],
+        [sys.executable, str(CLI), "fit", f"--data.path={corpus}", *RUN, *LEG],
         cwd=cwd,
         env=dict(os.environ, PYTHONWARNINGS="ignore", **(env or {})),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
-        **popen,
     )
 
 
@@ -180,13 +181,19 @@ def val_losses(cwd: Path) -> dict[int, float]:
     return losses
 
 
-def no_bigger_files_than_100kb() -> None:
-    """A write past 100 kB fails with EFBIG (the signal that would kill the process is ignored)."""
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+@contextlib.contextmanager
+def files_of_at_most_100kb():
+    """In this process, a write past 100 kB fails with EFBIG (SIGXFSZ, which would kill, is ignored)."""
+    limits, handler = resource.getrlimit(resource.RLIMIT_FSIZE), signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, limits[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
 
 
-def test_signals_a_full_disk_and_a_second_fit_lose_nothing(tmp_path, small_corpus, whole):
+def test_signals_a_full_disk_and_a_second_fit_lose_nothing(tmp_path, small_corpus, whole, cli_main):
     """SIGTERM, a second fit in the same folder, a disk-full save, Ctrl-C (to the process group, as a
     terminal sends it) and a SLURM requeue, one after the other: the end equals the uninterrupted run."""
     last = tmp_path / "split" / "last.ckpt"
@@ -196,7 +203,7 @@ def test_signals_a_full_disk_and_a_second_fit_lose_nothing(tmp_path, small_corpu
     wait_for_step(first, last, 6)
     first.send_signal(signal.SIGSTOP)
     before = last.read_bytes()
-    second = run_cli("fit", f"--data.path={small_corpus}", *RUN, *SPLIT, cwd=tmp_path)
+    second = cli_main("fit", f"--data.path={small_corpus}", *RUN, *SPLIT, cwd=tmp_path)  # this process
     assert second.returncode == 2 and "Traceback" not in second.stderr
     assert second.stderr.strip().splitlines()[-1] == (
         "error: another fit is writing checkpoints to split; wait for it to end, or pass another "
@@ -209,12 +216,15 @@ def test_signals_a_full_disk_and_a_second_fit_lose_nothing(tmp_path, small_corpu
     assert status == 143 and "note: no split/last.ckpt yet; starting a new run" in stderr, stderr[-3000:]
     stopped = saved_step(stderr, "SIGTERM", last)
     assert stopped >= 6
-    # 2. a save that fails (the file-size limit, as a full disk) is one line and keeps last.ckpt
+    # 2. a save that fails (a file-size limit, as a full disk) is one line and keeps last.ckpt
     before = last.read_bytes()
-    status, stderr = finish(launch(small_corpus, tmp_path, preexec_fn=no_bigger_files_than_100kb))
-    assert status == 2 and "Traceback" not in stderr
-    assert stderr.strip().splitlines()[-1].startswith("error: cannot save checkpoint ")
-    assert "File too large; the checkpoints saved before are unchanged" in stderr
+    with files_of_at_most_100kb():
+        full = cli_main(
+            "fit", f"--data.path={small_corpus}", *RUN, *SPLIT, "--data.num_workers=0", cwd=tmp_path
+        )
+    assert full.returncode == 2 and "Traceback" not in full.stderr
+    assert full.stderr.strip().splitlines()[-1].startswith("error: cannot save checkpoint ")
+    assert "File too large; the checkpoints saved before are unchanged" in full.stderr
     assert last.read_bytes() == before and not list(last.parent.glob("*.tmp"))
     # 3. Ctrl-C in a terminal: SIGINT to the whole process group, dataloader workers included
     process = launch(small_corpus, tmp_path)
