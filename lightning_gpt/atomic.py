@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import posixpath
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
+
+from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
 
 
 def fsync_directory(path: Path) -> None:
@@ -21,8 +25,18 @@ def fsync_directory(path: Path) -> None:
 
 
 def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, rename it over ``path``."""
-    path = Path(path)
+    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, rename it over ``path``.
+
+    A URL of another filesystem (``s3://``, ``gs://``, ``memory://``) is written through fsspec in a
+    transaction, as Lightning saves: an object store publishes the object only once it is complete.
+    """
+    filesystem, target = url_to_fs(str(path))
+    if not isinstance(filesystem, LocalFileSystem):
+        filesystem.makedirs(posixpath.dirname(target), exist_ok=True)
+        with filesystem.transaction, filesystem.open(target, "wb") as file:
+            write(file)
+        return
+    path = Path(target)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

@@ -1,14 +1,20 @@
-"""Training callbacks: throughput in the logs and progress bar, and text samples as it learns."""
+"""Training callbacks: throughput in the logs and progress bar, text samples as it learns, and a
+checkpoint of the last step when a signal stops training."""
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 
 class TrainingSpeed(L.Callback):
@@ -95,3 +101,51 @@ class ModelSize(L.Callback):
                 f"vocabulary {config.vocab_size}), precision {trainer.precision}",
                 file=sys.stderr,
             )
+
+
+class SaveOnSignal(L.Callback):
+    """SIGTERM or Ctrl-C (SIGINT) during fit: the current step finishes, ``last.ckpt`` is saved for it
+    and the process exits with status 128 + the signal's number (143, 130), so ``--ckpt_path last``
+    continues exactly. Builds on Lightning's SIGTERM handling, which stops after the current step."""
+
+    def __init__(self) -> None:
+        self._signal = signal.SIGTERM
+        self._first_step: int | None = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._first_step = trainer.global_step
+        if threading.current_thread() is threading.main_thread():  # Lightning restores the old handler
+            signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum, frame) -> None:
+        self._signal = signal.SIGINT
+        signal.raise_signal(signal.SIGTERM)  # to Lightning's handler: stop after the current step
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if not isinstance(exception, SIGTERMException):
+            return
+        exception.code = 128 + self._signal  # a SystemExit: its code becomes the exit status
+        name, step, checkpoint = self._signal.name, trainer.global_step, trainer.checkpoint_callback
+        if self._first_step in (None, step) or not isinstance(checkpoint, ModelCheckpoint):
+            message = f"{name}: stopped before a training step of this run; nothing new to save"
+        else:
+            path = checkpoint.format_checkpoint_name({}, checkpoint.CHECKPOINT_NAME_LAST)
+            trainer.save_checkpoint(path, weights_only=False)
+            message = f"{name}: saved step {step} to {path}; continue: the same command with --ckpt_path last"
+        if trainer.is_global_zero:
+            print(message, file=sys.stderr, flush=True)
+
+
+class HoldLock(L.Callback):
+    """Holds a lock (an open file descriptor, see ``lock_folder``) until fit ends, however it ends."""
+
+    def __init__(self, descriptor: int) -> None:
+        self.descriptor = descriptor
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        self.on_exception(trainer, pl_module, None)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException | None) -> None:
+        if self.descriptor is not None:
+            os.close(self.descriptor)
+            self.descriptor = None

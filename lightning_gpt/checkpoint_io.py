@@ -1,21 +1,90 @@
-"""Checkpoints that are never half-written and never run code when loaded."""
+"""Checkpoints that are never half-written and never run code when loaded, in local folders or at
+fsspec URLs (``file://``, ``s3://``, ``gs://``, ``memory://``), and one ``fit`` per folder at a time."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import posixpath
+import shutil
+import tempfile
 from typing import Any
 
 import torch
+from fsspec import AbstractFileSystem
+from fsspec.core import split_protocol, url_to_fs
+from fsspec.implementations.local import LocalFileSystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lightning_gpt.atomic import write_atomically
+from lightning_gpt.errors import UserError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no lock
+    fcntl = None
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Saves with ``write_atomically`` (a kill leaves the old or the new file); loads with weights_only."""
+    """Saves with ``write_atomically`` (a kill leaves the old or the new file); loads with weights_only.
+    A failed save (disk full, no permission) is one ``UserError`` and leaves the old file as it was."""
 
     def save_checkpoint(self, checkpoint: dict, path: str | os.PathLike, storage_options=None) -> None:
-        write_atomically(path, lambda file: torch.save(checkpoint, file))
+        try:
+            write_atomically(path, lambda file: torch.save(checkpoint, file))
+        except OSError as error:
+            raise UserError(
+                f"cannot save checkpoint {path}: {error.strerror or error}; the checkpoints saved before "
+                "are unchanged. Free some space (or fix the folder) and resume with --ckpt_path last"
+            ) from None
 
     def load_checkpoint(self, path, map_location=None, weights_only: bool | None = True) -> dict[str, Any]:
-        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+        return super().load_checkpoint(path, map_location=map_location or "cpu", weights_only=True)
+
+
+def local_path(path: str) -> str:
+    """A ``file://`` URL as a plain path (Lightning would make ``./file:/…`` of it); else ``path``."""
+    protocol, rest = split_protocol(path)
+    return rest if protocol in ("file", "local") else path
+
+
+def filesystem(url: str) -> tuple[AbstractFileSystem, str]:
+    """fsspec's filesystem for ``url`` and the path on it; one ``UserError`` if it cannot be used."""
+    try:
+        return url_to_fs(url)
+    except (ImportError, ValueError) as error:  # e.g. "Install s3fs to access S3"
+        raise UserError(f"cannot use {url}: {error}") from None
+
+
+def readable_copy(path: str) -> str:
+    """``path`` if it is local, else a local copy of it (removed at exit): LightningCLI reads the
+    hyperparameters of local files only."""
+    fs, remote = filesystem(path)
+    if isinstance(fs, LocalFileSystem):
+        return path
+    if not fs.isfile(remote):
+        raise UserError(f"checkpoint {path} does not exist; pass the path or URL of a .ckpt file")
+    folder = tempfile.mkdtemp(prefix="lightning-gpt-")
+    atexit.register(shutil.rmtree, folder, True)
+    copy = os.path.join(folder, posixpath.basename(remote))
+    fs.get_file(remote, copy)
+    return copy
+
+
+def lock_folder(folder: str) -> int | None:
+    """Lock a local checkpoint folder for this process and return the descriptor that holds the lock
+    (the system releases it when the process ends, even by SIGKILL); ``UserError`` if another
+    process holds it. URLs are not locked."""
+    if fcntl is None or split_protocol(folder)[0] not in (None, "file", "local"):
+        return None
+    os.makedirs(folder, exist_ok=True)
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        raise UserError(
+            f"another fit is writing checkpoints to {folder}; wait for it to end, or pass another "
+            "--checkpoint.dirpath"
+        ) from None
+    return descriptor

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import os
 import re
 import sys
 import warnings
@@ -17,8 +18,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from lightning_gpt.callbacks import ModelSize, TextSampler, TrainingSpeed
-from lightning_gpt.checkpoint_io import AtomicCheckpointIO
+from lightning_gpt.callbacks import HoldLock, ModelSize, SaveOnSignal, TextSampler, TrainingSpeed
+from lightning_gpt.checkpoint_io import AtomicCheckpointIO, filesystem, local_path, lock_folder, readable_copy
 from lightning_gpt.config import GPTConfig
 from lightning_gpt.corpus import corpus_files, read_corpus
 from lightning_gpt.data import CharDataModule
@@ -171,18 +172,29 @@ class GPTLightningCLI(LightningCLI):
             raise UserError("\n".join(problems))
 
     def _parse_ckpt_path(self) -> None:
-        """Resolve ``last``, refuse bad checkpoints in one line, then let Lightning merge hparams."""
+        """Resolve ``last`` and URLs, refuse bad checkpoints in one line, then let Lightning merge hparams."""
         subcommand = self.config.get("subcommand")
         if not subcommand:
             return
         section = self.config[subcommand]
+        folder = section.checkpoint.dirpath = local_path(section.checkpoint.dirpath or "checkpoints")
+        fs, root = filesystem(folder)  # one line if the URL's package (s3fs, gcsfs) is missing
         if section.get("ckpt_path") == "last":
-            last = Path(section.checkpoint.dirpath or "checkpoints") / "last.ckpt"
-            if not last.is_file():
-                raise UserError(f"no checkpoint at {last} to resume from; run fit without --ckpt_path first")
-            section.ckpt_path = str(last)
-        if section.get("ckpt_path") and section.ckpt_path not in _LIGHTNING_CKPT_ALIASES:
-            check_checkpoint(Path(section.ckpt_path))
+            last = os.path.join(folder, "last.ckpt")
+            if fs.isfile(f"{root}/last.ckpt"):
+                section.ckpt_path = last
+            elif subcommand == "fit":  # one command for the first start and every restart
+                print(f"note: no {last} yet; starting a new run", file=sys.stderr)
+                section.ckpt_path = None
+            else:
+                raise UserError(f"no checkpoint at {last}; train one with fit, or pass --ckpt_path FILE")
+        ckpt_path = section.get("ckpt_path")
+        if ckpt_path and ckpt_path not in _LIGHTNING_CKPT_ALIASES:
+            section.ckpt_path = readable_copy(local_path(ckpt_path))
+            try:
+                check_checkpoint(Path(section.ckpt_path))
+            except UserError as error:  # name the URL, not the local copy
+                raise UserError(str(error).replace(section.ckpt_path, ckpt_path)) from None
         super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
@@ -245,20 +257,24 @@ class GPTLightningCLI(LightningCLI):
         super()._run_subcommand(subcommand)
 
     def before_fit(self) -> None:
-        """Never overwrite an earlier run's checkpoints by starting a new run over them."""
-        last = Path(self.config.fit.checkpoint.dirpath or "checkpoints") / "last.ckpt"
-        if self.config.fit.ckpt_path is None and last.exists():
+        """Never start over an earlier run's checkpoints, nor beside another fit in the same folder."""
+        folder = self.config.fit.checkpoint.dirpath
+        fs, root = filesystem(folder)
+        if self.config.fit.ckpt_path is None and fs.exists(f"{root}/last.ckpt"):
             raise UserError(
-                f"{last} exists from an earlier run; resume it with --ckpt_path last, or start anew "
-                "with another --checkpoint.dirpath (or move the old checkpoints away)"
+                f"{os.path.join(folder, 'last.ckpt')} exists from an earlier run; resume it with --ckpt_path "
+                "last, or start anew with another --checkpoint.dirpath (or move the old checkpoints away)"
             )
+        if self.trainer.global_rank == 0 and (lock := lock_folder(folder)) is not None:
+            self.trainer.callbacks.append(HoldLock(lock))
 
 
 def make_cli(
     args: list[str] | None = None, callbacks: Sequence[L.Callback] = (), **kwargs
 ) -> GPTLightningCLI:
     """What ``python cli.py ARGS`` runs, plus ``callbacks``; ``kwargs`` go to LightningCLI (``run=False``)."""
-    defaults = {"callbacks": [TrainingSpeed(), ModelSize(), *callbacks], "enable_model_summary": False}
+    callbacks = [TrainingSpeed(), ModelSize(), SaveOnSignal(), *callbacks]
+    defaults = {"callbacks": callbacks, "enable_model_summary": False}
     return GPTLightningCLI(
         GPTModule,
         CharDataModule,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,6 +193,7 @@ class CharDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             # Its own generator: an iterator drawing from the global RNG would shift resumed dropout masks.
             generator=torch.Generator().manual_seed(0),
+            worker_init_fn=_leave_ctrl_c_to_the_trainer,
         )
 
     def state_dict(self) -> dict[str, int]:
@@ -205,3 +207,9 @@ class CharDataModule(L.LightningDataModule):
         """One item per prompt: ``{"prompt": str, "index": int}``."""
         items = [{"prompt": prompt, "index": i} for i, prompt in enumerate(self.prompts)]
         return DataLoader(items, batch_size=None)
+
+
+def _leave_ctrl_c_to_the_trainer(worker_id: int) -> None:
+    """Workers ignore the SIGINT that a terminal's Ctrl-C sends to every process: the trainer's
+    process finishes its step (which may need their batches), saves and then ends them."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import resource
 import signal
@@ -196,17 +197,29 @@ def tiny_checkpoint(tmp_path_factory, shakespeare: str) -> Path:
     root = tmp_path_factory.mktemp("tiny_fit")
     corpus = root / "corpus.txt"
     corpus.write_text(shakespeare[:20_000], encoding="utf-8")
+    result = main_in_process(*tiny_fit_args(corpus, steps=30, val_every=15), cwd=root)
+    assert result.returncode == 0, result.stderr
+    return root / "checkpoints" / "last.ckpt"
+
+
+def main_in_process(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``python cli.py ARGS`` run in ``cwd`` in this process (where a subprocess would add only its
+    start-up time): the exit code and what it printed to ``sys.stdout`` and ``sys.stderr``."""
     from lightning_gpt.cli import main
 
-    here, argv = Path.cwd(), sys.argv
-    os.chdir(root)  # in this process: a subprocess would add only its start-up time
+    here, argv, out, err = Path.cwd(), sys.argv, io.StringIO(), io.StringIO()
+    os.chdir(cwd)
     sys.argv = [str(CLI)]  # as if run as cli.py: no pytest arguments
     try:
-        main(tiny_fit_args(corpus, steps=30, val_every=15))
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main(list(args))
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
     finally:
         os.chdir(here)
         sys.argv = argv
-    return root / "checkpoints" / "last.ckpt"
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="session", autouse=True)

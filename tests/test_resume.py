@@ -1,7 +1,10 @@
 """Exact resume after a kill, and checkpoints that survive kills during saves."""
 
+import contextlib
 import os
 import random
+import re
+import resource
 import signal
 import subprocess
 import sys
@@ -11,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CLI, TINY_MODEL
+from conftest import CLI, TINY_MODEL, main_in_process
 
 from lightning_gpt.rng import restore_rng_states, rng_states, set_rng_states
 
@@ -30,9 +33,9 @@ RUN = [
 ]
 
 
-def fit(cli_main, corpus: Path, cwd: Path, *extra: str) -> None:
-    """A fit in this process (the kill below needs a process of its own; these do not)."""
-    result = cli_main("fit", f"--data.path={corpus}", *RUN, *extra, cwd=cwd)
+def fit(corpus: Path, cwd: Path, *extra: str) -> None:
+    """A fit in this process: the runs that are killed or signalled below are processes of their own."""
+    result = main_in_process("fit", f"--data.path={corpus}", *RUN, *extra, cwd=cwd)
     assert result.returncode == 0, result.stderr
 
 
@@ -54,11 +57,18 @@ def step_of(path: Path) -> int:
         return -1
 
 
-def test_a_stopped_or_killed_run_resumes_bit_for_bit(tmp_path, small_corpus, cli_main):
-    fit(cli_main, small_corpus, tmp_path, "--trainer.max_steps=60", "--checkpoint.dirpath=whole")
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory, shakespeare) -> Path:
+    """The folder of an uninterrupted 60-step run (its last.ckpt and lightning_logs/version_0)."""
+    folder = tmp_path_factory.mktemp("whole")
+    (folder / "small.txt").write_text(shakespeare[:20_000], encoding="utf-8")
+    fit(folder / "small.txt", folder, "--trainer.max_steps=60", "--checkpoint.dirpath=whole")
+    return folder
+
+
+def test_a_stopped_or_killed_run_resumes_bit_for_bit(tmp_path, small_corpus, whole):
     # stopped at a checkpoint, then resumed
     fit(
-        cli_main,
         small_corpus,
         tmp_path,
         "--trainer.max_steps=27",
@@ -66,15 +76,8 @@ def test_a_stopped_or_killed_run_resumes_bit_for_bit(tmp_path, small_corpus, cli
         "--checkpoint.every_n_train_steps=9",
     )
     assert step_of(tmp_path / "split" / "last.ckpt") == 27
-    fit(
-        cli_main,
-        small_corpus,
-        tmp_path,
-        "--trainer.max_steps=60",
-        "--checkpoint.dirpath=split",
-        "--ckpt_path=last",
-    )
-    assert_same_weights(tmp_path / "whole" / "last.ckpt", tmp_path / "split" / "last.ckpt")
+    fit(small_corpus, tmp_path, "--trainer.max_steps=60", "--checkpoint.dirpath=split", "--ckpt_path=last")
+    assert_same_weights(whole / "whole" / "last.ckpt", tmp_path / "split" / "last.ckpt")
     # killed (SIGKILL) part-way, then resumed
     args = [
         sys.executable,
@@ -95,16 +98,163 @@ def test_a_stopped_or_killed_run_resumes_bit_for_bit(tmp_path, small_corpus, cli
     process.wait()
     killed_at = step_of(last)
     assert 12 <= killed_at < 60, "the run must be killed part-way"
-    fit(
-        cli_main,
-        small_corpus,
-        tmp_path,
-        "--trainer.max_steps=60",
-        "--checkpoint.dirpath=killed",
-        "--ckpt_path=last",
+    fit(small_corpus, tmp_path, "--trainer.max_steps=60", "--checkpoint.dirpath=killed", "--ckpt_path=last")
+    assert step_of(last) == 60  # the kill left no lock behind: the resumed run got the folder
+    assert_same_weights(whole / "whole" / "last.ckpt", last)
+
+
+# A SLURM job as Lightning's SLURMEnvironment detects it, with auto-requeue on SIGUSR1.
+SLURM = {
+    "SLURM_NTASKS": "1",
+    "SLURM_JOB_NAME": "train",
+    "SLURM_JOB_ID": "4242",
+    "SLURM_PROCID": "0",
+    "SLURM_LOCALID": "0",
+    "SLURM_NODEID": "0",
+    "SLURM_NODELIST": "localhost",
+}
+# What `scontrol requeue` does to a running job, as far as its main process sees it: a SIGTERM.
+FAKE_SCONTROL = '#!/bin/sh\necho "$@" >> scontrol.log\nkill -TERM $PPID\n'
+SPLIT = ["--checkpoint.dirpath=split", "--ckpt_path=last"]
+# Saves every 3 steps once a validation gave a val_loss to monitor (validations do not change what
+# training draws, so the end is the uninterrupted run's).
+LEG = ["--trainer.max_steps=60", "--trainer.val_check_interval=5", "--sample.every_n_validations=0"]
+LEG += ["--checkpoint.every_n_train_steps=3", *SPLIT]
+SAVED = re.compile(
+    r"^(SIGTERM|SIGINT): saved step (\d+) to (\S+); continue: the same command with --ckpt_path last$"
+)
+
+
+def launch(corpus: Path, cwd: Path, env: dict | None = None) -> subprocess.Popen:
+    """Start (or resume) the 60-step run in ``cwd/split`` (``LEG``)."""
+    return subprocess.Popen(
+        [sys.executable, str(CLI), "fit", f"--data.path={corpus}", *RUN, *LEG],
+        cwd=cwd,
+        env=dict(os.environ, PYTHONWARNINGS="ignore", **(env or {})),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
+
+
+def wait_for_step(process: subprocess.Popen, last: Path, step: int) -> None:
+    """Return once ``last`` holds ``step`` or a later one (the run must still be going)."""
+    seen, deadline = None, time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:
+        stamp = last.stat().st_mtime_ns if last.exists() else None
+        if stamp != seen and step_of(last) >= step:
+            return
+        seen = stamp
+        time.sleep(0.01)
+    pytest.fail(f"the run ended or stalled before step {step}")
+
+
+def finish(process: subprocess.Popen) -> tuple[int, str]:
+    """Exit status and stderr of ``process`` (its whole group is killed past two minutes)."""
+    try:
+        stderr = process.communicate(timeout=120)[1]
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        pytest.fail(f"the run did not end in two minutes: {process.communicate()[1][-2000:]}")
+    return process.returncode, stderr
+
+
+def saved_step(stderr: str, name: str, last: Path) -> int:
+    """The step that the one line of a stopped run names; it must be what ``last`` holds."""
+    assert "Traceback" not in stderr, stderr
+    match = SAVED.match(stderr.strip().splitlines()[-1])
+    assert match and match[1] == name and Path(match[3]) == last.resolve(), stderr[-2000:]
+    assert int(match[2]) == step_of(last)
+    return int(match[2])
+
+
+def val_losses(cwd: Path) -> dict[int, float]:
+    """Every val_loss the runs in ``cwd`` logged, by step."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    losses = {}
+    for run in (cwd / "lightning_logs").iterdir():
+        events = EventAccumulator(str(run))
+        events.Reload()
+        if "val_loss" in events.Tags()["scalars"]:
+            losses.update({event.step: event.value for event in events.Scalars("val_loss")})
+    return losses
+
+
+@contextlib.contextmanager
+def files_of_at_most_100kb():
+    """In this process, a write past 100 kB fails with EFBIG (SIGXFSZ, which would kill, is ignored)."""
+    limits, handler = resource.getrlimit(resource.RLIMIT_FSIZE), signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, limits[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
+
+
+def test_signals_a_full_disk_and_a_second_fit_lose_nothing(tmp_path, small_corpus, whole, cli_main):
+    """SIGTERM, a second fit in the same folder, a disk-full save, Ctrl-C (to the process group, as a
+    terminal sends it) and a SLURM requeue, one after the other: the end equals the uninterrupted run."""
+    last = tmp_path / "split" / "last.ckpt"
+    # 1. the first start (--ckpt_path last finds nothing: a new run), stopped by SIGTERM; while it is
+    #    paused, a second fit into the same folder is refused and changes nothing
+    first = launch(small_corpus, tmp_path)
+    wait_for_step(first, last, 6)
+    first.send_signal(signal.SIGSTOP)
+    before = last.read_bytes()
+    second = cli_main("fit", f"--data.path={small_corpus}", *RUN, *SPLIT, cwd=tmp_path)  # this process
+    assert second.returncode == 2 and "Traceback" not in second.stderr
+    assert second.stderr.strip().splitlines()[-1] == (
+        "error: another fit is writing checkpoints to split; wait for it to end, or pass another "
+        "--checkpoint.dirpath"
+    )
+    assert last.read_bytes() == before and len(list((tmp_path / "lightning_logs").iterdir())) == 1
+    first.send_signal(signal.SIGTERM)
+    first.send_signal(signal.SIGCONT)
+    status, stderr = finish(first)
+    assert status == 143 and "note: no split/last.ckpt yet; starting a new run" in stderr, stderr[-3000:]
+    stopped = saved_step(stderr, "SIGTERM", last)
+    assert stopped >= 6
+    # 2. a save that fails (a file-size limit, as a full disk) is one line and keeps last.ckpt
+    before = last.read_bytes()
+    with files_of_at_most_100kb():
+        full = cli_main(
+            "fit", f"--data.path={small_corpus}", *RUN, *SPLIT, "--data.num_workers=0", cwd=tmp_path
+        )
+    assert full.returncode == 2 and "Traceback" not in full.stderr
+    assert full.stderr.strip().splitlines()[-1].startswith("error: cannot save checkpoint ")
+    assert "File too large; the checkpoints saved before are unchanged" in full.stderr
+    assert last.read_bytes() == before and not list(last.parent.glob("*.tmp"))
+    # 3. Ctrl-C in a terminal: SIGINT to the whole process group, dataloader workers included
+    process = launch(small_corpus, tmp_path)
+    wait_for_step(process, last, stopped + 3)
+    os.killpg(process.pid, signal.SIGINT)
+    status, stderr = finish(process)
+    assert status == 130, stderr[-3000:]
+    stopped = saved_step(stderr, "SIGINT", last)
+    # 4. SLURM: Lightning's requeue signal saves its hpc checkpoint and runs scontrol requeue, which
+    #    ends the job with SIGTERM
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "scontrol").write_text(FAKE_SCONTROL)
+    (tmp_path / "bin" / "scontrol").chmod(0o755)
+    slurm = dict(SLURM, PATH=f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    process = launch(small_corpus, tmp_path, env=slurm)
+    wait_for_step(process, last, stopped + 3)
+    process.send_signal(signal.SIGUSR1)
+    status, stderr = finish(process)
+    assert status == 143 and (tmp_path / "scontrol.log").read_text() == "requeue 4242\n", stderr[-3000:]
+    saved_step(stderr, "SIGTERM", last)
+    assert (tmp_path / "hpc_ckpt_1.ckpt").is_file()
+    # 5. the requeued job: --ckpt_path last wins over Lightning's hpc checkpoint, and the run ends
+    #    exactly as the uninterrupted one
+    status, stderr = finish(launch(small_corpus, tmp_path, env=slurm))
+    assert status == 0, stderr
+    assert "Restoring states from the checkpoint path at split/last.ckpt" in stderr
     assert step_of(last) == 60
-    assert_same_weights(tmp_path / "whole" / "last.ckpt", last)
+    assert_same_weights(whole / "whole" / "last.ckpt", last)
+    assert val_losses(tmp_path)[60] == val_losses(whole)[60]
 
 
 def test_kills_during_saves_never_corrupt_checkpoints(tmp_path, small_corpus):

@@ -1,0 +1,43 @@
+"""Checkpoint folders and checkpoints at URLs: file:// and fsspec's in-memory filesystem, in-process."""
+
+import fsspec
+import torch
+from conftest import tiny_fit_args
+
+
+def test_checkpoint_folders_at_urls(tmp_path, small_corpus, cli_main):
+    def fit(*extra: str):
+        return cli_main(*tiny_fit_args(small_corpus, steps=2, val_every=2), *extra, cwd=tmp_path)
+
+    # file://: the folder at that absolute path (Lightning alone would write to ./file:/...)
+    folder = tmp_path / "runs" / "a"
+    assert fit(f"--checkpoint.dirpath={folder.as_uri()}").returncode == 0
+    assert (folder / "last.ckpt").is_file() and not (tmp_path / "file:").exists()
+    resumed = fit(f"--checkpoint.dirpath={folder.as_uri()}", "--ckpt_path=last", "--trainer.max_steps=4")
+    assert resumed.returncode == 0, resumed.stderr
+    assert torch.load(folder / "last.ckpt", weights_only=True)["global_step"] == 4
+
+    # memory:// (as s3:// or gs:// would be): saved, refused as an earlier run, resumed from a copy
+    memory, url = fsspec.filesystem("memory"), f"memory://{tmp_path.name}"
+    try:
+        assert fit(f"--checkpoint.dirpath={url}").returncode == 0
+        assert memory.isfile(f"/{tmp_path.name}/last.ckpt") and not (tmp_path / "memory:").exists()
+        again = fit(f"--checkpoint.dirpath={url}")
+        last_line = again.stderr.strip().splitlines()[-1]
+        assert again.returncode == 2 and last_line.startswith(f"error: {url}/last.ckpt exists from an")
+        resumed = fit(f"--checkpoint.dirpath={url}", "--ckpt_path=last", "--trainer.max_steps=4")
+        assert resumed.returncode == 0, resumed.stderr
+        with memory.open(f"/{tmp_path.name}/last.ckpt", "rb") as file:
+            assert torch.load(file, weights_only=True)["global_step"] == 4
+        assert not memory.glob(f"/{tmp_path.name}/*.tmp")
+    finally:
+        memory.rm(f"/{tmp_path.name}", recursive=True)
+
+    # what cannot be used is one line
+    for extra, message in {
+        "--checkpoint.dirpath=nosuchfs://b/runs": "cannot use nosuchfs://b/runs: Protocol not known",
+        "--ckpt_path=memory://nothing/here.ckpt": "checkpoint memory://nothing/here.ckpt does not exist",
+    }.items():
+        result = fit(extra)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert result.stderr.strip().splitlines()[-1].startswith(f"error: {message}"), result.stderr
