@@ -3,7 +3,6 @@ checkpoint of the last step when a signal stops training."""
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import threading
@@ -15,6 +14,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from lightning_gpt.checkpoint_io import unlock
 
 
 class TrainingSpeed(L.Callback):
@@ -147,5 +148,5 @@ class HoldLock(L.Callback):
 
     def on_exception(self, trainer, pl_module, exception: BaseException | None) -> None:
         if self.descriptor is not None:
-            os.close(self.descriptor)
+            unlock(self.descriptor)
             self.descriptor = None

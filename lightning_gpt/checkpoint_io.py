@@ -71,10 +71,31 @@ def readable_copy(path: str) -> str:
     return copy
 
 
+_locks: set[int] = set()  # descriptors that hold folder locks in this process
+
+
+def _drop_locks_in_child() -> None:
+    """A forked child (a dataloader worker) closes its copies of the lock descriptors: otherwise it
+    would keep the lock held after its parent ends, until it notices and exits itself."""
+    for descriptor in _locks:
+        os.close(descriptor)
+    _locks.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_locks_in_child)
+
+
+def unlock(descriptor: int) -> None:
+    """Release a lock taken by ``lock_folder``."""
+    _locks.discard(descriptor)
+    os.close(descriptor)
+
+
 def lock_folder(folder: str) -> int | None:
     """Lock a local checkpoint folder for this process and return the descriptor that holds the lock
-    (the system releases it when the process ends, even by SIGKILL); ``UserError`` if another
-    process holds it. URLs are not locked."""
+    (the system releases it when the process ends, even by SIGKILL; ``unlock`` releases it before);
+    ``UserError`` if another process holds it. URLs are not locked."""
     if fcntl is None or split_protocol(folder)[0] not in (None, "file", "local"):
         return None
     os.makedirs(folder, exist_ok=True)
@@ -87,4 +108,5 @@ def lock_folder(folder: str) -> int | None:
             f"another fit is writing checkpoints to {folder}; wait for it to end, or pass another "
             "--checkpoint.dirpath"
         ) from None
+    _locks.add(descriptor)
     return descriptor

@@ -67,8 +67,17 @@ ROWS = {
     "test_errors.py::test_inputs_are_checked_before_state_and_all_at_once": ["several input mistakes"],
     "test_cli.py::test_new_fit_never_overwrites_earlier_checkpoints": ["new `fit` over an earlier run"],
     "test_cli.py::test_bad_checkpoints_get_one_line_errors": [
-        "`--ckpt_path last` with nothing to resume",
+        "`validate`/`predict --ckpt_path last` with nothing there (`fit` starts a new run instead, with a "
+        "`note:` line)",
         "checkpoint file missing",
+    ],
+    "test_checkpoint_urls.py::test_checkpoint_folders_at_urls": [
+        "a URL whose filesystem is unknown or whose package is missing",
+        "a checkpoint URL that does not exist",
+    ],
+    "test_resume.py::test_signals_a_full_disk_and_a_second_fit_lose_nothing": [
+        "a save fails (disk full, quota, permission)",
+        "a second `fit` into a folder another `fit` is using",
     ],
     "test_errors.py::test_files_that_are_not_sound_checkpoints": [
         "checkpoint path is a folder",
