@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -224,22 +223,3 @@ def test_text_sampler_in_a_real_fit_keeps_modes_at_validation_end(recorded_fit):
 def test_text_sampler_in_a_real_fit_keeps_modes_at_fit_end(recorded_fit):
     before, _, after = recorded_fit
     assert after.records["fit_end"] == before.records["fit_end"]
-
-
-def test_console_script_help(tmp_path):
-    beside_python = str(Path(sys.executable).parent)
-    search_path = os.pathsep.join([beside_python, os.environ.get("PATH", "")])
-    script = shutil.which("lightning-gpt", path=search_path)
-    assert script, f"no lightning-gpt command in {beside_python} or on PATH: run pip install -e ."
-    result = subprocess.run(
-        [script, "--help"],
-        cwd=tmp_path,
-        env=dict(os.environ, PYTHONWARNINGS="ignore"),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    usage = result.stdout.splitlines()[0]
-    assert usage.startswith("usage: lightning-gpt")
-    assert all(subcommand in usage for subcommand in ("fit", "validate", "predict")), usage

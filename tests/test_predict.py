@@ -1,12 +1,14 @@
 """``cli.py predict`` from a checkpoint alone: no config file, no corpus on disk."""
 
 import io
+import os
 import shutil
 import sys
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_command
 
 from lightning_gpt.generation import sample_next
 from lightning_gpt.module import GPTModule
@@ -20,14 +22,12 @@ def bare_dir(tmp_path, tiny_checkpoint):
 
 
 def test_predict_from_checkpoint_alone(bare_dir, cli_main):
-    result = run_cli(
-        "predict",
-        "--ckpt_path=model.ckpt",
-        "--generate.prompt=ROMEO:",
-        "--generate.max_new_tokens=40",
-        "--generate.output=out/samples.txt",
-        cwd=bare_dir,
-    )
+    # through the installed `lightning-gpt` command, which runs what `python cli.py` runs
+    beside_python = os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
+    script = shutil.which("lightning-gpt", path=beside_python)
+    assert script, "no lightning-gpt command beside this Python or on PATH: run pip install -e ."
+    args = ["predict", "--ckpt_path=model.ckpt", "--generate.prompt=ROMEO:", "--generate.max_new_tokens=40"]
+    result = run_command([script, *args, "--generate.output=out/samples.txt"], cwd=bare_dir, timeout=240)
     assert result.returncode == 0, result.stderr
     text = result.stdout.rstrip("\n")
     assert text.startswith("ROMEO:") and len(text) == len("ROMEO:") + 40
@@ -62,7 +62,7 @@ def test_several_prompts_and_samples(bare_dir, cli_main):
 def test_predict_asked_for_two_processes_prints_and_writes_every_sample_once(bare_dir, cli_main):
     args = ["predict", "--ckpt_path=model.ckpt", "--generate.max_new_tokens=8"]
     prompts = '--generate.prompt=["A", "B", "C", "D"]'
-    two = run_cli(
+    two = cli_main(
         *args, prompts, "--generate.output=two.txt",
         "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp",
         cwd=bare_dir,
@@ -76,14 +76,14 @@ def test_predict_asked_for_two_processes_prints_and_writes_every_sample_once(bar
     assert one.stdout == two.stdout  # the same samples as on one device
 
 
-def test_interactive_mode_with_piped_stdin(bare_dir):
-    result = run_cli(
+def test_interactive_mode_with_piped_stdin(bare_dir, cli_main, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("ROMEO:\nJULIET:\n"))
+    result = cli_main(
         "predict",
         "--ckpt_path=model.ckpt",
         "--generate.interactive=true",
         "--generate.max_new_tokens=15",
         cwd=bare_dir,
-        stdin="ROMEO:\nJULIET:\n",
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()

@@ -9,7 +9,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import TINY_MODEL, run_cli, tiny_fit_args
+from conftest import TINY_MODEL, tiny_fit_args
 from lightning.pytorch.loggers import Logger
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -56,8 +56,9 @@ def test_progress_bar_redraws_every_few_steps(tmp_path, small_corpus, monkeypatc
     # (--trainer.enable_progress_bar=false still works: every tiny fit in the tests uses it)
 
 
-def test_compiled_training_keeps_plain_checkpoints(tmp_path, small_corpus):
-    result = run_cli(*tiny_fit_args(small_corpus, steps=4, val_every=2), "--model.compile=true", cwd=tmp_path)
+def test_compiled_training_keeps_plain_checkpoints(tmp_path, small_corpus, cli_main):
+    args = tiny_fit_args(small_corpus, steps=4, val_every=2)
+    result = cli_main(*args, "--model.compile=true", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert "compile" not in checkpoint["hyper_parameters"]  # how to run, not what was trained
