@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-POSITIONAL_KINDS = ("learned", "sinusoidal")
+POSITIONAL_KINDS = ("learned", "sinusoidal", "rotary")
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,8 @@ class GPTConfig:
                 raise ValueError(f"{name} must be in [0, 1), got {value}")
         if self.positional not in POSITIONAL_KINDS:
             raise ValueError(f"positional must be one of {POSITIONAL_KINDS}, got {self.positional!r}")
+        if self.positional == "rotary" and self.head_size % 2:
+            raise ValueError(f"rotary positions need an even head size, got {self.head_size}")
 
     @property
     def attention_dropout_p(self) -> float:
