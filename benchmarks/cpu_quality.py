@@ -4,8 +4,9 @@
 
 DIR is a checkout of github.com/karpathy/nanoGPT (kept outside this repository). Its
 ``data/shakespeare_char`` is prepared from this repository's corpus (copied to its ``input.txt``,
-so its ``prepare.py`` downloads nothing). Each repeat runs every contender once, alternating, and
-times the whole command (Python start-up included) with the threads each tool picks by default:
+so its ``prepare.py`` downloads nothing). Each repeat runs every contender once (the order reversed
+from one repeat to the next) and times the whole command (Python start-up included) with the
+threads each tool picks by default:
 
 - nanoGPT: the CPU command of its README; its val loss is its own estimate (20 batches of 12 x 64).
 - ours: ``cli.py fit --config configs/shakespeare_char_cpu.yaml`` (plus each ``--ours`` label's
@@ -117,7 +118,8 @@ def main() -> None:
     print(f"machine: {describe()}")
     results: dict[str, list[tuple[float, float, int]]] = {label: [] for label in contenders}
     for repeat in range(args.repeats):
-        for label, run in contenders.items():
+        order = list(contenders.items())
+        for label, run in order[::-1] if repeat % 2 == 0 else order:  # who goes first alternates
             seconds, loss, tokens = run(repeat + 1)
             results[label].append((seconds, loss, tokens))
             print(
