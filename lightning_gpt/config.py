@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 
-POSITIONAL_KINDS = ("learned", "sinusoidal")
+POSITIONAL_KINDS = ("learned", "sinusoidal", "rotary")
 # Upper bounds on the shape, checked before anything is allocated, so that a typo or a foreign
 # checkpoint's hyperparameters cannot ask for absurd memory (every Unicode character fits the vocabulary).
 SHAPE_LIMITS = dict(vocab_size=0x110000, context_length=2**20, d_model=2**16, num_heads=1024, num_blocks=1024)
@@ -43,6 +43,8 @@ class GPTConfig:
                 raise ValueError(f"{name} must be in [0, 1), got {value}")
         if self.positional not in POSITIONAL_KINDS:
             raise ValueError(f"positional must be one of {POSITIONAL_KINDS}, got {self.positional!r}")
+        if self.positional == "rotary" and self.head_size % 2:
+            raise ValueError(f"rotary positions need an even head size, got {self.head_size}")
 
     @classmethod
     def from_hparams(cls, hparams: Mapping, vocab_size: int) -> GPTConfig:

@@ -26,13 +26,15 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(config.d_model, config.d_model, bias=config.bias)
         self.proj_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rotary: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = x.shape  # [B, T, C]
         qkv = self.qkv(x)  # [B, T, 3C]
         # Split 3C into q, k, v of H heads of hs each and move heads next to batch:
         # [B, T, 3C] -> [B, T, 3, H, hs] -> [3, B, H, T, hs]
         qkv = qkv.view(B, T, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # 3 x [B, H, T, hs]
+        if rotary is not None:
+            q, k = rotate(q, rotary), rotate(k, rotary)
         y = self.attend(q, k, v, is_causal=True)  # softmax(q k^T / sqrt(hs)) v, causal: [B, H, T, hs]
         y = y.transpose(1, 2).reshape(B, T, C)  # concatenate heads: [B, T, H * hs] = [B, T, C]
         return self.proj_dropout(self.proj(y))  # output projection: [B, T, C]
@@ -75,8 +77,8 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(config.d_model)
         self.ffn = FeedForward(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x))  # [B, T, C]
+    def forward(self, x: torch.Tensor, rotary: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), rotary)  # [B, T, C]
         x = x + self.ffn(self.ln2(x))  # [B, T, C]
         return x
 
@@ -91,8 +93,24 @@ def sinusoidal_table(length: int, dim: int) -> torch.Tensor:
     return table
 
 
+def rotary_table(length: int, head_size: int) -> torch.Tensor:
+    """Cosines and sines of rotary position embeddings (RoFormer): [2, length, head_size / 2]."""
+    frequency = 10000.0 ** (-torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)
+    angles = torch.arange(length, dtype=torch.float32).unsqueeze(1) * frequency  # [length, hs/2]
+    return torch.stack((angles.cos(), angles.sin()))
+
+
+def rotate(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Turn each pair (x[..., i], x[..., i + hs/2]) of queries or keys x [B, H, T, hs] by its
+    position's angle, given table [2, T, hs/2] of those positions: q.k then depends on the distance."""
+    cos, sin = table.to(x.dtype)  # [T, hs/2] each
+    x1, x2 = x.chunk(2, dim=-1)  # [B, H, T, hs/2] each
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
 class GPT(nn.Module):
-    """Token embedding + positional encoding, N blocks, final LayerNorm, tied output head."""
+    """Token embedding + positional encoding (or rotary queries and keys), N blocks, final LayerNorm,
+    tied output head."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -100,10 +118,13 @@ class GPT(nn.Module):
         self.token_embedding = nn.Embedding(config.vocab_size, config.d_model)
         if config.positional == "learned":
             self.position_embedding = nn.Embedding(config.context_length, config.d_model)
-        else:
+        elif config.positional == "sinusoidal":
             self.register_buffer(
                 "position_table", sinusoidal_table(config.context_length, config.d_model), persistent=False
             )
+        else:
+            table = rotary_table(config.context_length, config.head_size)
+            self.register_buffer("rotary_table", table, persistent=False)
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_blocks))
         self.ln_final = nn.LayerNorm(config.d_model)
@@ -126,11 +147,14 @@ class GPT(nn.Module):
         """Trainable parameters; the tied embedding/head matrix is counted once."""
         return sum(p.numel() for p in self.parameters())
 
-    def positions(self, start: int, length: int) -> torch.Tensor:
-        """Positional encoding of positions start .. start+length-1: [length, C]."""
+    def positions(self, start: int, length: int) -> tuple[torch.Tensor | float, torch.Tensor | None]:
+        """Positions start .. start+length-1: the encoding added to the embeddings [length, C] (or 0),
+        and the rotary table [2, length, hs/2] (or None)."""
         if self.config.positional == "learned":
-            return self.position_embedding.weight[start : start + length]  # rows of the table
-        return self.position_table[start : start + length]
+            return self.position_embedding.weight[start : start + length], None  # rows of the table
+        if self.config.positional == "sinusoidal":
+            return self.position_table[start : start + length], None
+        return 0.0, self.rotary_table[:, start : start + length]
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None
@@ -140,11 +164,11 @@ class GPT(nn.Module):
         context = self.config.context_length
         if context < T:
             raise ValueError(f"sequence of {T} tokens exceeds context_length {context}")
-        x = self.token_embedding(idx)  # [B, T, C]
-        x = x + self.positions(0, T)  # + [T, C], broadcast over B: [B, T, C]
+        added, rotary = self.positions(0, T)
+        x = self.token_embedding(idx) + added  # [B, T, C] + [T, C], broadcast over B: [B, T, C]
         x = self.dropout(x)
         for block in self.blocks:
-            x = block(x)  # [B, T, C]
+            x = block(x, rotary)  # [B, T, C]
         x = self.ln_final(x)  # [B, T, C]
         logits = self.head(x)  # [B, T, V]
         if targets is None:
@@ -203,13 +227,17 @@ def decode(
     if start > 0 and T > 1:
         raise ValueError("decode() fills the cache from position 0, then adds one token per call")
     halves = halves or {}
-    x = model.token_embedding(idx) + model.positions(start, T)  # [B, T, C]
+    added, rotary = model.positions(start, T)
+    x = model.token_embedding(idx) + added  # [B, T, C]
     for i, block in enumerate(model.blocks):
         attn, ffn = block.attn, block.ffn
         qkv = linear(attn.qkv, block.ln1(x), halves)  # [B, T, 3C]
         qkv = qkv.view(B, T, 3, H, C // H).permute(2, 0, 3, 1, 4)  # [3, B, H, T, hs]
-        k, v = cache.update(i, start, qkv[1:])  # positions 0 .. start+T-1: 2 x [B, H, start+T, hs]
-        y = attn.attend(qkv[0], k, v, is_causal=T > 1)  # one new query sees every position: [B, H, T, hs]
+        q, kv = qkv[0], qkv[1:]  # [B, H, T, hs], [2, B, H, T, hs]
+        if rotary is not None:
+            q, kv = rotate(q, rotary), torch.stack((rotate(kv[0], rotary), kv[1]))
+        k, v = cache.update(i, start, kv)  # positions 0 .. start+T-1: 2 x [B, H, start+T, hs]
+        y = attn.attend(q, k, v, is_causal=T > 1)  # one new query sees every position: [B, H, T, hs]
         x = x + linear(attn.proj, y.transpose(1, 2).reshape(B, T, C), halves)  # [B, T, C]
         x = x + linear(ffn.down, F.relu(linear(ffn.up, block.ln2(x), halves)), halves)  # [B, T, C]
     return linear(model.head, model.ln_final(x), halves)  # [B, T, V]

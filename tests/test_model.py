@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lightning_gpt import GPT, GPTConfig, preset
-from lightning_gpt.model import KVCache, decode, split_weights
+from lightning_gpt.model import KVCache, decode, rotary_table, rotate, split_weights
 
 
 def expected_parameters(c: GPTConfig) -> int:
@@ -34,23 +34,36 @@ def test_seed_parameter_count():
     assert model.head.weight is model.token_embedding.weight
 
 
-def test_sinusoidal_positions_have_no_parameters():
+def test_sinusoidal_and_rotary_positions_have_no_parameters():
     learned = GPT(preset("seed")).num_parameters()
-    fixed = GPT(preset("seed", positional="sinusoidal")).num_parameters()
-    assert learned - fixed == 256 * 256
+    for positional in ("sinusoidal", "rotary"):
+        assert learned - GPT(preset("seed", positional=positional)).num_parameters() == 256 * 256
 
 
-@pytest.mark.parametrize("positional", ["learned", "sinusoidal"])
+def test_rotary_attention_scores_depend_only_on_the_distance():
+    """q.k of rotated queries and keys at positions (i, j) equals that at (i + s, j + s)."""
+    torch.manual_seed(0)
+    q, k = torch.randn(2, 1, 1, 1, 16).unbind(0)  # [B, H, 1, hs], the same vector at every position
+    table = rotary_table(32, 16)  # [2, 32, 8]
+    rotated_q, rotated_k = rotate(q.expand(1, 1, 32, 16), table), rotate(k.expand(1, 1, 32, 16), table)
+    scores = (rotated_q @ rotated_k.transpose(-1, -2))[0, 0]  # [32, 32]: positions i, j
+    for s in (1, 5, 20):
+        torch.testing.assert_close(scores[s:, s:], scores[:-s, :-s], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(scores[0, 1], scores[0, 2])  # but on the distance it does depend
+    torch.testing.assert_close(rotated_q.norm(dim=-1), q.norm(dim=-1).expand(1, 1, 32))  # rotations
+
+
+@pytest.mark.parametrize("positional", ["learned", "sinusoidal", "rotary"])
 def test_forward_shapes_and_loss(positional):
     model = GPT(preset("tiny", positional=positional))
     idx = torch.randint(0, 65, (3, 32))
     logits, loss = model(idx)
     assert logits.shape == (3, 32, 65) and loss is None
-    _, loss = model(idx, idx)
+    _, loss = model(idx, torch.randint(0, 65, (3, 32)))  # not idx: the tied head favours the input token
     assert loss.ndim == 0 and abs(loss.item() - torch.log(torch.tensor(65.0)).item()) < 0.5
 
 
-@pytest.mark.parametrize("positional", ["learned", "sinusoidal"])
+@pytest.mark.parametrize("positional", ["learned", "sinusoidal", "rotary"])
 def test_causality(positional):
     torch.manual_seed(0)
     model = GPT(preset("tiny", positional=positional)).eval()
@@ -110,7 +123,7 @@ def decoded(model: GPT, idx: torch.Tensor, prompt: int, cache: KVCache) -> Itera
         yield decode(model, idx[:, t : t + 1], cache, t, halves)[:, -1]
 
 
-@pytest.mark.parametrize("positional", ["learned", "sinusoidal"])
+@pytest.mark.parametrize("positional", ["learned", "sinusoidal", "rotary"])
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
 def test_cached_decoding_gives_the_logits_of_a_full_forward_at_every_position(
@@ -175,7 +188,9 @@ def test_invalid_config():
     with pytest.raises(ValueError, match="divisible"):
         GPTConfig(d_model=30, num_heads=4)
     with pytest.raises(ValueError, match="positional"):
-        GPTConfig(positional="rotary")
+        GPTConfig(positional="alibi")
+    with pytest.raises(ValueError, match="even head size"):
+        GPTConfig(positional="rotary", d_model=12, num_heads=4)
 
 
 def test_tiny_model_overfits_tiny_text():
