@@ -15,6 +15,7 @@ import signal
 import socket
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from lightning_gpt.tokenizer import CharTokenizer
 MAX_PROMPT_CHARS = 10_000  # longer prompts are refused (the model sees only its context anyway)
 MAX_NEW_TOKENS = 2_000  # the most characters one request may ask for
 MAX_BODY_BYTES = 1_000_000
+STREAM_EVERY_S = 0.02  # a streamed response sends the characters generated in each such interval
 PREDICT, CHAT = "/predict", "/v1/chat/completions"
 HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # what LitServe listens on
 STOP_KEY = "lightning_gpt_stop"  # where a chat request carries its stop mark (in "metadata")
@@ -154,7 +156,7 @@ class Gate:
 
 
 class PredictAPI(ls.LitAPI):
-    """``POST /predict``: ``{"text": ...}``, or one such JSON line per new character when streamed."""
+    """``POST /predict``: ``{"text": ...}``, or such JSON lines with the new characters when streamed."""
 
     def __init__(self, checkpoint: str, stops: str, **kwargs):
         super().__init__(**kwargs)
@@ -172,7 +174,7 @@ class PredictAPI(ls.LitAPI):
     def predict(self, request: tuple[dict, str]):
         s, stop = request[0], Path(self.stops, request[1])
         sampling = dict(temperature=s["temperature"], top_k=s["top_k"], top_p=s["top_p"], seed=s["seed"])
-        text = []
+        text, sent, sent_at = [], 0, 0.0
         try:
             chars = stream_text(self.model, self.tokenizer, s["prompt"], s["max_new_tokens"], **sampling)
             for (char,) in chars:
@@ -180,10 +182,13 @@ class PredictAPI(ls.LitAPI):
                     note = f"a request was stopped after {len(text)} of {s['max_new_tokens']} characters"
                     return print(note, file=sys.stderr, flush=True)
                 text.append(char)
-                if s["stream"]:
-                    yield char
-            if not s["stream"]:
-                yield "".join(text)
+                # the first character at once, then what came in each STREAM_EVERY_S: one message per
+                # character would cost the server more than generating it
+                if s["stream"] and (sent == 0 or time.monotonic() - sent_at >= STREAM_EVERY_S):
+                    yield "".join(text[sent:])
+                    sent, sent_at = len(text), time.monotonic()
+            if not s["stream"] or sent < len(text):
+                yield "".join(text[sent:])
         finally:
             stop.unlink(missing_ok=True)
 

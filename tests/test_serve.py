@@ -74,7 +74,7 @@ def expected(tiny_checkpoint: Path):
 
 
 def predict(url: str, **body) -> str:
-    """The text of one request, whole or streamed (then one JSON line per character)."""
+    """The text of one request, whole or streamed (then JSON lines of new characters, the first alone)."""
     response = requests.post(f"{url}/predict", json=body, stream=True, timeout=60)
     assert response.status_code == 200, response.text
     if not body.get("stream"):
@@ -82,7 +82,7 @@ def predict(url: str, **body) -> str:
         return response.json()["text"]
     assert response.headers["content-type"] == "application/x-ndjson"
     pieces = [json.loads(line)["text"] for line in response.iter_lines()]
-    assert all(len(piece) == 1 for piece in pieces)
+    assert all(pieces) and len(pieces[0]) == 1  # the first character at once
     return "".join(pieces)
 
 
