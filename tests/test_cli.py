@@ -29,8 +29,12 @@ def scalar_steps(root, tag):
     return [event.step for event in accumulator.Scalars(tag)]
 
 
+# Python's default warning filters, as a user's shell has them (run_cli otherwise ignores warnings)
+AS_A_USER = {"PYTHONWARNINGS": None}
+
+
 def test_fit_then_validate_then_predict_quietly(tmp_path, small_corpus):
-    fit = run_cli(*tiny_fit_args(small_corpus), cwd=tmp_path)
+    fit = run_cli(*tiny_fit_args(small_corpus), cwd=tmp_path, env=AS_A_USER)
     assert fit.returncode == 0, fit.stderr
     checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert checkpoints == ["best-step000006-val" + checkpoints[0][-11:], "last.ckpt"]
@@ -46,11 +50,16 @@ def test_fit_then_validate_then_predict_quietly(tmp_path, small_corpus):
         "--ckpt_path=checkpoints/last.ckpt",
         "--trainer.limit_val_batches=2",
         cwd=tmp_path,
+        env=AS_A_USER,
     )
     assert validate.returncode == 0, validate.stderr
     assert "val_loss" in validate.stdout and "val_bpc" in validate.stdout
     predict = run_cli(
-        "predict", "--ckpt_path=checkpoints/last.ckpt", "--generate.max_new_tokens=5", cwd=tmp_path
+        "predict",
+        "--ckpt_path=checkpoints/last.ckpt",
+        "--generate.max_new_tokens=5",
+        cwd=tmp_path,
+        env=AS_A_USER,
     )
     assert predict.returncode == 0, predict.stderr
     for run in (fit, validate, predict):
