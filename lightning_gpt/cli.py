@@ -206,6 +206,8 @@ class GPTLightningCLI(LightningCLI):
             trainer.precision = auto_precision(accelerator)
             if subcommand == "predict" and resolve_accelerator(accelerator) == "cpu":
                 trainer.precision = "32-true"  # decoding on a CPU gains nothing from autocast
+        if subcommand in ("validate", "predict"):  # no checkpoints are written: where fit wrote them is moot
+            warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
         if subcommand in ("validate", "predict") and trainer.logger is None:
             trainer.logger = False  # nothing to chart: no empty lightning_logs/version_N
         if subcommand == "predict":
