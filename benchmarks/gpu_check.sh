@@ -19,6 +19,27 @@ fi
 summary "== $(date -u +%F) $(cd benchmarks && python -c "from machine import describe; print(describe())")"
 summary "$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null)"
 
+# --gpu-recipe: only configs/shakespeare_char_gpu.yaml (issue 14: val_loss <= 1.45, last within 0.01
+# of best), about 2 minutes; run it after the checks below when the device time allows
+if [ "${1:-}" = "--gpu-recipe" ]; then
+    timeout 240 python cli.py fit --config configs/shakespeare_char_gpu.yaml --trainer.enable_progress_bar false \
+        --trainer.default_root_dir "$WORK" --checkpoint.dirpath "$WORK/ckpt" --sample.print_at_end false \
+        >"$OUT/gpu_recipe.txt" 2>&1
+    rc=$?
+    cp -r "$WORK"/lightning_logs "$OUT/gpu_recipe_logs" 2>/dev/null
+    summary "gpu recipe (rc $rc): $(python - "$WORK" <<'EOF'
+import sys, pathlib
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+(run,) = pathlib.Path(sys.argv[1], "lightning_logs").iterdir()
+events = EventAccumulator(str(run)); events.Reload()
+losses = [(e.step, round(e.value, 4)) for e in events.Scalars("val_loss")]
+best = min(losses, key=lambda p: p[1])
+print(f"val_loss by step {losses}; best {best}, last {losses[-1]}, last - best {losses[-1][1] - best[1]:.4f}")
+EOF
+)"
+    exit 0
+fi
+
 # 1. the gpu-marked tests (each bounded; about 2 minutes)
 timeout 240 python -m pytest -q -m gpu -p no:cacheprovider >"$OUT/tests.txt" 2>&1
 summary "gpu tests (rc $?): $(tail -1 "$OUT/tests.txt")"
