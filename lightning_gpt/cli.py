@@ -285,7 +285,12 @@ def make_cli(
         save_config_callback=FitConfigSaver,
         save_config_kwargs={"overwrite": True},
         # parse errors raise ArgumentError (one line from main()) instead of printing the whole usage
-        parser_kwargs={"exit_on_error": False, "fit": {"default_config_files": [str(SEED_RECIPE)]}},
+        parser_kwargs={
+            "exit_on_error": False,
+            "description": "Train (fit), evaluate (validate) and sample (predict) a character-level GPT; "
+            "`serve --help`: serve a checkpoint over HTTP.",
+            "fit": {"default_config_files": [str(SEED_RECIPE)]},
+        },
         args=args,
         **kwargs,
     )

@@ -155,6 +155,7 @@ def test_help_offers_fit_validate_and_predict_only(tmp_path, cli_main):
     result = cli_main("--help", cwd=tmp_path)
     assert result.returncode == 0
     assert re.findall(r"^    (\w+) ", result.stdout, re.MULTILINE) == ["fit", "validate", "predict"]
+    assert "`serve --help`" in result.stdout  # serve has a parser of its own: the help points to it
 
 
 @pytest.mark.parametrize(
