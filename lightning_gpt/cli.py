@@ -267,6 +267,8 @@ class GPTLightningCLI(LightningCLI):
                 f"{os.path.join(folder, 'last.ckpt')} exists from an earlier run; resume it with --ckpt_path "
                 "last, or start anew with another --checkpoint.dirpath (or move the old checkpoints away)"
             )
+        if self.config.fit.ckpt_path is not None:  # a resumed run writes into its own folder on purpose
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
         if self.trainer.global_rank == 0 and (lock := lock_folder(folder)) is not None:
             self.trainer.callbacks.append(HoldLock(lock))
 
