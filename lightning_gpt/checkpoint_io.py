@@ -96,7 +96,8 @@ def lock_folder(folder: str) -> int | None:
     """Lock a local checkpoint folder for this process and return the descriptor that holds the lock
     (the system releases it when the process ends, even by SIGKILL; ``unlock`` releases it before);
     ``UserError`` if another process holds it. URLs are not locked."""
-    if fcntl is None or split_protocol(folder)[0] not in (None, "file", "local"):
+    folder = local_path(folder)
+    if fcntl is None or split_protocol(folder)[0] is not None:
         return None
     os.makedirs(folder, exist_ok=True)
     descriptor = os.open(folder, os.O_RDONLY)

@@ -179,17 +179,20 @@ class GenerationSettings:
             raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
 
 
-def prepare_prompt(prompt: str, tokenizer: CharTokenizer, drop_unknown: bool = False) -> str:
-    """Check a prompt against the vocabulary; an empty prompt starts from a newline."""
+def prepare_prompt(
+    prompt: str,
+    tokenizer: CharTokenizer,
+    drop_unknown: bool = False,
+    hint: str = " (drop them with --generate.drop_unknown true)",
+) -> str:
+    """Check a prompt against the vocabulary (``hint``: what the error adds, how to fix it); an empty
+    prompt starts from a newline."""
     unknown = tokenizer.unknown_characters(prompt)
     if unknown and drop_unknown:
         prompt = "".join(c for c in prompt if c not in set(unknown))
     elif unknown:
         names = ", ".join(repr(c) for c in unknown)
-        raise UnknownCharacterError(
-            f"prompt characters not in the model's vocabulary: {names} "
-            "(drop them with --generate.drop_unknown true)"
-        )
+        raise UnknownCharacterError(f"prompt characters not in the model's vocabulary: {names}{hint}")
     if not prompt:
         prompt = "\n" if "\n" in tokenizer.vocab else tokenizer.vocab[0]
     return prompt

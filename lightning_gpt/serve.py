@@ -92,11 +92,7 @@ def request_settings(body: object, tokenizer: CharTokenizer, chat: bool = False)
     if settings["seed"] is not None and not 0 <= settings["seed"] < 2**63:
         raise ValueError(f"seed must be in [0, 2**63), got {settings['seed']}")
     check_sampling(settings["temperature"], settings["top_k"], settings["top_p"], settings["max_new_tokens"])
-    unknown = tokenizer.unknown_characters(settings["prompt"])
-    if unknown:
-        names = ", ".join(repr(c) for c in unknown)
-        raise ValueError(f"prompt characters not in the model's vocabulary: {names}; remove them")
-    settings["prompt"] = prepare_prompt(settings["prompt"], tokenizer)
+    settings["prompt"] = prepare_prompt(settings["prompt"], tokenizer, hint="; remove them")  # a ValueError
     return settings
 
 

@@ -244,22 +244,7 @@ def _token_cache_in_tmp(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def cli_main(monkeypatch, capsys):
-    """``python cli.py ARGS`` in this process, for checks of one-line errors where a subprocess would
-    add only start-up time: ``cli_main(*args, cwd=...)`` returns a CompletedProcess (exit code,
-    captured stdout and stderr)."""
-    from lightning_gpt.cli import main
-
-    def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-        monkeypatch.chdir(cwd)
-        monkeypatch.setattr(sys, "argv", [str(CLI)])  # as if run as cli.py: no pytest arguments
-        capsys.readouterr()
-        try:
-            main(list(args))
-            code = 0
-        except SystemExit as exit_:
-            code = exit_.code if isinstance(exit_.code, int) else 1
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(list(args), code, out, err)
-
-    return run
+def cli_main():
+    """``main_in_process``, for checks of one-line errors and runs where a subprocess would add only
+    start-up time: ``cli_main(*args, cwd=...)`` returns a CompletedProcess (exit code, stdout, stderr)."""
+    return main_in_process
