@@ -122,6 +122,14 @@ class GPTLightningCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        best, subcommand = trainer.checkpoint_callback, self.config.get("subcommand")
+        if isinstance(best, ModelCheckpoint) and best.monitor and best.save_last is True:
+            # Lightning >= 2.6 writes last.ckpt only beside a new best, so a run would resume from its
+            # best step, not its last: a second checkpoint, with no metric, keeps last.ckpt at its cadence.
+            best.save_last = None
+            options = (self.config[subcommand] if subcommand else self.config).checkpoint.as_dict()
+            options.update(filename=best.CHECKPOINT_NAME_LAST, monitor=None, save_top_k=1, save_last=None)
+            trainer.callbacks.append(ModelCheckpoint(**options))
         bar = trainer.progress_bar_callback
         if type(bar) is TQDMProgressBar and bar.refresh_rate == 1:  # Lightning's default: redraws every step
             callbacks = trainer.callbacks

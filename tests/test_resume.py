@@ -57,6 +57,29 @@ def step_of(path: Path) -> int:
         return -1
 
 
+def test_last_ckpt_follows_every_validation_even_without_a_new_best(tmp_path, small_corpus, cli_main):
+    """Lightning 2.6 writes last.ckpt only beside a new best; learning rate 0 never makes one after the
+    first validation, yet last.ckpt must hold the run's final step (a resume continues from there)."""
+    frozen = ["--model.learning_rate=0", "--trainer.max_steps=9", "--trainer.val_check_interval=3"]
+    result = cli_main("fit", f"--data.path={small_corpus}", *RUN, *frozen, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    folder = tmp_path / "checkpoints"
+    assert [path.name for path in folder.glob("best-*.ckpt")] == [next(folder.glob("best-step000003-*")).name]
+    assert step_of(folder / "last.ckpt") == 9
+    more = cli_main(
+        "fit",
+        f"--data.path={small_corpus}",
+        *RUN,
+        *frozen[:1],
+        "--trainer.max_steps=12",
+        "--trainer.val_check_interval=3",
+        "--ckpt_path=last",
+        cwd=tmp_path,
+    )
+    assert more.returncode == 0, more.stderr
+    assert step_of(folder / "last.ckpt") == 12 and "new run" not in more.stderr
+
+
 @pytest.fixture(scope="module")
 def whole(tmp_path_factory, shakespeare) -> Path:
     """The folder of an uninterrupted 60-step run (its last.ckpt and lightning_logs/version_0)."""
