@@ -61,25 +61,14 @@ def restore_rng_states(
     saved: list[dict] | dict, rank: int = 0, world_size: int = 1, device: torch.device | None = None
 ) -> str | None:
     """Restore this rank's entry of ``saved`` (a single dict, from older checkpoints, is rank 0's).
-    With another number of processes, ranks without an entry keep fresh streams and a line says so."""
+    With another number of processes, a rank without an entry keeps fresh streams and a line says so."""
     per_rank = [saved] if isinstance(saved, dict) else list(saved)
     if rank < len(per_rank):
         set_rng_states(per_rank[rank], device)
-    count = len(per_rank)
-    if count == world_size:
+    if len(per_rank) == world_size:
         return None
-    if count > world_size:
-        rest = f"unused: the states of {_ranks(world_size, count)}"
-    else:
-        rest = f"fresh streams for {_ranks(count, world_size)}"
     return (
-        f"the checkpoint holds the random-number-generator states of {count} process(es) and this "
-        f"run has {world_size}: restored for {_ranks(0, min(count, world_size))}; {rest}; a resume with "
-        "another number of processes does not repeat the uninterrupted run exactly"
+        f"the checkpoint holds the random-number-generator states of {len(per_rank)} process(es) and "
+        f"this run has {world_size}: a resume with another number of processes does not repeat the "
+        "uninterrupted run exactly"
     )
-
-
-def _ranks(first: int, stop: int) -> str:
-    if stop <= first:
-        return "no rank"
-    return f"rank {first}" if stop == first + 1 else f"ranks {first}-{stop - 1}"
