@@ -132,6 +132,7 @@ class CharDataModule(L.LightningDataModule):
         self.val_tokens: torch.Tensor | None = None
         self.prompts: list[str] = []  # filled by the CLI for predict
         self._run_seed: int | None = None
+        self._cache: TokenCache | None = None
 
     @property
     def corpus_path(self) -> Path:
@@ -146,12 +147,12 @@ class CharDataModule(L.LightningDataModule):
             return
         if not self.path:
             download(self.url, self.corpus_path, self.sha256)
-        self.token_cache()  # built here once (local rank 0), so the other ranks only map it
+        self._cache = self.token_cache()  # built here once (local rank 0), so the other ranks only map it
 
     def setup(self, stage: str) -> None:
         if self.tokenizer is not None or stage == "predict":
             return
-        cache = self.token_cache()
+        cache = self._cache or self.token_cache()  # prepare_data checked it in this process: not hashed again
         self.tokenizer = CharTokenizer(cache.vocab)
         split = int(cache.length * (1.0 - self.val_fraction))
         self.train_tokens, self.val_tokens = cache.tokens(0, split), cache.tokens(split)

@@ -6,6 +6,7 @@ import pickle
 import pytest
 import torch
 
+from lightning_gpt import corpus
 from lightning_gpt.corpus import SEPARATOR, build_token_cache, cache_folder, text_chunks
 from lightning_gpt.data import CharDataModule, RandomWindows
 from lightning_gpt.errors import UserError
@@ -158,3 +159,16 @@ def test_tokens_are_memory_mapped_and_datasets_pickle_without_the_corpus(tmp_pat
     copy = pickle.loads(payload)
     assert all(torch.equal(a, b) for a, b in zip(windows.batch(5), copy.batch(5), strict=True))
     assert os.path.samefile(copy.tokens.mapped_slice.path, cache.tokens_path)
+
+
+def test_a_run_hashes_its_token_cache_once(tmp_path, monkeypatch):
+    path = tmp_path / "corpus.txt"
+    path.write_text(MIXED * 100)
+    build_token_cache(path, tmp_path / "cache")
+    hashed = []
+    checksum = corpus._checksum
+    monkeypatch.setattr(corpus, "_checksum", lambda *args: hashed.append(args) or checksum(*args))
+    data = CharDataModule(path=str(path), cache_dir=str(tmp_path / "cache"), context_length=16, batch_size=4)
+    data.prepare_data()  # checks the cache (one hash of tokens.bin) ...
+    data.setup("fit")  # ... and setup, in the same process, reuses that check
+    assert len(hashed) == 1 and len(data.train_tokens) + len(data.val_tokens) == len(MIXED) * 100
