@@ -145,8 +145,10 @@ class TokenCache:
 
 def _checksum(tokens: Path, meta: dict) -> str:
     """sha256 of the token file and of the cache's description: an edit of either changes it."""
-    with open(tokens, "rb") as file:
-        digest = hashlib.file_digest(file, "sha256")
+    digest = hashlib.sha256()
+    with open(tokens, "rb") as file:  # not hashlib.file_digest: Python 3.10 lacks it
+        while block := file.read(CHUNK_BYTES):
+            digest.update(block)
     digest.update(json.dumps(meta, sort_keys=True).encode())
     return digest.hexdigest()
 
