@@ -148,6 +148,7 @@ class GPTLightningCLI(LightningCLI):
         """jsonargparse's message in one line, with the closest option to a misspelt one."""
         lines = [line.strip() for line in error.splitlines() if line.strip()]
         message = re.sub(r'^Parser key "([^"]+)":', r"--\1:", " ".join(lines[:2]))
+        message = message[:1].lower() + message[1:]  # jsonargparse 4.39 writes "Unrecognized arguments"
         message += "".join(f" ({line})" for line in lines[2:] if line.startswith("Given value:"))
         subcommand = next((word for word in args if word in self.subcommands()), None)
         unknown = re.match(r"unrecognized arguments: (--[^\s=]+)", message)
