@@ -32,9 +32,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict, path: str | os.PathLike, storage_options=None) -> None:
         try:
             write_atomically(path, lambda file: torch.save(checkpoint, file))
-        except OSError as error:
+        except (OSError, RuntimeError) as error:  # torch < 2.7 reports a failed write as a RuntimeError
+            reason = (
+                getattr(error, "strerror", None) or f"the write failed ({str(error).strip().splitlines()[0]})"
+            )
             raise UserError(
-                f"cannot save checkpoint {path}: {error.strerror or error}; the checkpoints saved before "
+                f"cannot save checkpoint {path}: {reason}; the checkpoints saved before "
                 "are unchanged. Free some space (or fix the folder) and resume with --ckpt_path last"
             ) from None
 

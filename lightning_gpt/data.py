@@ -56,7 +56,9 @@ class RandomWindows(_MappedTokensPickle, IterableDataset):
         generator = torch.Generator().manual_seed(batch_seed(self.seed, self.rank, number))
         num_starts = len(self.tokens) - self.context_length  # last start i has i + T + 1 == len
         starts = torch.randint(num_starts, (self.batch_size,), generator=generator)  # [B]
-        window = self.tokens[starts[:, None] + torch.arange(self.context_length + 1)].long()  # [B, T+1]
+        index = starts[:, None] + torch.arange(self.context_length + 1)  # [B, T+1]
+        # through NumPy: torch < 2.10 cannot index uint16 tensors (vocabularies over 256 characters)
+        window = torch.from_numpy(self.tokens.numpy()[index.numpy()]).long()  # [B, T+1]
         return window[:, :-1], window[:, 1:]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

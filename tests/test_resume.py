@@ -250,7 +250,10 @@ def test_signals_a_full_disk_and_a_second_fit_lose_nothing(tmp_path, small_corpu
         )
     assert full.returncode == 2 and "Traceback" not in full.stderr
     assert full.stderr.strip().splitlines()[-1].startswith("error: cannot save checkpoint ")
-    assert "File too large; the checkpoints saved before are unchanged" in full.stderr
+    # torch >= 2.7 passes the system's reason on; 2.6 only says that its archive writer failed
+    assert re.search(
+        r"(File too large|the write failed \(.*\)); the checkpoints saved before are unchanged", full.stderr
+    )
     assert last.read_bytes() == before and not list(last.parent.glob("*.tmp"))
     # 3. Ctrl-C in a terminal: SIGINT to the whole process group, dataloader workers included
     process = launch(small_corpus, tmp_path)
