@@ -14,6 +14,7 @@ from lightning_gpt.config import GPTConfig
 from lightning_gpt.errors import UserError
 from lightning_gpt.generation import GenerationSettings, generate_text, stream_text
 from lightning_gpt.model import GPT
+from lightning_gpt.muon import MuonAdamW
 from lightning_gpt.precision import auto_compile
 from lightning_gpt.rng import gather_rng_states, restore_rng_states
 from lightning_gpt.tokenizer import CharTokenizer
@@ -27,6 +28,9 @@ def warmup_cosine(step: int, warmup_steps: int, decay_steps: int, min_lr_ratio: 
         return min_lr_ratio
     progress = (step - warmup_steps) / max(1, decay_steps - warmup_steps)
     return min_lr_ratio + 0.5 * (1.0 - min_lr_ratio) * (1.0 + math.cos(math.pi * progress))
+
+
+OPTIMIZERS = ("adamw", "muon")
 
 
 class GPTModule(L.LightningModule):
@@ -52,6 +56,8 @@ class GPTModule(L.LightningModule):
         weight_decay: AdamW weight decay, applied to matrices only (not biases or LayerNorms).
         beta1: AdamW beta1.
         beta2: AdamW beta2.
+        optimizer: "adamw" (default) or "muon": Muon for the blocks' matrices, AdamW for the rest
+            (``lightning_gpt.muon``; the same learning rate and weight decay serve both).
         compile: ``torch.compile`` the forward, not generation (default: ``auto_compile``); not saved.
     """
 
@@ -73,6 +79,7 @@ class GPTModule(L.LightningModule):
         weight_decay: float = 0.1,
         beta1: float = 0.9,
         beta2: float = 0.99,
+        optimizer: str = "adamw",
         compile: bool | None = None,
     ):
         super().__init__()
@@ -86,6 +93,8 @@ class GPTModule(L.LightningModule):
         self.tokenizer: CharTokenizer | None = None
         self.val_perplexity = Perplexity()
         self.generation = GenerationSettings()  # set by the CLI for predict; not a hyperparameter
+        if optimizer not in OPTIMIZERS:
+            raise UserError(f"model.optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
         self.config(vocab_size=1)  # check the shape settings now, before any data is read
         if vocab is not None:
             self._build(vocab)
@@ -222,14 +231,28 @@ class GPTModule(L.LightningModule):
         h = self.hparams
         params = [p for p in self.model.parameters() if p.requires_grad]
         matrices, others = [p for p in params if p.dim() >= 2], [p for p in params if p.dim() < 2]
-        optimizer = torch.optim.AdamW(
-            [{"params": matrices, "weight_decay": h.weight_decay}, {"params": others, "weight_decay": 0.0}],
-            lr=h.learning_rate,
-            betas=(h.beta1, h.beta2),
-            # Multi-tensor kernels (PyTorch picks them by default on CUDA only; they are faster on CPU
-            # too). Not fused=True: Lightning's mixed-precision plugin refuses gradient clipping with it.
-            foreach=True,
-        )
+        adamw_groups = [
+            {"params": matrices, "weight_decay": h.weight_decay},
+            {"params": others, "weight_decay": 0.0},
+        ]
+        if h.get("optimizer", "adamw") == "muon":  # the blocks' matrices; not the embedding (= the head)
+            blocks = {id(p) for p in self.model.blocks.parameters()}
+            inner = [p for p in matrices if id(p) in blocks]
+            groups = [
+                {"params": inner, "muon": True, "weight_decay": h.weight_decay},
+                {"params": [p for p in matrices if id(p) not in blocks], "weight_decay": h.weight_decay},
+                {"params": others, "weight_decay": 0.0},
+            ]
+            optimizer = MuonAdamW(groups, lr=h.learning_rate, betas=(h.beta1, h.beta2))
+        else:
+            optimizer = torch.optim.AdamW(
+                adamw_groups,
+                lr=h.learning_rate,
+                betas=(h.beta1, h.beta2),
+                # Multi-tensor kernels (PyTorch picks them by default on CUDA only; they are faster on CPU
+                # too). Not fused=True: Lightning's mixed-precision plugin refuses gradient clipping with it.
+                foreach=True,
+            )
         decay_steps = h.decay_steps or self.trainer.max_steps
         if decay_steps is None or decay_steps < 0:
             raise UserError("set --trainer.max_steps or --model.decay_steps for the learning-rate schedule")
