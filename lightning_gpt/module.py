@@ -34,7 +34,7 @@ OPTIMIZERS = ("adamw", "muon")
 
 
 class GPTModule(L.LightningModule):
-    """Trains ``GPT`` with AdamW and warmup + cosine LR.
+    """Trains ``GPT`` with AdamW (or Muon + AdamW) and warmup + cosine LR.
 
     Every argument is a plain value, saved as a hyperparameter, so a checkpoint alone rebuilds
     the model and its tokenizer. ``vocab`` is filled from the corpus on the first ``fit``.
