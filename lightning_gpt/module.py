@@ -231,22 +231,24 @@ class GPTModule(L.LightningModule):
         h = self.hparams
         params = [p for p in self.model.parameters() if p.requires_grad]
         matrices, others = [p for p in params if p.dim() >= 2], [p for p in params if p.dim() < 2]
-        adamw_groups = [
-            {"params": matrices, "weight_decay": h.weight_decay},
-            {"params": others, "weight_decay": 0.0},
-        ]
-        if h.get("optimizer", "adamw") == "muon":  # the blocks' matrices; not the embedding (= the head)
+        if h.optimizer == "muon":  # the blocks' matrices; not the embedding (= the head)
             blocks = {id(p) for p in self.model.blocks.parameters()}
-            inner = [p for p in matrices if id(p) in blocks]
             groups = [
-                {"params": inner, "muon": True, "weight_decay": h.weight_decay},
+                {
+                    "params": [p for p in matrices if id(p) in blocks],
+                    "muon": True,
+                    "weight_decay": h.weight_decay,
+                },
                 {"params": [p for p in matrices if id(p) not in blocks], "weight_decay": h.weight_decay},
                 {"params": others, "weight_decay": 0.0},
             ]
             optimizer = MuonAdamW(groups, lr=h.learning_rate, betas=(h.beta1, h.beta2))
         else:
             optimizer = torch.optim.AdamW(
-                adamw_groups,
+                [
+                    {"params": matrices, "weight_decay": h.weight_decay},
+                    {"params": others, "weight_decay": 0.0},
+                ],
                 lr=h.learning_rate,
                 betas=(h.beta1, h.beta2),
                 # Multi-tensor kernels (PyTorch picks them by default on CUDA only; they are faster on CPU

@@ -29,9 +29,8 @@ def orthogonalize(matrix: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> to
     return (x if wide else x.T).to(matrix.dtype)
 
 
-class MuonAdamW(torch.optim.Optimizer):
-    """Param groups with ``muon=True`` (2-D matrices) get Muon, the others AdamW (decoupled decay).
-
+class MuonAdamW(torch.optim.AdamW):
+    """``torch.optim.AdamW``, except for the param groups with ``muon=True`` (2-D matrices), which get
     Muon: momentum buffer ``m = momentum * m + g``, Nesterov update ``g + momentum * m``, orthogonalized
     and scaled by ``0.2 * sqrt(max(rows, cols))``; weight decay ``lr * weight_decay`` as in AdamW.
     """
@@ -41,13 +40,13 @@ class MuonAdamW(torch.optim.Optimizer):
         params: Iterable[dict],
         lr: float,
         betas: tuple[float, float] = (0.9, 0.99),
-        eps: float = 1e-8,
         weight_decay: float = 0.0,
         momentum: float = 0.95,
     ):
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, momentum=momentum, muon=False)
-        super().__init__(params, defaults)
+        super().__init__(params, lr=lr, betas=betas, weight_decay=weight_decay, foreach=True)
         for group in self.param_groups:
+            group.setdefault("muon", False)
+            group.setdefault("momentum", momentum)
             if group["muon"] and any(p.dim() != 2 for p in group["params"]):
                 raise ValueError("Muon groups must hold 2-D matrices only")
 
@@ -58,29 +57,22 @@ class MuonAdamW(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            lr, decay = group["lr"], group["weight_decay"]
+            if not group["muon"]:
+                continue
+            lr, decay, momentum = group["lr"], group["weight_decay"], group["momentum"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                state = self.state[p]
                 if decay:
                     p.mul_(1.0 - lr * decay)
-                if group["muon"]:
-                    buffer = state.setdefault("momentum_buffer", torch.zeros_like(p))
-                    buffer.mul_(group["momentum"]).add_(p.grad)
-                    update = orthogonalize(p.grad.add(buffer, alpha=group["momentum"]))
-                    p.add_(update, alpha=-lr * 0.2 * math.sqrt(max(p.shape)))
-                    continue
-                beta1, beta2 = group["betas"]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
+                state = self.state[p]
+                if not state:  # a step count too: AdamW's load_state_dict expects one in every state
+                    state.update(step=torch.tensor(0.0), momentum_buffer=torch.zeros_like(p))
                 state["step"] += 1
-                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-                exp_avg.lerp_(p.grad, 1.0 - beta1)
-                exp_avg_sq.mul_(beta2).addcmul_(p.grad, p.grad, value=1.0 - beta2)
-                bias1, bias2 = 1.0 - beta1 ** state["step"], 1.0 - beta2 ** state["step"]
-                denominator = (exp_avg_sq / bias2).sqrt_().add_(group["eps"])
-                p.addcdiv_(exp_avg, denominator, value=-lr / bias1)
+                buffer = state["momentum_buffer"]
+                buffer.mul_(momentum).add_(p.grad)
+                update = orthogonalize(p.grad.add(buffer, alpha=momentum))
+                p.add_(update, alpha=-lr * 0.2 * math.sqrt(max(p.shape)))
+                p.grad = None  # used: AdamW's step below leaves parameters without a gradient alone
+        super().step()
         return loss
