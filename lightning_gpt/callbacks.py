@@ -107,26 +107,48 @@ class ModelSize(L.Callback):
 class SaveOnSignal(L.Callback):
     """SIGTERM or Ctrl-C (SIGINT) during fit: the current step finishes, ``last.ckpt`` is saved for it
     and the process exits with status 128 + the signal's number (143, 130), so ``--ckpt_path last``
-    continues exactly. Builds on Lightning's SIGTERM handling, which stops after the current step."""
+    continues exactly.
+
+    The signal handlers only note the signal; at the end of each step the ranks share what any of them
+    noted (a max over ranks) and all stop at that step. Lightning's own SIGTERM handler runs a
+    collective inside the handler, at another moment on each rank, which hung multi-process runs that
+    were signalled as a group (Ctrl-C, SLURM, systemd).
+    """
 
     def __init__(self) -> None:
-        self._signal = signal.SIGTERM
+        self._signal = 0  # the signal noted, 0 for none
         self._first_step: int | None = None
+
+    def on_sanity_check_start(self, trainer, pl_module) -> None:
+        self._take_signals()
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._first_step = trainer.global_step
-        if threading.current_thread() is threading.main_thread():  # Lightning restores the old handler
-            signal.signal(signal.SIGINT, self._on_sigint)
+        self._take_signals()
 
-    def _on_sigint(self, signum, frame) -> None:
-        self._signal = signal.SIGINT
-        signal.raise_signal(signal.SIGTERM)  # to Lightning's handler: stop after the current step
+    def _take_signals(self) -> None:
+        if threading.current_thread() is threading.main_thread():  # Lightning restores the old handlers
+            signal.signal(signal.SIGTERM, self._note)
+            signal.signal(signal.SIGINT, self._note)
+
+    def _note(self, signum: int, frame) -> None:
+        self._signal = self._signal or signum
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        received = self._signal
+        if trainer.world_size > 1:  # at the same point on every rank
+            noted = torch.tensor(received, device=trainer.strategy.root_device)
+            received = int(trainer.strategy.reduce(noted, reduce_op="max"))
+        if received:
+            self._signal = received
+            raise SIGTERMException  # Lightning calls on_exception, then exits with the code set there
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException):
             return
-        exception.code = 128 + self._signal  # a SystemExit: its code becomes the exit status
-        name, step, checkpoint = self._signal.name, trainer.global_step, trainer.checkpoint_callback
+        name = signal.Signals(self._signal or signal.SIGTERM).name
+        exception.code = 128 + (self._signal or signal.SIGTERM)  # a SystemExit: its code is the status
+        step, checkpoint = trainer.global_step, trainer.checkpoint_callback
         if self._first_step in (None, step) or not isinstance(checkpoint, ModelCheckpoint):
             message = f"{name}: stopped before a training step of this run; nothing new to save"
         else:

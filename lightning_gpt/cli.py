@@ -317,6 +317,8 @@ def main(args: list[str] | None = None) -> None:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_cloud_logger_tip)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     warnings.filterwarnings("ignore", message=r".*infer the batch indices.*")
+    # under DDP: the validation values are reduced over the ranks already, by torchmetrics
+    warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val_|step')")
     try:
         argv = sys.argv[1:] if args is None else args
         if argv[:1] == ["serve"]:  # not a Trainer method: its own parser, and litserve imported only here

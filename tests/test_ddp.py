@@ -42,8 +42,9 @@ def ddp_env() -> dict[str, str | None]:
     return env
 
 
-def ddp_fit(corpus: Path, cwd: Path, probe: str, *extra: str) -> None:
-    """8 steps of the tiny model with dropout on two CPU processes, each with its own streams."""
+def ddp_fit(corpus: Path, cwd: Path, probe: str, *extra: str, status: int = 0) -> str:
+    """8 steps of the tiny model with dropout on two CPU processes, each with its own streams; the
+    run must end with ``status``. Returns its stderr."""
     result = run_cli(
         *tiny_fit_args(corpus, steps=8, val_every=8),
         "--trainer.limit_val_batches=null",
@@ -61,7 +62,8 @@ def ddp_fit(corpus: Path, cwd: Path, probe: str, *extra: str) -> None:
         timeout=LIMIT_S,
         env=ddp_env(),
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == status, result.stderr[-3000:]
+    return result.stderr
 
 
 def probes(folder: Path) -> list[dict]:
@@ -133,6 +135,50 @@ def test_two_process_resume_gives_every_rank_its_own_streams(ddp_run):
     saved = torch.load(ddp_run / "mid" / "step=4.ckpt", weights_only=True)
     assert saved["global_step"] == 4 and len(saved["rng_states"]) == 2
     assert not torch.equal(saved["rng_states"][0]["torch"], saved["rng_states"][1]["torch"])
+
+
+def test_a_signal_to_every_rank_or_to_one_stops_all_at_one_step_and_resumes_exactly(ddp_run):
+    # SIGTERM to the whole process group at step 4, as Ctrl-C, SLURM and systemd send (Lightning's own
+    # handler runs a collective inside the signal handler, and such a run hung)
+    stderr = ddp_fit(
+        ddp_run / "corpus.txt",
+        ddp_run,
+        "probe_unused",
+        "--checkpoint.dirpath=signalled",
+        "--trainer.callbacks+=ddp_probe.SignalAt",
+        status=143,
+    )
+    last = (ddp_run / "signalled" / "last.ckpt").resolve()
+    assert stderr.strip().splitlines()[-1] == (
+        f"SIGTERM: saved step 4 to {last}; continue: the same command with --ckpt_path last"
+    )
+    ddp_fit(
+        ddp_run / "corpus.txt",
+        ddp_run,
+        "probe_signalled",
+        "--checkpoint.dirpath=signalled",
+        "--ckpt_path=last",
+    )
+    whole = torch.load(ddp_run / "checkpoints" / "last.ckpt", weights_only=True)
+    resumed = torch.load(last, weights_only=True)
+    assert resumed["global_step"] == 8
+    for name, tensor in whole["state_dict"].items():
+        assert torch.equal(tensor, resumed["state_dict"][name]), f"{name} differs after the signal and resume"
+    draws = [[r["draws"] for r in probes(ddp_run / folder)] for folder in ("probe", "probe_signalled")]
+    assert draws[0] == draws[1], "torch, Python and NumPy streams of each rank, after the last step"
+    # SIGINT to rank 1 alone: rank 0 learns of it at the next step and both stop there
+    stderr = ddp_fit(
+        ddp_run / "corpus.txt",
+        ddp_run,
+        "probe_unused",
+        "--checkpoint.dirpath=interrupted",
+        "--trainer.callbacks+=ddp_probe.SignalAt",
+        "--trainer.callbacks.name=SIGINT",
+        "--trainer.callbacks.rank=1",
+        status=130,
+    )
+    assert stderr.strip().splitlines()[-1].startswith("SIGINT: saved step 4 to ")
+    assert torch.load(ddp_run / "interrupted" / "last.ckpt", weights_only=True)["global_step"] == 4
 
 
 def test_a_hung_run_fails_with_its_stacks_and_leaves_no_process(tmp_path):

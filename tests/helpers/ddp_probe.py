@@ -3,6 +3,7 @@
 import json
 import os
 import random
+import signal
 
 import lightning as L
 import numpy as np
@@ -47,3 +48,20 @@ class RankProbe(L.Callback):
         }
         with open(os.path.join(self.folder, f"rank{trainer.global_rank}.json"), "w") as file:
             json.dump(record, file)
+
+
+class SignalAt(L.Callback):
+    """Sends ``name`` (a signal) once training reaches ``step``: from rank 0 to the whole process
+    group (as Ctrl-C, SLURM and systemd signal every process), or with ``rank`` to that rank alone."""
+
+    def __init__(self, step: int = 4, name: str = "SIGTERM", rank: int | None = None):
+        self.step, self.name, self.rank = step, name, rank
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step != self.step:
+            return
+        number = getattr(signal, self.name)
+        if self.rank is None and trainer.global_rank == 0:
+            os.killpg(os.getpgid(0), number)
+        elif self.rank == trainer.global_rank:
+            os.kill(os.getpid(), number)
