@@ -11,6 +11,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from lightning_gpt.config import GPTConfig
@@ -185,12 +186,21 @@ class CharDataModule(L.LightningDataModule):
         return self._loader(windows, batch_size=None)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(ConsecutiveWindows(self.val_tokens, self.context_length), self.batch_size)
+        windows = ConsecutiveWindows(self.val_tokens, self.context_length)
+        trainer, sampler = self.trainer, None
+        if trainer is not None and trainer.world_size > 1:
+            # Every window once over all ranks: Lightning's default DistributedSampler would repeat some
+            # to give every rank as many, and val_loss would depend on the number of devices.
+            sampler = UnrepeatedDistributedSampler(
+                windows, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+            )
+        return self._loader(windows, self.batch_size, sampler)
 
-    def _loader(self, dataset: Dataset, batch_size: int | None) -> DataLoader:
+    def _loader(self, dataset: Dataset, batch_size: int | None, sampler=None) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=batch_size,
+            sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),

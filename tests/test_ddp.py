@@ -74,7 +74,8 @@ def probes(folder: Path) -> list[dict]:
 def ddp_run(tmp_path_factory, shakespeare: str) -> Path:
     """The folder of an uninterrupted two-process run that also kept its step-4 checkpoint (mid/)."""
     root = tmp_path_factory.mktemp("ddp")
-    (root / "corpus.txt").write_text(shakespeare[:20_000], encoding="utf-8")
+    # 19,700 characters: a validation split of 61 windows, which two ranks cannot share evenly
+    (root / "corpus.txt").write_text(shakespeare[:19_700], encoding="utf-8")
     ddp_fit(
         root / "corpus.txt",
         root,
@@ -96,7 +97,7 @@ def test_two_process_ddp_on_cpu(ddp_run, cli_main):
     assert ranks[0]["weights_abs_sum"] == ranks[1]["weights_abs_sum"]
     # val_loss is synced: every rank logs the mean over all validation tokens of both ranks
     assert ranks[0]["val_loss"] == pytest.approx(ranks[1]["val_loss"], abs=1e-6)
-    # ... which is what one process computes over the whole validation split
+    # ... which is what one process computes over the whole validation split: every window once
     single = cli_main(
         "validate",
         f"--data.path={ddp_run / 'corpus.txt'}",
@@ -106,7 +107,7 @@ def test_two_process_ddp_on_cpu(ddp_run, cli_main):
     )
     assert single.returncode == 0, single.stderr
     value = float(re.search(r"val_loss\s+([0-9.]+)", single.stdout).group(1))
-    assert value == pytest.approx(ranks[0]["val_loss"], abs=2e-3)
+    assert value == pytest.approx(ranks[0]["val_loss"], abs=1e-5)
     # checkpoints are written once, by rank 0: one best, one last, no leftovers
     names = sorted(p.name for p in (ddp_run / "checkpoints").iterdir())
     assert len(names) == 2 and "last.ckpt" in names and names[0].startswith("best-step000008")
