@@ -206,7 +206,7 @@ class CharDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             # Its own generator: an iterator drawing from the global RNG would shift resumed dropout masks.
             generator=torch.Generator().manual_seed(0),
-            worker_init_fn=_leave_ctrl_c_to_the_trainer,
+            worker_init_fn=_leave_signals_to_the_trainer,
         )
 
     def state_dict(self) -> dict[str, int]:
@@ -222,7 +222,9 @@ class CharDataModule(L.LightningDataModule):
         return DataLoader(items, batch_size=None)
 
 
-def _leave_ctrl_c_to_the_trainer(worker_id: int) -> None:
-    """Workers ignore the SIGINT that a terminal's Ctrl-C sends to every process: the trainer's
-    process finishes its step (which may need their batches), saves and then ends them."""
+def _leave_signals_to_the_trainer(worker_id: int) -> None:
+    """Workers ignore the SIGINT and SIGTERM sent to every process of a run (Ctrl-C in a terminal,
+    SLURM, systemd): the trainer's process finishes its step (which may need their batches), saves and
+    then ends them. A worker whose trainer is gone exits by itself (PyTorch watches the parent)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

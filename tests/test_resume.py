@@ -223,8 +223,8 @@ def test_signals_a_full_disk_and_a_second_fit_lose_nothing(tmp_path, small_corpu
     """SIGTERM, a second fit in the same folder, a disk-full save, Ctrl-C (to the process group, as a
     terminal sends it) and a SLURM requeue, one after the other: the end equals the uninterrupted run."""
     last = tmp_path / "split" / "last.ckpt"
-    # 1. the first start (--ckpt_path last finds nothing: a new run), stopped by SIGTERM; while it is
-    #    paused, a second fit into the same folder is refused and changes nothing
+    # 1. the first start (--ckpt_path last finds nothing: a new run), stopped by SIGTERM to its process
+    #    group; while it is paused, a second fit into the same folder is refused and changes nothing
     first = launch(small_corpus, tmp_path)
     wait_for_step(first, last, 6)
     first.send_signal(signal.SIGSTOP)
@@ -236,7 +236,7 @@ def test_signals_a_full_disk_and_a_second_fit_lose_nothing(tmp_path, small_corpu
         "--checkpoint.dirpath"
     )
     assert last.read_bytes() == before and len(list((tmp_path / "lightning_logs").iterdir())) == 1
-    first.send_signal(signal.SIGTERM)
+    os.killpg(first.pid, signal.SIGTERM)  # to every process, dataloader workers too, as SLURM and systemd
     first.send_signal(signal.SIGCONT)
     status, stderr = finish(first)
     assert status == 143 and "note: no split/last.ckpt yet; starting a new run" in stderr, stderr[-3000:]
