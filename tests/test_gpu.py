@@ -67,11 +67,15 @@ def test_greedy_generation_on_the_gpu_equals_the_cpu(tiny_checkpoint):
 def test_predict_from_a_checkpoint_on_the_gpu(tmp_path, tiny_checkpoint):
     shutil.copy(tiny_checkpoint, tmp_path / "model.ckpt")
     args = ["predict", "--ckpt_path=model.ckpt", "--generate.prompt=ROMEO:", "--generate.max_new_tokens=40"]
-    gpu = run_cli(*args, "--trainer.accelerator=gpu", cwd=tmp_path)
+    gpu = run_cli(*args, "--trainer.accelerator=gpu", cwd=tmp_path)  # the GPU's automatic precision
     assert gpu.returncode == 0, gpu.stderr
     assert gpu.stdout.startswith("ROMEO:") and len(gpu.stdout.rstrip("\n")) == len("ROMEO:") + 40
+    # In fp32 the logits are the CPU's up to rounding, and sampling draws on the CPU: the same text
+    # (bf16 logits may tip a draw)
+    fp32 = run_cli(*args, "--trainer.accelerator=gpu", "--trainer.precision=32-true", cwd=tmp_path)
     cpu = run_cli(*args, "--trainer.accelerator=cpu", cwd=tmp_path)
-    assert cpu.stdout == gpu.stdout  # sampling draws on the CPU: the same seed, the same text
+    assert fp32.returncode == cpu.returncode == 0, fp32.stderr + cpu.stderr
+    assert cpu.stdout == fp32.stdout
 
 
 def test_stop_and_resume_on_the_gpu_is_bit_for_bit(tmp_path, small_corpus):
