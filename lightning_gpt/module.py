@@ -175,10 +175,14 @@ class GPTModule(L.LightningModule):
         return every > 0 and (self.global_step + 1) % every == 0
 
     def _check_finite(self, steps: int) -> None:
-        """Stop if any training loss since the last check was nan or inf (``steps``: steps trained)."""
-        if self._finite is not None and not self._finite:
-            raise self._stopped("training", "nan or inf", f"{steps} or earlier")
+        """Stop if any training loss since the last check was nan or inf, on any rank: every rank
+        stops, or none (``steps``: steps trained)."""
+        finite = self._finite is None or bool(self._finite)
+        if self._trainer is not None:  # a collective with several processes
+            finite = self._trainer.strategy.reduce_boolean_decision(finite, all=True)
         self._finite = None
+        if not finite:
+            raise self._stopped("training", "nan or inf", f"{steps} or earlier")
 
     def _stopped(self, which: str, value: object, step: object) -> UserError:
         return UserError(

@@ -182,6 +182,25 @@ def test_a_signal_to_every_rank_or_to_one_stops_all_at_one_step_and_resumes_exac
     assert torch.load(ddp_run / "interrupted" / "last.ckpt", weights_only=True)["global_step"] == 4
 
 
+def test_a_nan_loss_on_one_rank_stops_every_rank(ddp_run):
+    # Rank 1 alone sees a nan loss at step 4 (a logging step); before, it stopped there while rank 0
+    # went on into the gradient all-reduce: a crash with gloo's traceback (or a hang with NCCL)
+    stderr = ddp_fit(
+        ddp_run / "corpus.txt",
+        ddp_run,
+        "probe_unused",
+        "--checkpoint.dirpath=poisoned",
+        "--trainer.callbacks+=ddp_probe.PoisonAt",
+        status=2,
+    )
+    assert "Traceback" not in stderr, stderr[-3000:]
+    errors = {line for line in stderr.splitlines() if line.startswith("error:")}
+    assert errors == {
+        "error: the training loss became nan or inf at step 4 or earlier; training stopped and the "
+        "checkpoints saved so far are kept. Lower --model.learning_rate or resume from one"
+    }
+
+
 def test_a_hung_run_fails_with_its_stacks_and_leaves_no_process(tmp_path):
     # A parent that starts a child, as Lightning's launcher starts rank 1, and both sleep on.
     script = (

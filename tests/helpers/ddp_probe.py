@@ -65,3 +65,15 @@ class SignalAt(L.Callback):
             os.killpg(os.getpgid(0), number)
         elif self.rank == trainer.global_rank:
             os.kill(os.getpid(), number)
+
+
+class PoisonAt(L.Callback):
+    """Makes ``rank``'s weights nan before training step ``step`` (counted from 1), on that rank only."""
+
+    def __init__(self, step: int = 4, rank: int = 1):
+        self.step, self.rank = step, rank
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step + 1 == self.step and trainer.global_rank == self.rank:
+            with torch.no_grad():
+                next(pl_module.model.parameters()).fill_(float("nan"))
