@@ -66,6 +66,17 @@ def ddp_fit(corpus: Path, cwd: Path, probe: str, *extra: str, status: int = 0) -
     return result.stderr
 
 
+def same(a: object, b: object) -> bool:
+    """Whether two checkpoint values are equal, tensors bit for bit."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(map(same, a, b))
+    return a == b
+
+
 def probes(folder: Path) -> list[dict]:
     return [json.loads((folder / f"rank{r}.json").read_text()) for r in (0, 1)]
 
@@ -138,7 +149,7 @@ def test_two_process_resume_gives_every_rank_its_own_streams(ddp_run):
     assert not torch.equal(saved["rng_states"][0]["torch"], saved["rng_states"][1]["torch"])
 
 
-def test_a_signal_to_every_rank_or_to_one_stops_all_at_one_step_and_resumes_exactly(ddp_run):
+def test_a_signal_to_every_rank_or_to_one_stops_all_at_one_step(ddp_run):
     # SIGTERM to the whole process group at step 4, as Ctrl-C, SLURM and systemd send (Lightning's own
     # handler runs a collective inside the signal handler, and such a run hung)
     stderr = ddp_fit(
@@ -153,21 +164,16 @@ def test_a_signal_to_every_rank_or_to_one_stops_all_at_one_step_and_resumes_exac
     assert stderr.strip().splitlines()[-1] == (
         f"SIGTERM: saved step 4 to {last}; continue: the same command with --ckpt_path last"
     )
-    ddp_fit(
-        ddp_run / "corpus.txt",
-        ddp_run,
-        "probe_signalled",
-        "--checkpoint.dirpath=signalled",
-        "--ckpt_path=last",
-    )
-    whole = torch.load(ddp_run / "checkpoints" / "last.ckpt", weights_only=True)
-    resumed = torch.load(last, weights_only=True)
-    assert resumed["global_step"] == 8
-    for name, tensor in whole["state_dict"].items():
-        assert torch.equal(tensor, resumed["state_dict"][name]), f"{name} differs after the signal and resume"
-    draws = [[r["draws"] for r in probes(ddp_run / folder)] for folder in ("probe", "probe_signalled")]
-    assert draws[0] == draws[1], "torch, Python and NumPy streams of each rank, after the last step"
-    # SIGINT to rank 1 alone: rank 0 learns of it at the next step and both stop there
+    # ... exactly the state of the uninterrupted run's step-4 checkpoint, whose resume ends as that
+    # run does (test_two_process_resume_gives_every_rank_its_own_streams): weights, optimizer, every
+    # rank's generators, the loops' progress
+    saved, mid = (torch.load(path, weights_only=True) for path in (last, ddp_run / "mid" / "step=4.ckpt"))
+    assert saved["global_step"] == mid["global_step"] == 4
+    for name, tensor in mid["state_dict"].items():
+        assert torch.equal(tensor, saved["state_dict"][name]), name
+    for key in ("optimizer_states", "lr_schedulers", "rng_states", "loops"):
+        assert same(saved[key], mid[key]), key
+    # SIGINT to rank 1 alone: rank 0 learns of it at the end of the step and both stop there
     stderr = ddp_fit(
         ddp_run / "corpus.txt",
         ddp_run,
