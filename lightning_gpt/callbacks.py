@@ -112,7 +112,8 @@ class SaveOnSignal(L.Callback):
     The signal handlers only note the signal; at the end of each step the ranks share what any of them
     noted (a max over ranks) and all stop at that step. Lightning's own SIGTERM handler runs a
     collective inside the handler, at another moment on each rank, which hung multi-process runs that
-    were signalled as a group (Ctrl-C, SLURM, systemd).
+    were signalled as a group (Ctrl-C, SLURM, systemd). Any other error that stops a process ends the
+    ranks it started.
     """
 
     def __init__(self) -> None:
@@ -145,6 +146,10 @@ class SaveOnSignal(L.Callback):
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException):
+            # Any other error ends this process alone: the ranks it started would wait for it in their
+            # next collective (NCCL: for its timeout). End them, as Lightning does after Ctrl-C.
+            if trainer.strategy.launcher is not None:
+                trainer.strategy.launcher.kill(signal.SIGKILL)
             return
         name = signal.Signals(self._signal or signal.SIGTERM).name
         exception.code = 128 + (self._signal or signal.SIGTERM)  # a SystemExit: its code is the status

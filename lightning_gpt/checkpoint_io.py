@@ -32,9 +32,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict, path: str | os.PathLike, storage_options=None) -> None:
         try:
             write_atomically(path, lambda file: torch.save(checkpoint, file))
-        except (OSError, RuntimeError) as error:  # torch < 2.7 reports a failed write as a RuntimeError
+        except (OSError, RuntimeError) as error:  # torch's writer raises a RuntimeError over the OSError
+            cause = error if isinstance(error, OSError) else error.__context__
             reason = (
-                getattr(error, "strerror", None) or f"the write failed ({str(error).strip().splitlines()[0]})"
+                getattr(cause, "strerror", None) or f"the write failed ({str(error).strip().splitlines()[0]})"
             )
             raise UserError(
                 f"cannot save checkpoint {path}: {reason}; the checkpoints saved before "

@@ -207,6 +207,24 @@ def test_a_nan_loss_on_one_rank_stops_every_rank(ddp_run):
     }
 
 
+def test_a_failed_save_on_rank_0_ends_every_rank_with_one_line(ddp_run):
+    # Files over 100 kB cannot be written (SIGXFSZ ignored, as a full disk): rank 0's first save fails.
+    # Before, rank 1 waited for it in the save's barrier and died with gloo's traceback (NCCL: a hang).
+    fit = [sys.executable, str(ROOT / "cli.py"), *tiny_fit_args(ddp_run / "corpus.txt", steps=8, val_every=4)]
+    fit += [
+        "--model.d_model=64",
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=2",
+        "--trainer.strategy=ddp",
+    ]
+    fit += ["--trainer.precision=32-true", "--checkpoint.dirpath=full"]
+    shell = "trap '' XFSZ; ulimit -f 100; exec \"$@\""
+    result = run_command(["bash", "-c", shell, "bash", *fit], cwd=ddp_run, timeout=LIMIT_S, env=ddp_env())
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1].startswith("error: cannot save checkpoint ")
+    assert "File too large; the checkpoints saved before are unchanged" in result.stderr
+
+
 def test_a_hung_run_fails_with_its_stacks_and_leaves_no_process(tmp_path):
     # A parent that starts a child, as Lightning's launcher starts rank 1, and both sleep on.
     script = (
