@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CLI, TINY_MODEL, main_in_process
+from conftest import CLI, TINY_MODEL, main_in_process, run_command
 
 from lightning_gpt.rng import restore_rng_states, rng_states, set_rng_states
 
@@ -283,6 +283,28 @@ def test_signals_a_full_disk_and_a_second_fit_lose_nothing(tmp_path, small_corpu
     assert step_of(last) == 60
     assert_same_weights(whole / "whole" / "last.ckpt", last)
     assert val_losses(tmp_path)[60] == val_losses(whole)[60]
+
+
+def test_a_signal_between_accumulated_batches_stops_after_the_optimizer_step(tmp_path, small_corpus):
+    # Three batches per optimizer step; SIGTERM arrives after the first batch of step 5. Stopping there
+    # would make the resumed run redo that batch with dropout masks drawn after it: the run goes on to
+    # the end of step 5.
+    steps = ["--data.num_workers=0", "--trainer.max_steps=8", "--trainer.accumulate_grad_batches=3"]
+    signal_at = ["--trainer.callbacks+=ddp_probe.SignalAt", "--trainer.callbacks.rank=0"]
+    signal_at.append("--trainer.callbacks.batch=12")
+    args = [sys.executable, str(CLI), "fit", f"--data.path={small_corpus}", *RUN, *steps, *signal_at]
+    helpers = str(Path(CLI).parent / "tests" / "helpers")
+    result = run_command(
+        [*args, "--checkpoint.dirpath=split"], cwd=tmp_path, timeout=120, env={"PYTHONPATH": helpers}
+    )
+    assert result.returncode == 143, result.stderr[-3000:]
+    saved = torch.load(tmp_path / "split" / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == 5
+    assert saved["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["processed"] == 15
+    # ... from where the resumed run ends exactly as an uninterrupted one
+    fit(small_corpus, tmp_path, *steps, "--checkpoint.dirpath=split", "--ckpt_path=last")
+    fit(small_corpus, tmp_path, *steps, "--checkpoint.dirpath=whole")
+    assert_same_weights(tmp_path / "whole" / "last.ckpt", tmp_path / "split" / "last.ckpt")
 
 
 def test_kills_during_saves_never_corrupt_checkpoints(tmp_path, small_corpus):

@@ -51,14 +51,18 @@ class RankProbe(L.Callback):
 
 
 class SignalAt(L.Callback):
-    """Sends ``name`` (a signal) once training reaches ``step``: from rank 0 to the whole process
-    group (as Ctrl-C, SLURM and systemd signal every process), or with ``rank`` to that rank alone."""
+    """Sends ``name`` (a signal) once training reaches ``step`` (or, given ``batch``, after that batch
+    index): from rank 0 to the whole process group (as Ctrl-C, SLURM and systemd signal every
+    process), or with ``rank`` to that rank alone."""
 
-    def __init__(self, step: int = 4, name: str = "SIGTERM", rank: int | None = None):
-        self.step, self.name, self.rank = step, name, rank
+    def __init__(
+        self, step: int = 4, name: str = "SIGTERM", rank: int | None = None, batch: int | None = None
+    ):
+        self.step, self.name, self.rank, self.batch = step, name, rank, batch
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step != self.step:
+        due = batch_idx == self.batch if self.batch is not None else trainer.global_step == self.step
+        if not due:
             return
         number = getattr(signal, self.name)
         if self.rank is None and trainer.global_rank == 0:
