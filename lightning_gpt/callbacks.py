@@ -136,8 +136,8 @@ class SaveOnSignal(L.Callback):
         self._signal = self._signal or signum
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if (batch_idx + 1) % trainer.accumulate_grad_batches:  # only after an optimizer step
-            return
+        if (batch_idx + 1) % trainer.accumulate_grad_batches or trainer.global_step == trainer.max_steps:
+            return  # between the batches of an optimizer step, or after the last step: the run ends anyway
         received = self._signal
         if trainer.world_size > 1:  # at the same point on every rank
             noted = torch.tensor(received, device=trainer.strategy.root_device)
