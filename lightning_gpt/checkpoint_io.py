@@ -91,9 +91,11 @@ if hasattr(os, "register_at_fork"):
 
 
 def unlock(descriptor: int) -> None:
-    """Release a lock taken by ``lock_folder``."""
-    _locks.discard(descriptor)
-    os.close(descriptor)
+    """Release a lock taken by ``lock_folder`` in this process. Elsewhere (a rank that ``ddp_spawn``
+    or ``ddp_fork`` started with a copy of the callback) the number may name another file: left alone."""
+    if descriptor in _locks:
+        _locks.remove(descriptor)
+        os.close(descriptor)
 
 
 def lock_folder(folder: str) -> int | None:

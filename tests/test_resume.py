@@ -16,6 +16,7 @@ import pytest
 import torch
 from conftest import CLI, TINY_MODEL, main_in_process, run_command
 
+from lightning_gpt.checkpoint_io import lock_folder, unlock
 from lightning_gpt.rng import restore_rng_states, rng_states, set_rng_states
 
 # Dropout on and two dataloader workers: both must be resumed exactly.
@@ -394,3 +395,16 @@ def test_old_checkpoints_and_other_world_sizes(keep_generators):
     note = restore_rng_states([one, two], rank=2, world_size=3)
     assert draws() == fresh
     assert "of 2 process(es) and this run has 3" in note
+
+
+def test_unlock_closes_only_what_this_process_locked(tmp_path):
+    # A rank that ddp_spawn or ddp_fork starts gets a copy of the callback that holds the lock's
+    # descriptor number, which in that process may name another file (a pipe of multiprocessing)
+    other = os.open(tmp_path, os.O_RDONLY)
+    unlock(other)
+    os.fstat(other)  # still open
+    os.close(other)
+    held = lock_folder(str(tmp_path / "checkpoints"))
+    unlock(held)
+    with pytest.raises(OSError):
+        os.fstat(held)
