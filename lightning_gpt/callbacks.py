@@ -90,6 +90,14 @@ class TextSampler(L.Callback):
             print(self.sample(pl_module), flush=True)
 
 
+class LastCheckpoint(ModelCheckpoint):
+    """``last.ckpt``, at the cadence of its options (every validation by default) and once more when
+    training ends, so that it holds the last step whatever the cadence."""
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        trainer.save_checkpoint(self.format_checkpoint_name({}), weights_only=self.save_weights_only)
+
+
 class ModelSize(L.Callback):
     """One line when fit starts, in place of Lightning's model summary: shape and parameter count."""
 

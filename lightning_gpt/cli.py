@@ -18,7 +18,14 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from lightning_gpt.callbacks import HoldLock, ModelSize, SaveOnSignal, TextSampler, TrainingSpeed
+from lightning_gpt.callbacks import (
+    HoldLock,
+    LastCheckpoint,
+    ModelSize,
+    SaveOnSignal,
+    TextSampler,
+    TrainingSpeed,
+)
 from lightning_gpt.checkpoint_io import AtomicCheckpointIO, filesystem, local_path, lock_folder, readable_copy
 from lightning_gpt.config import GPTConfig
 from lightning_gpt.corpus import corpus_files, read_corpus
@@ -125,11 +132,16 @@ class GPTLightningCLI(LightningCLI):
         best, subcommand = trainer.checkpoint_callback, self.config.get("subcommand")
         if isinstance(best, ModelCheckpoint) and best.monitor and best.save_last is True:
             # Lightning >= 2.6 writes last.ckpt only beside a new best, so a run would resume from its
-            # best step, not its last: a second checkpoint, with no metric, keeps last.ckpt at its cadence.
-            best.save_last = None
+            # best step, not its last: a second checkpoint, with no metric, keeps last.ckpt at the
+            # cadence asked for. The best one is judged at validations only: between them its val_loss
+            # would be stale.
             options = (self.config[subcommand] if subcommand else self.config).checkpoint.as_dict()
-            options.update(filename=best.CHECKPOINT_NAME_LAST, monitor=None, save_top_k=1, save_last=None)
-            trainer.callbacks.append(ModelCheckpoint(**options))
+            options["save_last"] = None
+            cadence = {name: options.pop(name) for name in ("every_n_train_steps", "train_time_interval")}
+            callbacks = trainer.callbacks
+            callbacks[callbacks.index(best)] = ModelCheckpoint(**options)
+            options.update(cadence, filename=best.CHECKPOINT_NAME_LAST, monitor=None, save_top_k=1)
+            callbacks.append(LastCheckpoint(**options))
         bar = trainer.progress_bar_callback
         if type(bar) is TQDMProgressBar and bar.refresh_rate == 1:  # Lightning's default: redraws every step
             callbacks = trainer.callbacks
@@ -173,6 +185,14 @@ class GPTLightningCLI(LightningCLI):
                 corpus_files(section.data.path)
             except UserError as error:
                 problems.append(str(error))
+        interval, accumulate = section.trainer.val_check_interval, section.trainer.accumulate_grad_batches
+        if isinstance(interval, int) and isinstance(accumulate, int) and interval % accumulate:
+            problems.append(
+                f"--trainer.val_check_interval counts batches: {interval} is not a multiple of "
+                f"--trainer.accumulate_grad_batches {accumulate}, so validations and their checkpoints "
+                "would fall inside an optimizer step; pass a multiple, e.g. "
+                f"{interval * accumulate} (every {interval} steps)"
+            )
         ckpt = section.get("ckpt_path")
         local = ckpt and ckpt not in ("last", *_LIGHTNING_CKPT_ALIASES) and "://" not in ckpt
         if local and not Path(ckpt).exists():

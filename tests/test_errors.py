@@ -39,6 +39,7 @@ ROWS = {
     "test_errors.py::test_bad_settings_are_refused_before_anything_is_built": [
         "batch size below 1",
         "validation fraction outside (0, 1)",
+        "validation interval not a multiple of the accumulated batches",
         "impossible model shape or setting",
         "model too big (a typo in a size)",
     ],
@@ -169,6 +170,12 @@ def test_help_offers_fit_validate_and_predict_only(tmp_path, cli_main):
         ),
         ("--data.batch_size=0", "data.batch_size must be at least 1, got 0"),
         ("--data.val_fraction=1.5", "data.val_fraction must be between 0 and 1, got 1.5"),
+        (
+            "--trainer.accumulate_grad_batches=4 --trainer.val_check_interval=250",
+            "--trainer.val_check_interval counts batches: 250 is not a multiple of "
+            "--trainer.accumulate_grad_batches 4, so validations and their checkpoints would fall inside an "
+            "optimizer step; pass a multiple, e.g. 1000 (every 250 steps)",
+        ),
     ],
 )
 def test_bad_settings_are_refused_before_anything_is_built(tmp_path, small_corpus, cli_main, flag, message):

@@ -81,6 +81,23 @@ def test_last_ckpt_follows_every_validation_even_without_a_new_best(tmp_path, sm
     assert step_of(folder / "last.ckpt") == 12 and "new run" not in more.stderr
 
 
+def test_a_step_cadence_keeps_last_ckpt_at_the_end_and_best_at_validations(tmp_path, small_corpus, cli_main):
+    # Saves every 7 steps, validations every 10, 20 steps: last.ckpt must end at step 20 (not 14), and a
+    # best checkpoint only where a validation measured its val_loss (not at 14 under the step-10 value)
+    cadence = [
+        "--trainer.max_steps=20",
+        "--trainer.val_check_interval=10",
+        "--checkpoint.every_n_train_steps=7",
+    ]
+    result = cli_main("fit", f"--data.path={small_corpus}", *RUN, *cadence, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    folder = tmp_path / "checkpoints"
+    assert step_of(folder / "last.ckpt") == 20
+    best = {int(re.match(r"best-step(\d+)-", path.name)[1]): path for path in folder.glob("best-*.ckpt")}
+    assert best and set(best) <= {10, 20}, best
+    assert all(step_of(path) == step for step, path in best.items())
+
+
 @pytest.fixture(scope="module")
 def whole(tmp_path_factory, shakespeare) -> Path:
     """The folder of an uninterrupted 60-step run (its last.ckpt and lightning_logs/version_0)."""
@@ -291,6 +308,7 @@ def test_a_signal_between_accumulated_batches_stops_after_the_optimizer_step(tmp
     # would make the resumed run redo that batch with dropout masks drawn after it: the run goes on to
     # the end of step 5.
     steps = ["--data.num_workers=0", "--trainer.max_steps=8", "--trainer.accumulate_grad_batches=3"]
+    steps.append("--trainer.val_check_interval=21")  # batches: every 7 steps
     signal_at = ["--trainer.callbacks+=ddp_probe.SignalAt", "--trainer.callbacks.rank=0"]
     signal_at.append("--trainer.callbacks.batch=12")
     args = [sys.executable, str(CLI), "fit", f"--data.path={small_corpus}", *RUN, *steps, *signal_at]
