@@ -1,5 +1,5 @@
 """Training callbacks: throughput in the logs and progress bar, text samples as it learns, and a
-checkpoint of the last step when a signal stops training."""
+checkpoint of the last step when training ends or a signal stops it."""
 
 from __future__ import annotations
 
@@ -90,14 +90,6 @@ class TextSampler(L.Callback):
             print(self.sample(pl_module), flush=True)
 
 
-class LastCheckpoint(ModelCheckpoint):
-    """``last.ckpt``, at the cadence of its options (every validation by default) and once more when
-    training ends, so that it holds the last step whatever the cadence."""
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        trainer.save_checkpoint(self.format_checkpoint_name({}), weights_only=self.save_weights_only)
-
-
 class ModelSize(L.Callback):
     """One line when fit starts, in place of Lightning's model summary: shape and parameter count."""
 
@@ -112,10 +104,11 @@ class ModelSize(L.Callback):
             )
 
 
-class SaveOnSignal(L.Callback):
-    """SIGTERM or Ctrl-C (SIGINT) during fit: the current step finishes, ``last.ckpt`` is saved for it
-    and the process exits with status 128 + the signal's number (143, 130), so ``--ckpt_path last``
-    continues exactly.
+class SaveLastStep(L.Callback):
+    """Keeps ``last.ckpt`` at the last step trained: writes it when training ends (whatever the
+    checkpoint cadence), and when SIGTERM or Ctrl-C (SIGINT) stops fit: then the current step finishes,
+    ``last.ckpt`` is saved for it and the process exits with status 128 + the signal's number (143,
+    130), so ``--ckpt_path last`` continues exactly.
 
     The signal handlers only note the signal; at the end of each step the ranks share what any of them
     noted (a max over ranks) and all stop at that step. Lightning's own SIGTERM handler runs a
@@ -153,6 +146,11 @@ class SaveOnSignal(L.Callback):
         if received:
             self._signal = received
             raise SIGTERMException  # Lightning calls on_exception, then exits with the code set there
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        checkpoint = trainer.checkpoint_callback
+        if isinstance(checkpoint, ModelCheckpoint):
+            trainer.save_checkpoint(checkpoint.format_checkpoint_name({}, checkpoint.CHECKPOINT_NAME_LAST))
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException):

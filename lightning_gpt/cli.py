@@ -18,14 +18,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from lightning_gpt.callbacks import (
-    HoldLock,
-    LastCheckpoint,
-    ModelSize,
-    SaveOnSignal,
-    TextSampler,
-    TrainingSpeed,
-)
+from lightning_gpt.callbacks import HoldLock, ModelSize, SaveLastStep, TextSampler, TrainingSpeed
 from lightning_gpt.checkpoint_io import AtomicCheckpointIO, filesystem, local_path, lock_folder, readable_copy
 from lightning_gpt.config import GPTConfig
 from lightning_gpt.corpus import corpus_files, read_corpus
@@ -133,15 +126,15 @@ class GPTLightningCLI(LightningCLI):
         if isinstance(best, ModelCheckpoint) and best.monitor and best.save_last is True:
             # Lightning >= 2.6 writes last.ckpt only beside a new best, so a run would resume from its
             # best step, not its last: a second checkpoint, with no metric, keeps last.ckpt at the
-            # cadence asked for. The best one is judged at validations only: between them its val_loss
-            # would be stale.
+            # cadence asked for (and SaveLastStep at the end). The best one is judged at validations
+            # only: between them its val_loss would be stale.
             options = (self.config[subcommand] if subcommand else self.config).checkpoint.as_dict()
             options["save_last"] = None
             cadence = {name: options.pop(name) for name in ("every_n_train_steps", "train_time_interval")}
             callbacks = trainer.callbacks
             callbacks[callbacks.index(best)] = ModelCheckpoint(**options)
             options.update(cadence, filename=best.CHECKPOINT_NAME_LAST, monitor=None, save_top_k=1)
-            callbacks.append(LastCheckpoint(**options))
+            callbacks.append(ModelCheckpoint(**options))
         bar = trainer.progress_bar_callback
         if type(bar) is TQDMProgressBar and bar.refresh_rate == 1:  # Lightning's default: redraws every step
             callbacks = trainer.callbacks
@@ -306,7 +299,7 @@ def make_cli(
     args: list[str] | None = None, callbacks: Sequence[L.Callback] = (), **kwargs
 ) -> GPTLightningCLI:
     """What ``python cli.py ARGS`` runs, plus ``callbacks``; ``kwargs`` go to LightningCLI (``run=False``)."""
-    callbacks = [TrainingSpeed(), ModelSize(), SaveOnSignal(), *callbacks]
+    callbacks = [TrainingSpeed(), ModelSize(), SaveLastStep(), *callbacks]
     defaults = {"callbacks": callbacks, "enable_model_summary": False}
     return GPTLightningCLI(
         GPTModule,
