@@ -17,6 +17,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lightning_gpt.callbacks import HoldLock, ModelSize, SaveLastStep, TextSampler, TrainingSpeed
 from lightning_gpt.checkpoint_io import AtomicCheckpointIO, filesystem, local_path, lock_folder, readable_copy
@@ -119,7 +120,10 @@ class GPTLightningCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         """Every trainer saves checkpoints atomically and loads them with weights_only."""
-        trainer = super().instantiate_trainer(**kwargs)
+        try:
+            trainer = super().instantiate_trainer(**kwargs)
+        except (MisconfigurationException, ValueError) as error:  # e.g. an accelerator this machine lacks
+            raise UserError(f"invalid --trainer settings: {' '.join(str(error).split())}") from None
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         best, subcommand = trainer.checkpoint_callback, self.config.get("subcommand")
@@ -278,7 +282,10 @@ class GPTLightningCLI(LightningCLI):
             self.model.to("cuda" if torch.cuda.is_available() else "cpu")
             interactive_session(self.model, self.generation)
             return
-        super()._run_subcommand(subcommand)
+        try:
+            super()._run_subcommand(subcommand)
+        except MisconfigurationException as error:  # settings Lightning checks only once it runs
+            raise UserError(f"invalid --trainer settings: {' '.join(str(error).split())}") from None
 
     def before_fit(self) -> None:
         """Never start over an earlier run's checkpoints, nor beside another fit in the same folder."""

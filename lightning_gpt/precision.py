@@ -41,7 +41,7 @@ def resolve_accelerator(accelerator: str = "auto") -> str:
 def auto_precision(accelerator: str = "auto") -> str:
     """The fastest precision that trains as well as fp32 on ``accelerator`` (see the module doc)."""
     device = resolve_accelerator(accelerator)
-    if device == "cuda":
+    if device == "cuda" and torch.cuda.is_available():  # else Lightning refuses the accelerator
         return "bf16-mixed" if torch.cuda.get_device_capability() >= NATIVE_BF16_CAPABILITY else "16-mixed"
     if device == "mps":
         return "32-true"

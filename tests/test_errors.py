@@ -36,10 +36,14 @@ ROWS = {
         "token cache edited after it was built"
     ],
     "test_data.py::test_bad_corpora_give_clear_errors": ["a split shorter than the context + 1"],
+    "test_errors.py::test_trainer_settings_lightning_checks_while_running_are_one_line": [
+        "a Trainer setting Lightning checks once fit runs"
+    ],
     "test_errors.py::test_bad_settings_are_refused_before_anything_is_built": [
         "batch size below 1",
         "validation fraction outside (0, 1)",
         "validation interval not a multiple of the accumulated batches",
+        "a Trainer setting Lightning refuses (accelerator, devices)",
         "impossible model shape or setting",
         "model too big (a typo in a size)",
     ],
@@ -171,6 +175,14 @@ def test_help_offers_fit_validate_and_predict_only(tmp_path, cli_main):
         ("--data.batch_size=0", "data.batch_size must be at least 1, got 0"),
         ("--data.val_fraction=1.5", "data.val_fraction must be between 0 and 1, got 1.5"),
         (
+            "--trainer.accelerator=gpuu",
+            "invalid --trainer settings: You selected an invalid accelerator name",
+        ),
+        (
+            "--trainer.devices=0",
+            "invalid --trainer settings: `Trainer(devices='0')` value is not a valid input",
+        ),
+        (
             "--trainer.accumulate_grad_batches=4 --trainer.val_check_interval=250",
             "--trainer.val_check_interval counts batches: 250 is not a multiple of "
             "--trainer.accumulate_grad_batches 4, so validations and their checkpoints would fall inside an "
@@ -182,6 +194,12 @@ def test_bad_settings_are_refused_before_anything_is_built(tmp_path, small_corpu
     args = ["fit", f"--data.path={small_corpus}", *TINY_MODEL, *flag.split()]
     one_line_error(cli_main(*args, cwd=tmp_path), message)
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "lightning_logs").exists()
+
+
+def test_trainer_settings_lightning_checks_while_running_are_one_line(tmp_path, small_corpus, cli_main):
+    args = ["fit", f"--data.path={small_corpus}", *TINY_MODEL, "--trainer.val_check_interval=0.5"]
+    message = "invalid --trainer settings: `val_check_interval` should be an integer or a time-based duration"
+    one_line_error(cli_main(*args, cwd=tmp_path), message)
 
 
 def test_inputs_are_checked_before_state_and_all_at_once(tmp_path, cli_main):
