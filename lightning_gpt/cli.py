@@ -236,9 +236,9 @@ class GPTLightningCLI(LightningCLI):
             warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
         if subcommand in ("validate", "predict") and trainer.logger is None:
             trainer.logger = False  # nothing to chart: no empty lightning_logs/version_N
+        if subcommand in ("validate", "predict") and not self.config[subcommand].ckpt_path:
+            raise UserError(f"{subcommand} needs a trained model: pass --ckpt_path CHECKPOINT")
         if subcommand == "predict":
-            if not self.config.predict.ckpt_path:
-                raise UserError("predict needs a trained model: pass --ckpt_path CHECKPOINT")
             if trainer.enable_progress_bar is None:
                 trainer.enable_progress_bar = False  # stdout carries the generated text
             # one process on one device: more would each print and write only their share of prompts

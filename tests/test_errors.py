@@ -94,7 +94,9 @@ ROWS = {
         "checkpoint's weights do not fit its model settings",
     ],
     "test_safe_loading.py::test_cli_refuses_a_pickle_payload": ["checkpoint holds pickled Python objects"],
-    "test_predict.py::test_predict_without_checkpoint": ["`predict` (also interactive) without a checkpoint"],
+    "test_predict.py::test_predict_without_checkpoint": [
+        "`predict` (also interactive) or `validate` without a checkpoint"
+    ],
     "test_predict.py::test_bad_generation_input": [
         "impossible sampling setting",
         "prompt characters outside the vocabulary",

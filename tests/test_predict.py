@@ -163,6 +163,11 @@ def test_unknown_characters_can_be_dropped_and_empty_prompt_starts_a_line(bare_d
     assert empty.returncode == 0 and empty.stdout.startswith("\n") and len(empty.stdout.rstrip("\n")) >= 1
 
 
-def test_predict_without_checkpoint(tmp_path, cli_main):
+def test_predict_without_checkpoint(tmp_path, cli_main, small_corpus):
     result = cli_main("predict", "--generate.prompt=hi", cwd=tmp_path)
     assert result.returncode == 2 and "--ckpt_path" in result.stderr.strip().splitlines()[-1]
+    # validate too: it would score an untrained model of the default shape, and exit 0
+    result = cli_main("validate", f"--data.path={small_corpus}", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == (
+        "error: validate needs a trained model: pass --ckpt_path CHECKPOINT"
+    )
