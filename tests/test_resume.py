@@ -16,6 +16,7 @@ import pytest
 import torch
 from conftest import CLI, TINY_MODEL, main_in_process, run_command
 
+from lightning_gpt.atomic import write_atomically
 from lightning_gpt.checkpoint_io import lock_folder, unlock
 from lightning_gpt.rng import restore_rng_states, rng_states, set_rng_states
 
@@ -426,3 +427,11 @@ def test_unlock_closes_only_what_this_process_locked(tmp_path):
     unlock(held)
     with pytest.raises(OSError):
         os.fstat(held)
+
+
+def test_saved_files_are_not_private(tmp_path):
+    # mkstemp creates 0600 files: a checkpoint in a shared folder was unreadable to other users
+    write_atomically(tmp_path / "shared" / "last.ckpt", lambda file: file.write(b"weights"))
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (tmp_path / "shared" / "last.ckpt").stat().st_mode & 0o777 == 0o666 & ~umask
