@@ -105,8 +105,13 @@ def lock_folder(folder: str) -> int | None:
     folder = local_path(folder)
     if fcntl is None or split_protocol(folder)[0] is not None:
         return None
-    os.makedirs(folder, exist_ok=True)
-    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError as error:  # a read-only mount, a file in the way, no permission
+        raise UserError(
+            f"cannot use checkpoint folder {folder}: {error.strerror}; pass another --checkpoint.dirpath"
+        ) from None
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -36,6 +36,9 @@ ROWS = {
         "token cache edited after it was built"
     ],
     "test_data.py::test_bad_corpora_give_clear_errors": ["a split shorter than the context + 1"],
+    "test_errors.py::test_a_checkpoint_folder_that_cannot_be_made_is_one_line": [
+        "checkpoint folder that cannot be made (read-only, a file in the way)"
+    ],
     "test_errors.py::test_trainer_settings_lightning_checks_while_running_are_one_line": [
         "a Trainer setting Lightning checks once fit runs"
     ],
@@ -196,6 +199,15 @@ def test_bad_settings_are_refused_before_anything_is_built(tmp_path, small_corpu
     args = ["fit", f"--data.path={small_corpus}", *TINY_MODEL, *flag.split()]
     one_line_error(cli_main(*args, cwd=tmp_path), message)
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "lightning_logs").exists()
+
+
+def test_a_checkpoint_folder_that_cannot_be_made_is_one_line(tmp_path, small_corpus, cli_main):
+    (tmp_path / "taken").write_text("a file where the folder would go")
+    args = ["fit", f"--data.path={small_corpus}", *TINY_MODEL, "--checkpoint.dirpath=taken/checkpoints"]
+    message = (
+        "cannot use checkpoint folder taken/checkpoints: Not a directory; pass another --checkpoint.dirpath"
+    )
+    one_line_error(cli_main(*args, cwd=tmp_path), message)
 
 
 def test_trainer_settings_lightning_checks_while_running_are_one_line(tmp_path, small_corpus, cli_main):
