@@ -210,7 +210,12 @@ def serve(ckpt_path: str, host: str = "127.0.0.1", port: int = 8000) -> None:
 
     if host not in HOSTS:
         raise UserError(f"--host must be one of {', '.join(HOSTS)} (127.0.0.1: this machine only): {host}")
-    vocab = check_checkpoint(Path(ckpt_path))["hyper_parameters"]["vocab"]  # shapes and weights checked
+    if not 1024 <= port <= 65535:  # LitServe's range (ports below 1024 need root)
+        raise UserError(f"--port must be from 1024 to 65535, got {port}")
+    checkpoint = check_checkpoint(Path(ckpt_path))  # shapes and weights checked
+    if not all(w.isfinite().all() for w in checkpoint["state_dict"].values() if w.is_floating_point()):
+        raise UserError(f"checkpoint {ckpt_path} has nan or inf weights: it was saved broken; serve another")
+    vocab = checkpoint["hyper_parameters"]["vocab"]
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         try:
             probe.bind((host, port))

@@ -111,6 +111,8 @@ ROWS = {
     "test_serve.py::test_serve_refuses_bad_arguments_in_one_line": [
         "`serve --host` that LitServe cannot listen on",
         "`serve` port taken",
+        "`serve --port` outside 1024–65535",
+        "`serve` a checkpoint with nan or inf weights",
     ],
     "test_serve.py::test_bad_requests_get_one_message_and_the_server_keeps_serving": [
         "request body not JSON, or not an object",

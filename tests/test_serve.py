@@ -224,4 +224,11 @@ def test_serve_refuses_bad_arguments_in_one_line(cli_main, tiny_checkpoint: Path
         port = str(taken.getsockname()[1])
         busy = cli_main("serve", "--ckpt_path", str(tiny_checkpoint), "--port", port, cwd=tmp_path)
     assert busy.returncode == 2 and f"error: cannot listen on 127.0.0.1 port {port}" in busy.stderr
-    assert "Traceback" not in missing.stderr + host.stderr + busy.stderr
+    low = cli_main("serve", "--ckpt_path", str(tiny_checkpoint), "--port", "70000", cwd=tmp_path)
+    assert low.returncode == 2 and low.stderr.strip() == "error: --port must be from 1024 to 65535, got 70000"
+    broken = torch.load(tiny_checkpoint, weights_only=True)
+    next(iter(broken["state_dict"].values())).fill_(float("nan"))
+    torch.save(broken, tmp_path / "broken.ckpt")
+    nan = cli_main("serve", "--ckpt_path", str(tmp_path / "broken.ckpt"), cwd=tmp_path)
+    assert nan.returncode == 2 and "has nan or inf weights" in nan.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in missing.stderr + host.stderr + busy.stderr + low.stderr + nan.stderr
