@@ -271,6 +271,8 @@ class GPTLightningCLI(LightningCLI):
         except UnknownCharacterError as error:
             raise UserError(str(error)) from None
         self.datamodule.prompts = prompts
+        if settings.output and Path(settings.output).is_dir():  # found out before generating, not after
+            raise UserError(f"--generate.output {settings.output} is a folder; pass the path of a file")
         headers = len(prompts) * settings.num_samples > 1
         self.trainer.callbacks.append(SampleWriter(settings.output, headers=headers))
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from lightning_gpt.atomic import write_atomically
+from lightning_gpt.errors import UserError
 
 
 class SampleWriter(BasePredictionWriter):
@@ -29,5 +30,10 @@ class SampleWriter(BasePredictionWriter):
     def on_predict_end(self, trainer, pl_module) -> None:
         if self.output is not None and trainer.is_global_zero:
             text = "\n".join(self.texts) + "\n"
-            write_atomically(self.output, lambda file: file.write(text.encode("utf-8")))
+            try:
+                write_atomically(self.output, lambda file: file.write(text.encode("utf-8")))
+            except OSError as error:
+                raise UserError(
+                    f"cannot write --generate.output {self.output}: {error.strerror}; the samples are above"
+                ) from None
             print(f"wrote {len(self.texts)} samples to {self.output}", file=sys.stderr)

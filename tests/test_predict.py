@@ -80,6 +80,20 @@ def test_predict_asked_for_two_processes_prints_and_writes_every_sample_once(bar
     assert one.stdout == two.stdout  # the same samples as on one device
 
 
+def test_an_output_that_cannot_be_written_is_one_line(bare_dir, cli_main):
+    args = ["predict", "--ckpt_path=model.ckpt", "--generate.max_new_tokens=8"]
+    (bare_dir / "folder").mkdir()
+    folder = cli_main(*args, "--generate.output=folder", cwd=bare_dir)  # refused before generating
+    assert folder.returncode == 2 and folder.stdout == ""
+    assert folder.stderr.strip() == "error: --generate.output folder is a folder; pass the path of a file"
+    (bare_dir / "file").write_text("not a folder")
+    under = cli_main(*args, "--generate.output=file/samples.txt", cwd=bare_dir)  # found out when writing
+    assert under.returncode == 2 and len(under.stdout) > 8 and "Traceback" not in under.stderr
+    last = under.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cannot write --generate.output file/samples.txt: ")  # the system's reason
+    assert last.endswith("; the samples are above")
+
+
 def test_interactive_mode_with_piped_stdin(bare_dir, cli_main, monkeypatch):
     monkeypatch.setattr(sys, "stdin", io.StringIO("ROMEO:\nJULIET:\n"))
     result = cli_main(
