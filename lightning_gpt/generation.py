@@ -26,9 +26,12 @@ def check_sampling(
     max_new_tokens: int,
     keep: int | None = None,
     context_length: int | None = None,
+    seed: int | None = None,
 ) -> None:
     """The one check of sampling settings: raise ValueError with a one-line reason for settings that
     cannot sample (``keep`` also against the model's ``context_length`` when given)."""
+    if seed is not None and not 0 <= seed < 2**63:  # what a torch.Generator takes
+        raise ValueError(f"seed must be in [0, 2**63), got {seed}")
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
     if top_k is not None and top_k < 1:
@@ -171,7 +174,13 @@ class GenerationSettings:
         """Raise ValueError with a one-line reason for impossible settings (``keep`` against the
         model's ``context_length`` where it is known)."""
         check_sampling(
-            self.temperature, self.top_k, self.top_p, self.max_new_tokens, self.keep, context_length
+            self.temperature,
+            self.top_k,
+            self.top_p,
+            self.max_new_tokens,
+            self.keep,
+            context_length,
+            self.seed,
         )
         if isinstance(self.prompt, str):
             self.prompt = [self.prompt]

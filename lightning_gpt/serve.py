@@ -89,9 +89,8 @@ def request_settings(body: object, tokenizer: CharTokenizer, chat: bool = False)
         raise ValueError(f"the prompt has {len(settings['prompt'])} characters; at most {MAX_PROMPT_CHARS}")
     if settings["max_new_tokens"] > MAX_NEW_TOKENS:
         raise ValueError(f"max_new_tokens must be <= {MAX_NEW_TOKENS}, got {settings['max_new_tokens']}")
-    if settings["seed"] is not None and not 0 <= settings["seed"] < 2**63:
-        raise ValueError(f"seed must be in [0, 2**63), got {settings['seed']}")
-    check_sampling(settings["temperature"], settings["top_k"], settings["top_p"], settings["max_new_tokens"])
+    s = settings
+    check_sampling(s["temperature"], s["top_k"], s["top_p"], s["max_new_tokens"], seed=s["seed"])
     settings["prompt"] = prepare_prompt(settings["prompt"], tokenizer, hint="; remove them")  # a ValueError
     return settings
 

@@ -119,6 +119,7 @@ def test_interactive_mode_with_piped_stdin(bare_dir, cli_main, monkeypatch):
         (["--generate.top_p=1.5"], "top_p"),
         (["--generate.max_new_tokens=0"], "max_new_tokens"),
         (["--generate.keep=0"], "keep must be >= 1"),
+        (["--generate.seed=99999999999999999999"], "seed must be in [0, 2**63), got 99999999999999999999"),
         (["--generate.keep=33"], "context_length 32"),  # known once the checkpoint is loaded
         (["--generate.interactive=true", "--generate.keep=33"], "context_length 32"),
     ],
