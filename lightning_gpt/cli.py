@@ -265,7 +265,7 @@ class GPTLightningCLI(LightningCLI):
         settings = self.model.generation = self.generation
         prompts = list(settings.prompt)
         if settings.prompt_file:
-            prompts.append(read_corpus(settings.prompt_file))
+            prompts.append(read_corpus(settings.prompt_file, "prompt", "--generate.prompt_file"))
         try:
             prompts = [prepare_prompt(p, self.model.tokenizer, settings.drop_unknown) for p in prompts]
         except UnknownCharacterError as error:

@@ -31,14 +31,15 @@ CACHE_VERSION = 2  # 2: meta.json holds a checksum
 _CONVERT_HINT = "convert it, e.g. iconv -f latin1 -t utf-8"
 
 
-def read_corpus(path: str | os.PathLike) -> str:
-    """The UTF-8 text of ``path``, or a UserError saying what is wrong with the file."""
+def read_corpus(path: str | os.PathLike, name: str = "corpus", option: str = "--data.path") -> str:
+    """The UTF-8 text of ``path``, or a UserError saying what is wrong with the file (the ``name`` of
+    what the file is, and the ``option`` that gave it)."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"corpus file {path} does not exist; pass an existing text file with --data.path")
-    text = "".join(text_chunks(path))
+        raise UserError(f"{name} file {path} does not exist; pass an existing text file with {option}")
+    text = "".join(text_chunks(path, name=name))
     if not text:
-        raise UserError(f"corpus {path} is empty; pass a text file with --data.path")
+        raise UserError(f"{name} {path} is empty; pass a text file with {option}")
     return text
 
 
@@ -78,7 +79,9 @@ def cache_folder(path: str | os.PathLike, cache_dir: str | os.PathLike) -> Path:
     return Path(cache_dir) / f"tokens-{absolute.stem[:40]}-{digest}"
 
 
-def text_chunks(path: Path, chunk_bytes: int = CHUNK_BYTES, progress: tqdm | None = None) -> Iterator[str]:
+def text_chunks(
+    path: Path, chunk_bytes: int = CHUNK_BYTES, progress: tqdm | None = None, name: str = "corpus"
+) -> Iterator[str]:
     """The UTF-8 text of the file ``path`` in pieces of about ``chunk_bytes`` bytes (``progress`` counts
     the bytes). A UserError names the file and the byte offset of any invalid UTF-8."""
     decoder = codecs.getincrementaldecoder("utf-8")()
@@ -92,7 +95,7 @@ def text_chunks(path: Path, chunk_bytes: int = CHUNK_BYTES, progress: tqdm | Non
                     text = decoder.decode(block, final=not block)
                 except UnicodeDecodeError as error:
                     raise UserError(
-                        f"corpus {path} is not UTF-8: byte 0x{error.object[error.start]:02x} at offset "
+                        f"{name} {path} is not UTF-8: byte 0x{error.object[error.start]:02x} at offset "
                         f"{read - len(error.object) + error.start}; {_CONVERT_HINT}"
                     ) from None
                 if progress is not None:
@@ -102,7 +105,7 @@ def text_chunks(path: Path, chunk_bytes: int = CHUNK_BYTES, progress: tqdm | Non
                 if not block:
                     return
     except OSError as error:
-        raise UserError(f"cannot read corpus {path}: {error.strerror}") from None
+        raise UserError(f"cannot read {name} {path}: {error.strerror}") from None
 
 
 @dataclass(frozen=True)

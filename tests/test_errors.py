@@ -381,4 +381,5 @@ def test_no_step_count_and_no_vocabulary(tmp_path, small_corpus, cli_main):
 
 def test_prompt_file_missing(tmp_path, tiny_checkpoint, cli_main):
     args = ["predict", f"--ckpt_path={tiny_checkpoint}", "--generate.prompt_file=nowhere.txt"]
-    one_line_error(cli_main(*args, cwd=tmp_path), "corpus file nowhere.txt does not exist")
+    message = "prompt file nowhere.txt does not exist; pass an existing text file with --generate.prompt_file"
+    one_line_error(cli_main(*args, cwd=tmp_path), message)
