@@ -17,6 +17,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lightning_gpt.callbacks import HoldLock, ModelSize, SaveLastStep, TextSampler, TrainingSpeed
@@ -210,7 +211,8 @@ class GPTLightningCLI(LightningCLI):
             if fs.isfile(f"{root}/last.ckpt"):
                 section.ckpt_path = last
             elif subcommand == "fit":  # one command for the first start and every restart
-                print(f"note: no {last} yet; starting a new run", file=sys.stderr)
+                if rank_zero_only.rank == 0:  # the ranks Lightning starts run this command again
+                    print(f"note: no {last} yet; starting a new run", file=sys.stderr)
                 section.ckpt_path = None
             else:
                 raise UserError(f"no checkpoint at {last}; train one with fit, or pass --ckpt_path FILE")

@@ -196,10 +196,12 @@ def test_a_nan_loss_on_one_rank_stops_every_rank(ddp_run):
         ddp_run,
         "probe_unused",
         "--checkpoint.dirpath=poisoned",
+        "--ckpt_path=last",
         "--trainer.callbacks+=ddp_probe.PoisonAt",
         status=2,
     )
     assert "Traceback" not in stderr, stderr[-3000:]
+    assert stderr.count("note: no poisoned/last.ckpt yet; starting a new run") == 1  # not once per rank
     errors = {line for line in stderr.splitlines() if line.startswith("error:")}
     assert errors == {
         "error: the training loss became nan or inf at step 4 or earlier; training stopped and the "
