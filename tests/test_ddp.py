@@ -188,12 +188,12 @@ def test_a_signal_to_every_rank_or_to_one_stops_all_at_one_step(ddp_run):
     assert torch.load(ddp_run / "interrupted" / "last.ckpt", weights_only=True)["global_step"] == 4
 
 
-def test_a_nan_loss_on_one_rank_stops_every_rank(ddp_run):
+def test_a_nan_loss_on_one_rank_stops_every_rank(tmp_path, small_corpus):
     # Rank 1 alone sees a nan loss at step 4 (a logging step); before, it stopped there while rank 0
     # went on into the gradient all-reduce: a crash with gloo's traceback (or a hang with NCCL)
     stderr = ddp_fit(
-        ddp_run / "corpus.txt",
-        ddp_run,
+        small_corpus,
+        tmp_path,
         "probe_unused",
         "--checkpoint.dirpath=poisoned",
         "--ckpt_path=last",
@@ -209,10 +209,10 @@ def test_a_nan_loss_on_one_rank_stops_every_rank(ddp_run):
     }
 
 
-def test_a_failed_save_on_rank_0_ends_every_rank_with_one_line(ddp_run):
+def test_a_failed_save_on_rank_0_ends_every_rank_with_one_line(tmp_path, small_corpus):
     # Files over 100 kB cannot be written (SIGXFSZ ignored, as a full disk): rank 0's first save fails.
     # Before, rank 1 waited for it in the save's barrier and died with gloo's traceback (NCCL: a hang).
-    fit = [sys.executable, str(ROOT / "cli.py"), *tiny_fit_args(ddp_run / "corpus.txt", steps=8, val_every=4)]
+    fit = [sys.executable, str(ROOT / "cli.py"), *tiny_fit_args(small_corpus, steps=8, val_every=4)]
     fit += [
         "--model.d_model=64",
         "--trainer.accelerator=cpu",
@@ -221,7 +221,7 @@ def test_a_failed_save_on_rank_0_ends_every_rank_with_one_line(ddp_run):
     ]
     fit += ["--trainer.precision=32-true", "--checkpoint.dirpath=full"]
     shell = "trap '' XFSZ; ulimit -f 100; exec \"$@\""
-    result = run_command(["bash", "-c", shell, "bash", *fit], cwd=ddp_run, timeout=LIMIT_S, env=ddp_env())
+    result = run_command(["bash", "-c", shell, "bash", *fit], cwd=tmp_path, timeout=LIMIT_S, env=ddp_env())
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert result.stderr.strip().splitlines()[-1].startswith("error: cannot save checkpoint ")
     assert "File too large; the checkpoints saved before are unchanged" in result.stderr
