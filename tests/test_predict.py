@@ -101,9 +101,12 @@ def test_interactive_mode_with_piped_stdin(bare_dir, cli_main, monkeypatch):
         "--ckpt_path=model.ckpt",
         "--generate.interactive=true",
         "--generate.max_new_tokens=15",
+        "--generate.output=samples.txt",
         cwd=bare_dir,
     )
     assert result.returncode == 0, result.stderr
+    assert "note: interactive mode prints only; --generate.output is not written" in result.stderr
+    assert not (bare_dir / "samples.txt").exists()
     lines = result.stdout.splitlines()
     assert len(lines) == 2
     assert lines[0].startswith("ROMEO:") and len(lines[0]) == len("ROMEO:") + 15  # the whole continuation
