@@ -148,9 +148,8 @@ class SaveLastStep(L.Callback):
             raise SIGTERMException  # Lightning calls on_exception, then exits with the code set there
 
     def on_train_end(self, trainer, pl_module) -> None:
-        checkpoint = trainer.checkpoint_callback
-        if isinstance(checkpoint, ModelCheckpoint):
-            trainer.save_checkpoint(checkpoint.format_checkpoint_name({}, checkpoint.CHECKPOINT_NAME_LAST))
+        if isinstance(trainer.checkpoint_callback, ModelCheckpoint):
+            trainer.save_checkpoint(_last_path(trainer.checkpoint_callback))
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException):
@@ -165,11 +164,16 @@ class SaveLastStep(L.Callback):
         if self._first_step in (None, step) or not isinstance(checkpoint, ModelCheckpoint):
             message = f"{name}: stopped before a training step of this run; nothing new to save"
         else:
-            path = checkpoint.format_checkpoint_name({}, checkpoint.CHECKPOINT_NAME_LAST)
+            path = _last_path(checkpoint)
             trainer.save_checkpoint(path, weights_only=False)
             message = f"{name}: saved step {step} to {path}; continue: the same command with --ckpt_path last"
         if trainer.is_global_zero:
             print(message, file=sys.stderr, flush=True)
+
+
+def _last_path(checkpoint: ModelCheckpoint) -> str:
+    """Where ``last.ckpt`` goes: the checkpoint folder of ``checkpoint``."""
+    return checkpoint.format_checkpoint_name({}, checkpoint.CHECKPOINT_NAME_LAST)
 
 
 class HoldLock(L.Callback):

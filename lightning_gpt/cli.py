@@ -82,6 +82,11 @@ def check_checkpoint(path: Path) -> dict:
     return checkpoint
 
 
+def _trainer_settings_error(error: Exception) -> UserError:
+    """Lightning's refusal of a ``--trainer`` setting, in one line."""
+    return UserError(f"invalid --trainer settings: {' '.join(str(error).split())}")
+
+
 class FitConfigSaver(SaveConfigCallback):
     """Saves the run's ``config.yaml`` beside its logs, for ``fit`` only."""
 
@@ -124,7 +129,7 @@ class GPTLightningCLI(LightningCLI):
         try:
             trainer = super().instantiate_trainer(**kwargs)
         except (MisconfigurationException, ValueError) as error:  # e.g. an accelerator this machine lacks
-            raise UserError(f"invalid --trainer settings: {' '.join(str(error).split())}") from None
+            raise _trainer_settings_error(error) from None
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         best, subcommand = trainer.checkpoint_callback, self.config.get("subcommand")
@@ -291,7 +296,7 @@ class GPTLightningCLI(LightningCLI):
         try:
             super()._run_subcommand(subcommand)
         except MisconfigurationException as error:  # settings Lightning checks only once it runs
-            raise UserError(f"invalid --trainer settings: {' '.join(str(error).split())}") from None
+            raise _trainer_settings_error(error) from None
 
     def before_fit(self) -> None:
         """Never start over an earlier run's checkpoints, nor beside another fit in the same folder."""

@@ -89,8 +89,8 @@ def request_settings(body: object, tokenizer: CharTokenizer, chat: bool = False)
         raise ValueError(f"the prompt has {len(settings['prompt'])} characters; at most {MAX_PROMPT_CHARS}")
     if settings["max_new_tokens"] > MAX_NEW_TOKENS:
         raise ValueError(f"max_new_tokens must be <= {MAX_NEW_TOKENS}, got {settings['max_new_tokens']}")
-    s = settings
-    check_sampling(s["temperature"], s["top_k"], s["top_p"], s["max_new_tokens"], seed=s["seed"])
+    sampling = (settings[name] for name in ("temperature", "top_k", "top_p", "max_new_tokens"))
+    check_sampling(*sampling, seed=settings["seed"])
     settings["prompt"] = prepare_prompt(settings["prompt"], tokenizer, hint="; remove them")  # a ValueError
     return settings
 
