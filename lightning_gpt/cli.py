@@ -26,7 +26,7 @@ from lightning_gpt.config import GPTConfig
 from lightning_gpt.corpus import corpus_files, read_corpus
 from lightning_gpt.data import CharDataModule
 from lightning_gpt.errors import UserError
-from lightning_gpt.generation import GenerationSettings, prepare_prompt
+from lightning_gpt.generation import GenerationSettings, check_sampling, prepare_prompt
 from lightning_gpt.interactive import interactive_session
 from lightning_gpt.model import GPT
 from lightning_gpt.module import GPTModule
@@ -188,6 +188,13 @@ class GPTLightningCLI(LightningCLI):
                 corpus_files(section.data.path)
             except UserError as error:
                 problems.append(str(error))
+        sample = section.get("sample")
+        if subcommand == "fit" and sample is not None:  # found out now, not at the first validation
+            try:
+                settings = (sample.temperature, None, None, sample.max_new_tokens, sample.keep)
+                check_sampling(*settings, section.model.context_length, sample.seed)
+            except ValueError as error:
+                problems.append(f"invalid --sample settings: {error}")
         interval, accumulate = section.trainer.val_check_interval, section.trainer.accumulate_grad_batches
         if isinstance(interval, int) and isinstance(accumulate, int) and interval % accumulate:
             problems.append(

@@ -9,6 +9,7 @@ at every step past the context: exactly the seed's crop-and-recompute loop. The 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -32,8 +33,8 @@ def check_sampling(
     cannot sample (``keep`` also against the model's ``context_length`` when given)."""
     if seed is not None and not 0 <= seed < 2**63:  # what a torch.Generator takes
         raise ValueError(f"seed must be in [0, 2**63), got {seed}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if not 0 <= temperature < math.inf:
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
@@ -76,7 +77,8 @@ def sample_next(
     logits = logits.float().cpu()
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
-    logits = filter_logits(logits / temperature, top_k, top_p)
+    # Shifted first, so the largest is 0: a tiny temperature gives -inf for the others, never inf / inf.
+    logits = filter_logits((logits - logits.amax(dim=-1, keepdim=True)) / temperature, top_k, top_p)
     probs = torch.softmax(logits, dim=-1)  # [B, V]
     # One draw from each row of probs, as torch.multinomial(probs, 1) makes it (the same tokens for
     # the same generator): the largest of p_i / E_i with E_i ~ Exponential(1) falls on token i with

@@ -46,6 +46,7 @@ ROWS = {
         "batch size below 1",
         "validation fraction outside (0, 1)",
         "validation interval not a multiple of the accumulated batches",
+        "impossible `--sample` setting",
         "a Trainer setting Lightning refuses (accelerator, devices)",
         "impossible model shape or setting",
         "model too big (a typo in a size)",
@@ -191,6 +192,10 @@ def test_help_offers_fit_validate_and_predict_only(tmp_path, cli_main):
         (
             "--trainer.devices=0",
             "invalid --trainer settings: `Trainer(devices='0')` value is not a valid input",
+        ),
+        (  # before: a traceback at the first validation, after training had begun
+            "--sample.keep=100",
+            "invalid --sample settings: keep must be <= the model's context_length 32, got 100",
         ),
         (
             "--trainer.accumulate_grad_batches=4 --trainer.val_check_interval=250",

@@ -108,10 +108,20 @@ def test_temperature_zero_is_greedy():
     assert sample_next(crafted_logits(), temperature=0).item() == 1
 
 
+def test_a_tiny_temperature_samples_the_most_likely_token():
+    """logits / 1e-40 overflow float32 (inf / inf = nan): it sampled token 0, a newline, every time."""
+    logits = torch.randn(4, 65) * 3
+    for temperature in (1e-40, 1e-30):
+        drawn = sample_next(logits, temperature, generator=torch.Generator().manual_seed(0))
+        assert torch.equal(drawn, logits.argmax(dim=-1, keepdim=True))
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
         ({"temperature": -1}, "temperature"),
+        ({"temperature": float("nan")}, "temperature"),
+        ({"temperature": float("inf")}, "temperature"),
         ({"top_k": 0}, "top_k"),
         ({"top_p": 0.0}, "top_p"),
         ({"top_p": 1.5}, "top_p"),

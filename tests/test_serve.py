@@ -128,7 +128,7 @@ BAD_PREDICT = [
     ({"prompt": 5}, 'needs a "prompt" string'),
     ({"prompt": "A", "lenght": 5}, "unknown fields ['lenght']"),
     ({"prompt": "caf\u00e9 \u20ac"}, "not in the model's vocabulary: '\u00e9', '\u20ac'"),
-    ({"prompt": "A", "temperature": -1}, "temperature must be >= 0"),
+    ({"prompt": "A", "temperature": -1}, "temperature must be a finite number >= 0"),
     ({"prompt": "A", "top_k": 0}, "top_k must be >= 1"),
     ({"prompt": "A", "top_p": 1.5}, "top_p must be in (0, 1]"),
     ({"prompt": "A", "max_new_tokens": 0}, "max_new_tokens must be >= 1"),
@@ -146,7 +146,7 @@ BAD_CHAT = [
     ({"model": "x"}, "messages must be a non-empty list"),
     ({"messages": [{"role": "user", "content": [{"type": "text", "text": "A"}]}]}, "messages must be"),
     ({"messages": [{"role": "user", "content": "A"}], "max_tokens": MAX_NEW_TOKENS + 1}, "max_new_tokens"),
-    ({"messages": [{"role": "user", "content": "A"}], "temperature": -2}, "temperature must be >= 0"),
+    ({"messages": [{"role": "user", "content": "A"}], "temperature": -2}, "temperature must be a finite"),
     ({"messages": [{"role": "user", "content": "\u00e9"}], "stream": True}, "not in the model's vocabulary"),
 ]
 
