@@ -36,7 +36,7 @@ MAX_BODY_BYTES = 1_000_000
 STREAM_EVERY_S = 0.02  # a streamed response sends the characters generated in each such interval
 PREDICT, CHAT = "/predict", "/v1/chat/completions"
 HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # what LitServe listens on
-STOP_KEY = "lightning_gpt_stop"  # where a chat request carries its stop mark (in "metadata")
+STOP_KEY, SEED_KEY = "lightning_gpt_stop", "lightning_gpt_seed"  # in a chat request's "metadata"
 PAGE = Path(__file__).resolve().parent / "static" / "index.html"
 FIELDS = dict(
     prompt=str, max_new_tokens=int, temperature=float, top_k=int, top_p=float, seed=int, stream=bool
@@ -66,9 +66,9 @@ def request_settings(body: object, tokenizer: CharTokenizer, chat: bool = False)
         if not contents or not all(isinstance(content, str) for content in contents):
             raise ValueError('messages must be a non-empty list of {"role": ..., "content": "<text>"}')
         tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-        sampling = {name: body.get(name) for name in ("temperature", "top_p", "stream")}
+        sampling = {name: body.get(name) for name in ("temperature", "top_p", "seed", "stream")}
         body = dict(prompt="\n".join(contents), max_new_tokens=tokens, **sampling)
-        defaults.seed = None  # as OpenAI's API: another continuation at every call
+        defaults.seed = None  # as OpenAI's API: without a seed, another continuation at every call
     elif set(body) - set(FIELDS):
         raise ValueError(f"unknown fields {sorted(set(body) - set(FIELDS))}; the fields are {list(FIELDS)}")
     elif not isinstance(body.get("prompt"), str):
@@ -127,6 +127,8 @@ class Gate:
         if route[1] == CHAT:
             metadata = request.get("metadata")
             request["metadata"] = {**(metadata if isinstance(metadata, dict) else {}), STOP_KEY: stop}
+            if request.get("seed") is not None:  # LitServe's chat request has no seed field: carried here
+                request["metadata"][SEED_KEY] = str(request["seed"])
         else:
             request["id"] = stop
         pending = [{"type": "http.request", "body": json.dumps(request).encode()}]
@@ -194,10 +196,13 @@ class PredictAPI(ls.LitAPI):
 
 class ChatAPI(PredictAPI):
     """``POST /v1/chat/completions`` through LitServe's OpenAI spec: the messages' contents, joined by
-    newlines, are the prompt; ``max_tokens``, ``temperature``, ``top_p`` and ``stream`` are honoured."""
+    newlines, are the prompt; ``max_tokens``, ``temperature``, ``top_p``, ``seed`` and ``stream`` are
+    honoured."""
 
     def decode_request(self, request: ChatCompletionRequest) -> tuple[dict, str]:
         body = request.model_dump(exclude_unset=True)
+        seed = body["metadata"].get(SEED_KEY)
+        body["seed"] = None if seed is None else int(seed)
         return request_settings(body, self.tokenizer, chat=True), body["metadata"][STOP_KEY]
 
     encode_response = ls.LitAPI.encode_response  # the spec's

@@ -116,6 +116,13 @@ def test_openai_client_whole_and_streamed(server, expected):
         model="tiny", messages=messages, max_tokens=40, temperature=1.5, top_p=1e-6, stream=True
     )
     assert "".join(chunk.choices[0].delta.content or "" for chunk in chunks) == greedy
+    # a seed gives predict's text for the same settings (before, chat requests dropped it)
+    settings = dict(max_tokens=40, temperature=1.2, seed=11)
+    seeded = [client.chat.completions.create(model="tiny", messages=messages, **settings) for _ in "12"]
+    sampled = expected("ROMEO:\nJULIET:", 40, temperature=1.2, seed=11)
+    assert [answer.choices[0].message.content for answer in seeded] == [sampled, sampled]
+    with pytest.raises(openai.BadRequestError, match="seed must be in"):
+        client.chat.completions.create(model="tiny", messages=messages, seed=-1)
     with pytest.raises(openai.BadRequestError, match="top_p must be in"):
         client.chat.completions.create(model="tiny", messages=messages, top_p=1.5)
 
