@@ -175,19 +175,12 @@ class GenerationSettings:
     def check(self, context_length: int | None = None) -> None:
         """Raise ValueError with a one-line reason for impossible settings (``keep`` against the
         model's ``context_length`` where it is known)."""
-        check_sampling(
-            self.temperature,
-            self.top_k,
-            self.top_p,
-            self.max_new_tokens,
-            self.keep,
-            context_length,
-            self.seed,
-        )
-        if isinstance(self.prompt, str):
-            self.prompt = [self.prompt]
+        sampling = (self.temperature, self.top_k, self.top_p, self.max_new_tokens, self.keep)
+        check_sampling(*sampling, context_length, self.seed)
         if self.num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
+        if isinstance(self.prompt, str):
+            self.prompt = [self.prompt]
 
 
 def prepare_prompt(

@@ -234,31 +234,20 @@ class GPTModule(L.LightningModule):
     def configure_optimizers(self):
         h = self.hparams
         params = [p for p in self.model.parameters() if p.requires_grad]
-        matrices, others = [p for p in params if p.dim() >= 2], [p for p in params if p.dim() < 2]
-        if h.optimizer == "muon":  # the blocks' matrices; not the embedding (= the head)
-            blocks = {id(p) for p in self.model.blocks.parameters()}
-            groups = [
-                {
-                    "params": [p for p in matrices if id(p) in blocks],
-                    "muon": True,
-                    "weight_decay": h.weight_decay,
-                },
-                {"params": [p for p in matrices if id(p) not in blocks], "weight_decay": h.weight_decay},
-                {"params": others, "weight_decay": 0.0},
-            ]
+        groups = [  # weight decay on the matrices only, not on biases and LayerNorms
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": h.weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        if h.optimizer == "muon":  # Muon for the blocks' matrices; not the embedding (= the head)
+            blocks, matrices = {id(p) for p in self.model.blocks.parameters()}, groups[0]["params"]
+            groups[0]["params"] = [p for p in matrices if id(p) not in blocks]
+            muon = [p for p in matrices if id(p) in blocks]
+            groups.insert(0, {"params": muon, "muon": True, "weight_decay": h.weight_decay})
             optimizer = MuonAdamW(groups, lr=h.learning_rate, betas=(h.beta1, h.beta2))
         else:
-            optimizer = torch.optim.AdamW(
-                [
-                    {"params": matrices, "weight_decay": h.weight_decay},
-                    {"params": others, "weight_decay": 0.0},
-                ],
-                lr=h.learning_rate,
-                betas=(h.beta1, h.beta2),
-                # Multi-tensor kernels (PyTorch picks them by default on CUDA only; they are faster on CPU
-                # too). Not fused=True: Lightning's mixed-precision plugin refuses gradient clipping with it.
-                foreach=True,
-            )
+            # Multi-tensor kernels (PyTorch picks them by default on CUDA only; they are faster on CPU
+            # too). Not fused=True: Lightning's mixed-precision plugin refuses gradient clipping with it.
+            optimizer = torch.optim.AdamW(groups, lr=h.learning_rate, betas=(h.beta1, h.beta2), foreach=True)
         decay_steps = h.decay_steps or self.trainer.max_steps
         if decay_steps is None or decay_steps < 0:
             raise UserError("set --trainer.max_steps or --model.decay_steps for the learning-rate schedule")
