@@ -16,6 +16,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lightning_gpt.checkpoint_io import unlock
+from lightning_gpt.generation import prepare_prompt
 
 
 class TrainingSpeed(L.Callback):
@@ -48,7 +49,8 @@ class TextSampler(L.Callback):
     prints the last one when training ends.
 
     Args:
-        prompt: where every sample starts.
+        prompt: where every sample starts (characters outside the vocabulary are dropped); empty: a
+            newline, or the vocabulary's first character if it has none.
         max_new_tokens: characters per sample.
         temperature: sampling temperature (0 = greedy).
         seed: fixed, so samples differ only because the model changed.
@@ -57,7 +59,7 @@ class TextSampler(L.Callback):
         keep: past the context, how many recent characters a restarted window keeps (default: half).
     """
 
-    prompt: str = "\n"
+    prompt: str = ""
     max_new_tokens: int = 300
     temperature: float = 0.8
     seed: int = 1337
@@ -67,7 +69,7 @@ class TextSampler(L.Callback):
     _validations: int = field(default=0, init=False, repr=False)
 
     def sample(self, pl_module) -> str:
-        prompt = self.prompt if set(self.prompt) <= set(pl_module.tokenizer.vocab) else "\n"
+        prompt = prepare_prompt(self.prompt, pl_module.tokenizer, drop_unknown=True)
         return pl_module.generate_text(
             prompt, self.max_new_tokens, temperature=self.temperature, seed=self.seed, keep=self.keep
         )

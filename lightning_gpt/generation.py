@@ -143,7 +143,8 @@ class GenerationSettings:
     generates in one process, on one device: extra ``--trainer.devices`` are ignored with a note.
 
     Args:
-        prompt: one prompt (``--generate.prompt "ROMEO:"``) or a list (``'["ROMEO:", "JULIET:"]'``).
+        prompt: one prompt (``--generate.prompt "ROMEO:"``) or a list (``'["ROMEO:", "JULIET:"]'``); an
+            empty one starts from a newline (or the vocabulary's first character, if it has none).
         prompt_file: a UTF-8 file whose whole text is one more prompt.
         num_samples: continuations per prompt.
         max_new_tokens: characters to generate per sample.
@@ -159,7 +160,7 @@ class GenerationSettings:
             every step, exactly the seed's loop, and is several times slower.
     """
 
-    prompt: list[str] | str = "\n"
+    prompt: list[str] | str = ""
     prompt_file: str | None = None
     num_samples: int = 1
     max_new_tokens: int = 500

@@ -134,6 +134,20 @@ def test_resuming_on_a_corpus_with_another_vocabulary_is_refused(tmp_path, small
     assert result.returncode == 2 and "differs from the model's" in result.stderr.strip().splitlines()[-1]
 
 
+def test_a_corpus_without_newlines_trains_and_generates(tmp_path, small_corpus, cli_main):
+    """The default prompts are a newline: the sample at the first validation ended fit in a traceback."""
+    one_line = tmp_path / "one_line.txt"
+    one_line.write_text(small_corpus.read_text().replace("\n", " "))
+    fit = cli_main(*tiny_fit_args(one_line, steps=2, val_every=2), "--sample.prompt=ROMEO\n", cwd=tmp_path)
+    assert fit.returncode == 0, fit.stderr[-2000:]
+    sample = fit.stdout.strip()
+    assert sample.startswith("ROMEO") and len(sample) == len("ROMEO") + 300 and "\n" not in sample
+    predict = cli_main(
+        "predict", "--ckpt_path=checkpoints/last.ckpt", "--generate.max_new_tokens=5", cwd=tmp_path
+    )
+    assert predict.returncode == 0 and len(predict.stdout.rstrip("\n")) == 6  # the vocabulary's first + 5
+
+
 @pytest.mark.parametrize("log_every", [1, 50], ids=["checked every step", "checked before each save"])
 def test_non_finite_loss_stops_with_the_step_and_keeps_checkpoints(
     tmp_path, small_corpus, cli_main, log_every: int
