@@ -150,8 +150,8 @@ class SaveLastStep(L.Callback):
             raise SIGTERMException  # Lightning calls on_exception, then exits with the code set there
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if isinstance(trainer.checkpoint_callback, ModelCheckpoint):
-            trainer.save_checkpoint(_last_path(trainer.checkpoint_callback))
+        if (path := _last_path(trainer)) is not None:
+            trainer.save_checkpoint(path)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException):
@@ -162,20 +162,30 @@ class SaveLastStep(L.Callback):
             return
         name = signal.Signals(self._signal or signal.SIGTERM).name
         exception.code = 128 + (self._signal or signal.SIGTERM)  # a SystemExit: its code is the status
-        step, checkpoint = trainer.global_step, trainer.checkpoint_callback
-        if self._first_step in (None, step) or not isinstance(checkpoint, ModelCheckpoint):
+        step, path = trainer.global_step, _last_path(trainer)
+        if self._first_step in (None, step):
             message = f"{name}: stopped before a training step of this run; nothing new to save"
+        elif path is None:
+            message = (
+                f"{name}: stopped at step {step}; not saved (no last.ckpt: --checkpoint.save_last false)"
+            )
         else:
-            path = _last_path(checkpoint)
             trainer.save_checkpoint(path, weights_only=False)
             message = f"{name}: saved step {step} to {path}; continue: the same command with --ckpt_path last"
         if trainer.is_global_zero:
             print(message, file=sys.stderr, flush=True)
 
 
-def _last_path(checkpoint: ModelCheckpoint) -> str:
-    """Where ``last.ckpt`` goes: the checkpoint folder of ``checkpoint``."""
-    return checkpoint.format_checkpoint_name({}, checkpoint.CHECKPOINT_NAME_LAST)
+def _last_path(trainer: L.Trainer) -> str | None:
+    """Where ``last.ckpt`` goes: the folder of the checkpoint callback that keeps it (None without one,
+    as with ``--checkpoint.save_last false``)."""
+    for checkpoint in trainer.checkpoint_callbacks:
+        name = checkpoint.CHECKPOINT_NAME_LAST
+        if isinstance(checkpoint, ModelCheckpoint) and (
+            checkpoint.save_last is True or checkpoint.filename == name
+        ):
+            return checkpoint.format_checkpoint_name({}, name)
+    return None
 
 
 class HoldLock(L.Callback):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+import posixpath
 import re
 import sys
 import warnings
@@ -37,7 +38,8 @@ from lightning_gpt.writer import SampleWriter
 # `fit` without --config trains the seed recipe; a --config file overrides what it sets.
 SEED_RECIPE = Path(__file__).resolve().parent.parent / "configs" / "shakespeare_char.yaml"
 PROGRESS_REFRESH_STEPS = 10  # the progress bar redraws every this many steps
-_LIGHTNING_CKPT_ALIASES = ("best", "hpc", "registry")
+# What fit logs, which --checkpoint.monitor may name
+LOGGED = ("train_loss", "lr", "grad_norm", "tokens_per_sec", "val_loss", "val_bpc", "val_ppl")
 
 
 def check_checkpoint(path: Path) -> dict:
@@ -98,6 +100,8 @@ class FitConfigSaver(SaveConfigCallback):
 class GPTLightningCLI(LightningCLI):
     """LightningCLI with checkpointing defaults, data/model links and one-line errors."""
 
+    resumed_from: str | None = None  # --ckpt_path as given (a URL is read from a local copy)
+
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         """fit, validate and predict: Lightning's ``test`` is left out, as the corpus has no test split."""
@@ -151,6 +155,12 @@ class GPTLightningCLI(LightningCLI):
             callbacks[callbacks.index(bar)] = TQDMProgressBar(refresh_rate=PROGRESS_REFRESH_STEPS)
         return trainer
 
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except MisconfigurationException as error:  # ModelCheckpoint's own checks (the trainer's are above)
+            raise UserError(f"invalid --checkpoint settings: {' '.join(str(error).split())}") from None
+
     def parse_arguments(self, parser: LightningArgumentParser, args: Sequence[str] | None) -> None:
         """A mistake in the arguments is one line (the usage is left to --help), then inputs are checked."""
         try:
@@ -196,16 +206,24 @@ class GPTLightningCLI(LightningCLI):
             except ValueError as error:
                 problems.append(f"invalid --sample settings: {error}")
         interval, accumulate = section.trainer.val_check_interval, section.trainer.accumulate_grad_batches
-        if isinstance(interval, int) and isinstance(accumulate, int) and interval % accumulate:
+        if isinstance(accumulate, int) and accumulate < 1:
+            problems.append(f"--trainer.accumulate_grad_batches must be at least 1, got {accumulate}")
+        elif isinstance(interval, int) and interval < 1:
+            problems.append(f"--trainer.val_check_interval counts batches: it must be >= 1, got {interval}")
+        elif isinstance(interval, int) and isinstance(accumulate, int) and interval % accumulate:
             problems.append(
                 f"--trainer.val_check_interval counts batches: {interval} is not a multiple of "
                 f"--trainer.accumulate_grad_batches {accumulate}, so validations and their checkpoints "
                 "would fall inside an optimizer step; pass a multiple, e.g. "
                 f"{interval * accumulate} (every {interval} steps)"
             )
+        monitor = section.checkpoint.monitor
+        if subcommand == "fit" and monitor is not None and monitor not in LOGGED:
+            problems.append(
+                f"--checkpoint.monitor {monitor} is not a logged value; use one of {', '.join(LOGGED)}"
+            )
         ckpt = section.get("ckpt_path")
-        local = ckpt and ckpt not in ("last", *_LIGHTNING_CKPT_ALIASES) and "://" not in ckpt
-        if local and not Path(ckpt).exists():
+        if ckpt and ckpt != "last" and "://" not in ckpt and not Path(ckpt).exists():
             problems.append(f"checkpoint {ckpt} does not exist; pass the path of a .ckpt file")
         if problems:
             raise UserError("\n".join(problems))
@@ -228,14 +246,20 @@ class GPTLightningCLI(LightningCLI):
                 section.ckpt_path = None
             else:
                 raise UserError(f"no checkpoint at {last}; train one with fit, or pass --ckpt_path FILE")
-        ckpt_path = section.get("ckpt_path")
-        if ckpt_path and ckpt_path not in _LIGHTNING_CKPT_ALIASES:
-            section.ckpt_path = readable_copy(local_path(ckpt_path))
-            try:
-                check_checkpoint(Path(section.ckpt_path))
-            except UserError as error:  # name the URL, not the local copy
-                raise UserError(str(error).replace(section.ckpt_path, ckpt_path)) from None
-        super()._parse_ckpt_path()
+        ckpt_path = self.resumed_from = section.get("ckpt_path")
+        if not ckpt_path:
+            return
+        section.ckpt_path = readable_copy(local_path(ckpt_path))
+        try:
+            check_checkpoint(Path(section.ckpt_path))
+            super()._parse_ckpt_path()  # its hyperparameters become the model.* settings
+        except UserError as error:  # name the URL, not the local copy
+            raise UserError(str(error).replace(section.ckpt_path, ckpt_path)) from None
+        except ArgumentError as error:  # a setting this version does not have, or of another type
+            reason = " ".join(str(error).split())
+            raise UserError(
+                f"checkpoint {ckpt_path} does not fit this version of lightning-gpt: {reason}"
+            ) from None
 
     def before_instantiate_classes(self) -> None:
         """``trainer.precision: null`` (the default) means: the fastest safe precision here."""
@@ -307,17 +331,29 @@ class GPTLightningCLI(LightningCLI):
 
     def before_fit(self) -> None:
         """Never start over an earlier run's checkpoints, nor beside another fit in the same folder."""
-        folder = self.config.fit.checkpoint.dirpath
+        folder, resumed = self.config.fit.checkpoint.dirpath, self.resumed_from
         fs, root = filesystem(folder)
-        if self.config.fit.ckpt_path is None and fs.exists(f"{root}/last.ckpt"):
+        last = os.path.join(folder, "last.ckpt")
+        if resumed is None and fs.exists(f"{root}/last.ckpt"):
             raise UserError(
-                f"{os.path.join(folder, 'last.ckpt')} exists from an earlier run; resume it with --ckpt_path "
-                "last, or start anew with another --checkpoint.dirpath (or move the old checkpoints away)"
+                f"{last} exists from an earlier run; resume it with --ckpt_path last, or start anew with "
+                "another --checkpoint.dirpath (or move the old checkpoints away)"
             )
-        if self.config.fit.ckpt_path is not None:  # a resumed run writes into its own folder on purpose
+        if resumed is not None and fs.exists(f"{root}/last.ckpt") and not _in_folder(resumed, folder):
+            raise UserError(
+                f"{last} is another run's, and resuming {resumed} would write over it; pass "
+                f"--checkpoint.dirpath {os.path.dirname(resumed) or '.'} (its folder) or a new one"
+            )
+        if resumed is not None:  # a resumed run writes into its own folder on purpose
             warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
         if self.trainer.global_rank == 0 and (lock := lock_folder(folder)) is not None:
             self.trainer.callbacks.append(HoldLock(lock))
+
+
+def _in_folder(path: str, folder: str) -> bool:
+    """Whether the file ``path`` (a path or URL) is in ``folder``."""
+    (fs, file), (fs_folder, root) = filesystem(path), filesystem(folder)
+    return type(fs) is type(fs_folder) and posixpath.dirname(file) == root.rstrip("/")
 
 
 def make_cli(

@@ -121,6 +121,8 @@ class CharDataModule(L.LightningDataModule):
             raise UserError(f"data.batch_size must be at least 1, got {batch_size}")
         if not 0.0 < val_fraction < 1.0:
             raise UserError(f"data.val_fraction must be between 0 and 1, got {val_fraction}")
+        if num_workers < 0:
+            raise UserError(f"data.num_workers must be 0 (no worker processes) or more, got {num_workers}")
         self.path = path
         self.url = url
         self.sha256 = sha256

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import time
 from pathlib import Path
 from typing import BinaryIO
@@ -80,6 +81,11 @@ def download(
     seconds, then twice that, ...; ``timeout`` bounds each wait for the server."""
     dest = Path(dest)
     if dest.is_file() and (sha256 is None or sha256_of(dest) == sha256):
+        if sha256 is None:  # nothing tells whether it came from this url
+            print(
+                f"note: using {dest} from an earlier download; delete it to download {url} again",
+                file=sys.stderr,
+            )
         return dest
     manual = f"download it yourself and pass --data.path FILE, or place it at {dest}"
     last_problem = ""

@@ -46,7 +46,8 @@ class GPTModule(L.LightningModule):
         context_length: longest sequence T the model sees.
         dropout: dropout probability in training.
         attention_dropout: dropout on the attention weights (default: ``dropout``; above 0, slow on CPU).
-        positional: "learned" (default) or "sinusoidal" positional encoding.
+        positional: "learned" (default) or "sinusoidal" positions added to the embeddings, or "rotary"
+            (queries and keys turned by their position's angle).
         bias: whether Linear layers have biases.
         vocab: the sorted character vocabulary; taken from the data when unset.
         learning_rate: peak AdamW learning rate.
@@ -95,6 +96,16 @@ class GPTModule(L.LightningModule):
         self.generation = GenerationSettings()  # set by the CLI for predict; not a hyperparameter
         if optimizer not in OPTIMIZERS:
             raise UserError(f"model.optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+        allowed = {  # checked now, not once fit builds the optimizer
+            "learning_rate": (0 <= learning_rate < math.inf, "a finite number >= 0"),
+            "min_lr_ratio": (0 <= min_lr_ratio <= 1, "in [0, 1]"),
+            "beta1": (0 <= beta1 < 1, "in [0, 1)"),
+            "beta2": (0 <= beta2 < 1, "in [0, 1)"),
+            "weight_decay": (0 <= weight_decay < math.inf, "a finite number >= 0"),
+        }
+        for name, (ok, values) in allowed.items():
+            if not ok:
+                raise UserError(f"model.{name} must be {values}, got {self.hparams[name]}")
         self.config(vocab_size=1)  # check the shape settings now, before any data is read
         if vocab is not None:
             self._build(vocab)

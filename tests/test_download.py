@@ -85,6 +85,18 @@ def test_good_hash_is_cached_and_not_downloaded_again(server, tmp_path):
     assert list(dest.parent.iterdir()) == [dest]  # no temporary files left
 
 
+def test_a_kept_file_without_a_hash_is_named(server, tmp_path, capsys):
+    """Without a sha256 nothing tells whether the file came from this url (another --data.url reused it
+    without a word): a note says which file is used and how to download again."""
+    dest = tmp_path / "corpus.txt"
+    download(f"{server.url}/file.txt", dest, None)
+    assert capsys.readouterr().err == ""
+    download(f"{server.url}/other.txt", dest, None)
+    assert server.requests == 1 and capsys.readouterr().err == (
+        f"note: using {dest} from an earlier download; delete it to download {server.url}/other.txt again\n"
+    )
+
+
 def test_wrong_hash_leaves_nothing(server, tmp_path):
     dest = tmp_path / "corpus.txt"
     with pytest.raises(UserError, match="sha256"):

@@ -47,9 +47,20 @@ ROWS = {
         "validation fraction outside (0, 1)",
         "validation interval not a multiple of the accumulated batches",
         "impossible `--sample` setting",
+        "a count below 1 (accumulated batches, validation interval)",
+        "optimizer setting out of range (learning rate, betas, weight decay, final LR ratio)",
+        "negative number of dataloader workers",
+        "a `--checkpoint` setting Lightning refuses",
+        "`--checkpoint.monitor` not a logged value",
         "a Trainer setting Lightning refuses (accelerator, devices)",
         "impossible model shape or setting",
         "model too big (a typo in a size)",
+    ],
+    "test_errors.py::test_checkpoint_settings_this_version_lacks_are_one_line": [
+        "a checkpoint with settings this version does not have"
+    ],
+    "test_cli.py::test_a_resumed_run_never_writes_over_another_runs_checkpoints": [
+        "resuming into a folder that holds another run's `last.ckpt`"
     ],
     "test_download.py::test_404_names_the_url_and_the_manual_way": ["HTTP error 4xx"],
     "test_download.py::test_persistent_server_errors_give_up_clearly": [
@@ -193,6 +204,23 @@ def test_help_offers_fit_validate_and_predict_only(tmp_path, cli_main):
             "--trainer.devices=0",
             "invalid --trainer settings: `Trainer(devices='0')` value is not a valid input",
         ),
+        (
+            "--trainer.accumulate_grad_batches=0",
+            "--trainer.accumulate_grad_batches must be at least 1, got 0",
+        ),
+        (
+            "--trainer.val_check_interval=0",
+            "--trainer.val_check_interval counts batches: it must be >= 1, got 0",
+        ),
+        ("--model.learning_rate=-1", "model.learning_rate must be a finite number >= 0, got -1.0"),
+        ("--model.beta1=1.5", "model.beta1 must be in [0, 1), got 1.5"),
+        ("--data.num_workers=-1", "data.num_workers must be 0 (no worker processes) or more, got -1"),
+        ("--checkpoint.mode=best", "invalid --checkpoint settings: `mode` can be min, max but got best"),
+        (
+            "--checkpoint.monitor=val_los",
+            "--checkpoint.monitor val_los is not a logged value; use one of train_loss, lr, grad_norm, "
+            "tokens_per_sec, val_loss, val_bpc, val_ppl",
+        ),
         (  # before: a traceback at the first validation, after training had begun
             "--sample.keep=100",
             "invalid --sample settings: keep must be <= the model's context_length 32, got 100",
@@ -303,6 +331,23 @@ def test_files_that_are_not_sound_checkpoints(tiny_checkpoint, damaged, edit, me
         edit = tiny_checkpoint.read_bytes()[: tiny_checkpoint.stat().st_size // 2]
     with pytest.raises(UserError, match=re.escape(message)):
         check_checkpoint(damaged(edit))
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"block_size": 32}, "Subcommand 'validate' does not accept option 'model.block_size'"),
+        ({"learning_rate": "fast"}, "Parser key \"model.learning_rate\": Expected a <class 'float'>"),
+    ],
+    ids=["unknown", "mistyped"],
+)
+def test_checkpoint_settings_this_version_lacks_are_one_line(
+    damaged, cli_main, small_corpus, setting, message
+):
+    """Before, LightningCLI's parse of the checkpoint's hyperparameters ended in a traceback."""
+    path = damaged(lambda checkpoint: checkpoint["hyper_parameters"].update(setting))
+    result = cli_main("validate", f"--ckpt_path={path}", f"--data.path={small_corpus}", cwd=path.parent)
+    one_line_error(result, f"checkpoint {path} does not fit this version of lightning-gpt: {message}")
 
 
 def test_a_real_process_exits_2_with_one_line_and_no_usage(tmp_path):
