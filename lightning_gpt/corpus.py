@@ -35,7 +35,9 @@ def read_corpus(path: str | os.PathLike, name: str = "corpus", option: str = "--
     """The UTF-8 text of ``path``, or a UserError saying what is wrong with the file (the ``name`` of
     what the file is, and the ``option`` that gave it)."""
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise UserError(f"{name} file {path} is a folder; pass a text file with {option}")
+    if not path.exists():  # a pipe, such as <(command), is read too
         raise UserError(f"{name} file {path} does not exist; pass an existing text file with {option}")
     text = "".join(text_chunks(path, name=name))
     if not text:

@@ -182,6 +182,10 @@ class GenerationSettings:
             raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
         if isinstance(self.prompt, str):
             self.prompt = [self.prompt]
+        if not self.prompt and not self.prompt_file:
+            raise ValueError(
+                "prompt is an empty list: give at least one prompt (an empty string starts a line)"
+            )
 
 
 def prepare_prompt(
@@ -220,8 +224,13 @@ def stream_text(
     The model is put in eval mode while sampling; afterwards every submodule gets back its own
     train/eval flag (Lightning >= 2.2 relies on mixed modes surviving).
     """
+    prompt = prepare_prompt(prompt, tokenizer, hint="")  # an empty one starts from a newline
     ids = torch.from_numpy(tokenizer.encode(prompt)).unsqueeze(0).repeat(num_samples, 1)  # [S, T0]
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    generator = torch.Generator()  # its own: PyTorch's global generators are neither used nor changed
+    if seed is None:
+        generator.seed()  # a fresh random seed: another text at every call
+    else:
+        generator.manual_seed(seed)
     modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:

@@ -232,14 +232,11 @@ class GPTModule(L.LightningModule):
         checkpoint["rng_states"] = gather_rng_states(device)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Give this rank its generator states back (rank 0's, CUDA's left alone, without a trainer)."""
+        """A resumed fit gives each rank its generator states back (other loads leave the caller's alone)."""
         saved, trainer = checkpoint.get("rng_states"), self._trainer
-        if saved is not None and trainer is None:
-            restore_rng_states(saved)
-        elif saved is not None:
+        if saved is not None and trainer is not None and trainer.state.fn == "fit":
             rank, device = trainer.global_rank, trainer.strategy.root_device
-            note = restore_rng_states(saved, rank, trainer.world_size, device)
-            if note and trainer.state.fn == "fit":
+            if note := restore_rng_states(saved, rank, trainer.world_size, device):
                 rank_zero_warn(note)
 
     def configure_optimizers(self):

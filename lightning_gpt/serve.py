@@ -7,6 +7,7 @@ before it is queued; a client that goes away leaves a stop mark the worker reads
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import math
 import os
@@ -77,7 +78,8 @@ def request_settings(body: object, tokenizer: CharTokenizer, chat: bool = False)
     for name, kind in FIELDS.items():
         value = body.get(name)
         if value is None:
-            settings.setdefault(name, getattr(defaults, name, None))
+            random = name == "seed" and name in body  # "seed": null asks for another text each time
+            settings.setdefault(name, None if random else getattr(defaults, name, None))
             continue
         numeric = kind is float and isinstance(value, (int, float))
         if isinstance(value, bool) != (kind is bool) or not (isinstance(value, kind) or numeric):
@@ -117,39 +119,53 @@ class Gate:
                 raise ValueError(f"the request body is over {MAX_BODY_BYTES} bytes")
             try:
                 request = json.loads(body)
-            except json.JSONDecodeError as error:
+            except UnicodeDecodeError:
+                raise ValueError("the request body is not UTF-8; send JSON in UTF-8") from None
+            except (json.JSONDecodeError, RecursionError) as error:
                 raise ValueError(f"the request body is not JSON ({error})") from None
             stream = request_settings(request, self.tokenizer, chat=route[1] == CHAT)["stream"]
         except ValueError as error:
             answer = JSONResponse({"error": {"message": str(error)}}, status_code=400)  # OpenAI's shape
             return await answer(scope, receive, send)
         stop = uuid.uuid4().hex
-        if route[1] == CHAT:
-            metadata = request.get("metadata")
-            request["metadata"] = {**(metadata if isinstance(metadata, dict) else {}), STOP_KEY: stop}
-            if request.get("seed") is not None:  # LitServe's chat request has no seed field: carried here
-                request["metadata"][SEED_KEY] = str(request["seed"])
+        if route[1] == CHAT:  # LitServe's chat request has no id and no seed field: both go in metadata
+            metadata = request.get("metadata") if isinstance(request.get("metadata"), dict) else {}
+            metadata = {key: value for key, value in metadata.items() if key != SEED_KEY} | {STOP_KEY: stop}
+            if request.get("seed") is not None:
+                metadata[SEED_KEY] = str(request["seed"])
+            request["metadata"] = metadata
         else:
             request["id"] = stop
         pending = [{"type": "http.request", "body": json.dumps(request).encode()}]
         headers = [(k, v) for k, v in scope["headers"] if k not in (b"content-type", b"content-length")]
         scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
+        received: asyncio.Queue = asyncio.Queue()
+        answered = False
+
+        async def watch() -> None:  # listens for the client going away, even where LitServe does not
+            message = {}
+            while message.get("type") != "http.disconnect":
+                message = await receive()
+                await received.put(message)
+            if not answered:  # the client went away (or stopped reading)
+                Path(self.stops, stop).touch()
 
         async def replay() -> dict:
-            if pending:
-                return pending.pop()
-            message = await receive()
-            if message["type"] == "http.disconnect":  # the client went away (or stopped reading)
-                Path(self.stops, stop).touch()
-            return message
+            return pending.pop() if pending else await received.get()
 
         async def typed(message: dict) -> None:  # LitServe's /predict stream has no content type
+            nonlocal answered
             if route[1] == PREDICT and message["type"] == "http.response.start" and message["status"] == 200:
                 kind = b"application/x-ndjson" if stream else b"application/json"
                 message["headers"] = [*message.get("headers", []), (b"content-type", kind)]
             await send(message)
+            answered = answered or (message["type"] == "http.response.body" and not message.get("more_body"))
 
-        await self.app(scope, replay, typed)
+        watcher = asyncio.create_task(watch())
+        try:
+            await self.app(scope, replay, typed)
+        finally:
+            watcher.cancel()
 
 
 class PredictAPI(ls.LitAPI):
@@ -250,10 +266,17 @@ def serve(ckpt_path: str, host: str = "127.0.0.1", port: int = 8000) -> None:
         shutil.rmtree(stops, ignore_errors=True)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A mistake in the arguments is one ``error:`` line, as in the other subcommands (not the usage)."""
+
+    def error(self, message: str):
+        raise UserError(f"{message} (options: cli.py serve --help)")
+
+
 def main(argv: list[str]) -> None:
     """``cli.py serve ARGS``."""
     about = "Serve a checkpoint: a page at /, POST /predict, POST /v1/chat/completions (docs/serving.md)."
-    parser = argparse.ArgumentParser(prog="cli.py serve", description=about)
+    parser = OneLineParser(prog="cli.py serve", description=about)
     parser.add_argument("--ckpt_path", required=True, help="the checkpoint to serve (a .ckpt file)")
     parser.add_argument("--host", default="127.0.0.1", help=f"one of {', '.join(HOSTS)} (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="the port (default: 8000)")

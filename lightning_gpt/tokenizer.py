@@ -10,8 +10,9 @@ class UnknownCharacterError(ValueError):
 
 
 def _code_points(text: str) -> np.ndarray:
-    """Unicode code points of ``text`` as uint32, without a Python loop over characters."""
-    return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    """Unicode code points of ``text`` as uint32, without a Python loop over characters (a lone surrogate,
+    which Python makes of bytes that are not UTF-8 in arguments and stdin, is its own code point)."""
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
 
 
 class CharTokenizer:

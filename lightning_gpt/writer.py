@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from lightning.pytorch.callbacks import BasePredictionWriter
 
@@ -16,7 +15,7 @@ class SampleWriter(BasePredictionWriter):
 
     def __init__(self, output: str | None = None, headers: bool = False):
         super().__init__(write_interval="batch")
-        self.output = Path(output) if output else None
+        self.output = output or None  # a path or a URL (s3://, memory://): not a Path, which drops "//"
         self.headers = headers
         self.texts: list[str] = []
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -119,7 +120,9 @@ ROWS = {
         "impossible sampling setting",
         "prompt characters outside the vocabulary",
     ],
-    "test_errors.py::test_prompt_file_missing": ["`--generate.prompt_file` missing, empty or not UTF-8"],
+    "test_errors.py::test_prompt_file_missing": [
+        "`--generate.prompt_file` missing, a folder, empty or not UTF-8"
+    ],
     "test_generation.py::test_broken_weights_are_refused_not_sampled": [
         "model outputs not finite (broken weights)"
     ],
@@ -128,9 +131,11 @@ ROWS = {
         "`serve` port taken",
         "`serve --port` outside 1024–65535",
         "`serve` a checkpoint with nan or inf weights",
+        "`serve` argument missing, misspelt or of the wrong type",
     ],
     "test_serve.py::test_bad_requests_get_one_message_and_the_server_keeps_serving": [
         "request body not JSON, or not an object",
+        "request body not UTF-8",
         "request body over 1 MB",
         "`/predict` without a prompt string",
         "`/predict` with a field it does not know",
@@ -433,3 +438,12 @@ def test_prompt_file_missing(tmp_path, tiny_checkpoint, cli_main):
     args = ["predict", f"--ckpt_path={tiny_checkpoint}", "--generate.prompt_file=nowhere.txt"]
     message = "prompt file nowhere.txt does not exist; pass an existing text file with --generate.prompt_file"
     one_line_error(cli_main(*args, cwd=tmp_path), message)
+    (tmp_path / "prompts").mkdir()  # a folder, and a pipe, were said not to exist
+    args[-1] = "--generate.prompt_file=prompts"
+    message = "prompt file prompts is a folder; pass a text file with --generate.prompt_file"
+    one_line_error(cli_main(*args, cwd=tmp_path), message)
+    os.mkfifo(tmp_path / "pipe")
+    writer = subprocess.Popen(["sh", "-c", f"printf ROMEO: > {tmp_path / 'pipe'}"])
+    args[-1] = "--generate.prompt_file=pipe"
+    piped = cli_main(*args, "--generate.prompt=[]", "--generate.max_new_tokens=3", cwd=tmp_path)
+    assert writer.wait(timeout=30) == 0 and piped.returncode == 0 and piped.stdout.startswith("ROMEO:")

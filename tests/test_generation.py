@@ -143,7 +143,16 @@ def test_broken_weights_are_refused_not_sampled(model):
 
 
 def test_python_api_from_checkpoint(tiny_checkpoint):
-    module = GPTModule.load_from_checkpoint(tiny_checkpoint, map_location="cpu", weights_only=True)
+    draws = []
+    for seed in (1, 2):  # loading set the caller's generators to the checkpoint's states
+        torch.manual_seed(seed)
+        module = GPTModule.load_from_checkpoint(tiny_checkpoint, map_location="cpu", weights_only=True)
+        draws.append(torch.rand(3))
+    assert not torch.equal(*draws)
+    state = torch.get_rng_state()
+    texts = {module.generate_text("ROMEO:", 30, seed=None) for _ in range(3)}  # another text each time
+    assert len(texts) == 3 and torch.equal(torch.get_rng_state(), state)  # from its own generator
+    assert module.generate_text("", 5, seed=1).startswith("\n")  # an empty prompt: an IndexError
     text = module.generate_text("ROMEO:", 50, temperature=0.8, seed=3)
     assert text.startswith("ROMEO:") and len(text) == 56
     assert text == module.generate_text("ROMEO:", 50, temperature=0.8, seed=3)

@@ -3,12 +3,13 @@
 import io
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_command
+from conftest import CLI, run_command
 
 from lightning_gpt.generation import sample_next
 from lightning_gpt.module import GPTModule
@@ -94,8 +95,31 @@ def test_an_output_that_cannot_be_written_is_one_line(bare_dir, cli_main):
     assert last.endswith("; the samples are above")
 
 
+def test_a_reader_that_goes_away_ends_predict_quietly(bare_dir):
+    """``predict | head -c 5``: the pipe closes before the samples are printed (a traceback before)."""
+    command = [sys.executable, str(CLI), "predict", "--ckpt_path=model.ckpt", "--generate.max_new_tokens=5"]
+    environment = dict(os.environ, PYTHONWARNINGS="ignore")
+    with subprocess.Popen(
+        command, cwd=bare_dir, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as p:
+        p.stdout.close()  # before the process has started generating
+        stderr = p.stderr.read().decode()
+        assert p.wait(timeout=120) == 1 and "Traceback" not in stderr, stderr[-2000:]
+
+
+def test_output_to_a_url(bare_dir, cli_main):
+    """Before, memory://bucket/samples.txt became a local folder named memory: (Path drops the //)."""
+    fsspec = pytest.importorskip("fsspec")
+    args = ["predict", "--ckpt_path=model.ckpt", "--generate.max_new_tokens=8"]
+    result = cli_main(*args, "--generate.output=memory://bucket/samples.txt", cwd=bare_dir)
+    assert result.returncode == 0 and "wrote 1 samples to memory://bucket/samples.txt" in result.stderr
+    assert fsspec.filesystem("memory").cat("/bucket/samples.txt").decode() == result.stdout
+    assert not (bare_dir / "memory:").exists()
+
+
 def test_interactive_mode_with_piped_stdin(bare_dir, cli_main, monkeypatch):
-    monkeypatch.setattr(sys, "stdin", io.StringIO("ROMEO:\nJULIET:\n"))
+    # \udcff: what Python makes of a byte that is not UTF-8 (a traceback that ended the session)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("ROMEO:\nAB\udcff\nJULIET:\n"))
     result = cli_main(
         "predict",
         "--ckpt_path=model.ckpt",
@@ -111,6 +135,7 @@ def test_interactive_mode_with_piped_stdin(bare_dir, cli_main, monkeypatch):
     assert len(lines) == 2
     assert lines[0].startswith("ROMEO:") and len(lines[0]) == len("ROMEO:") + 15  # the whole continuation
     assert "JULIET:" in result.stdout
+    assert "error: prompt characters not in the model's vocabulary: '\\udcff'" in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -125,6 +150,11 @@ def test_interactive_mode_with_piped_stdin(bare_dir, cli_main, monkeypatch):
         (["--generate.seed=99999999999999999999"], "seed must be in [0, 2**63), got 99999999999999999999"),
         (["--generate.keep=33"], "context_length 32"),  # known once the checkpoint is loaded
         (["--generate.interactive=true", "--generate.keep=33"], "context_length 32"),
+        (["--generate.prompt=[]"], "prompt is an empty list"),  # generated nothing, and exit 0
+        (
+            ["--generate.prompt=AB\udcff"],
+            "not in the model's vocabulary: '\\udcff'",
+        ),  # a byte not UTF-8: a traceback
     ],
 )
 def test_bad_generation_input(bare_dir, args, message, cli_main):

@@ -93,6 +93,9 @@ def test_predict_whole_and_streamed_match_generation(server, expected):
     assert whole == predict(url, prompt="ROMEO:", stream=True, **settings)  # the same seed, the same text
     assert whole == expected("ROMEO:", **settings)
     assert whole != predict(url, prompt="ROMEO:", **{**settings, "seed": 8})
+    # "seed": null asks for another text each time (it gave the default seed's text)
+    randoms = {predict(url, prompt="ROMEO:", **{**settings, "seed": None}) for _ in range(3)}
+    assert len(randoms) == 3 and whole not in randoms
     assert len(predict(url, prompt="")) == 500  # every field but the prompt has predict's default
 
 
@@ -123,6 +126,9 @@ def test_openai_client_whole_and_streamed(server, expected):
     assert [answer.choices[0].message.content for answer in seeded] == [sampled, sampled]
     with pytest.raises(openai.BadRequestError, match="seed must be in"):
         client.chat.completions.create(model="tiny", messages=messages, seed=-1)
+    forged = {"lightning_gpt_seed": "abc"}  # the key that carries the seed: a client's own is dropped
+    answer = client.chat.completions.create(model="tiny", messages=messages, max_tokens=5, metadata=forged)
+    assert len(answer.choices[0].message.content) == 5
     with pytest.raises(openai.BadRequestError, match="top_p must be in"):
         client.chat.completions.create(model="tiny", messages=messages, top_p=1.5)
 
@@ -146,6 +152,8 @@ BAD_PREDICT = [
     ({"prompt": "A", "temperature": "hot"}, "temperature must be a number"),
     (b'{"prompt": "A", "temperature": NaN}', "temperature must be a finite number"),
     ({"prompt": "A", "seed": -1}, "seed must be in [0, 2**63)"),
+    (b'{"prompt": "A\xff"}', "the request body is not UTF-8; send JSON in UTF-8"),
+    (b"[" * 100_000, "the request body is not JSON (maximum recursion depth exceeded"),  # was a 500
     ({"prompt": "A" * (MAX_PROMPT_CHARS + 1)}, f"at most {MAX_PROMPT_CHARS}"),
     ({"prompt": "A", "max_new_tokens": MAX_NEW_TOKENS + 1}, f"max_new_tokens must be <= {MAX_NEW_TOKENS}"),
 ]
@@ -182,6 +190,24 @@ def test_a_stopped_stream_frees_its_work(server):
         time.sleep(0.1)
     stopped = [line for line in log.read_text().splitlines() if "a request was stopped" in line]
     assert stopped and int(stopped[-1].split()[5]) < MAX_NEW_TOKENS, log.read_text()[-2000:]
+    assert predict(url, prompt="A", max_new_tokens=3)
+
+
+def test_a_client_that_leaves_a_whole_chat_answer_frees_its_work(server):
+    """LitServe does not listen for a disconnect while a non-streamed chat answer is made: before, the
+    worker made all of it, and the requests queued behind it waited."""
+    url, log = server
+    before = log.read_text().count("a request was stopped")
+    body = {"model": "x", "messages": [{"role": "user", "content": "A"}], "max_tokens": MAX_NEW_TOKENS}
+    with pytest.raises(requests.Timeout):
+        requests.post(f"{url}/v1/chat/completions", json=body, timeout=0.5)
+    deadline = time.monotonic() + 30
+    while log.read_text().count("a request was stopped") == before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    stopped = [line for line in log.read_text().splitlines() if "a request was stopped" in line]
+    assert len(stopped) == before + 1 and int(stopped[-1].split()[5]) < MAX_NEW_TOKENS, log.read_text()[
+        -2000:
+    ]
     assert predict(url, prompt="A", max_new_tokens=3)
 
 
@@ -239,3 +265,11 @@ def test_serve_refuses_bad_arguments_in_one_line(cli_main, tiny_checkpoint: Path
     nan = cli_main("serve", "--ckpt_path", str(tmp_path / "broken.ckpt"), cwd=tmp_path)
     assert nan.returncode == 2 and "has nan or inf weights" in nan.stderr.strip().splitlines()[-1]
     assert "Traceback" not in missing.stderr + host.stderr + busy.stderr + low.stderr + nan.stderr
+    for args, message in [  # argparse printed its usage, then a line of its own
+        (["--port", "abc"], "argument --port: invalid int value: 'abc'"),
+        ([], "the following arguments are required: --ckpt_path"),
+    ]:
+        mistake = cli_main("serve", *args, cwd=tmp_path)
+        assert (
+            mistake.returncode == 2 and mistake.stderr == f"error: {message} (options: cli.py serve --help)\n"
+        )
