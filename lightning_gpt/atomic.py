@@ -17,16 +17,6 @@ _UMASK = os.umask(0o022)  # read once, at import: os.umask can only be read by s
 os.umask(_UMASK)
 
 
-def fsync_directory(path: Path) -> None:
-    """Make a rename inside ``path`` durable (no-op where directories cannot be opened)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
     """Call ``write(file)`` on a temporary file beside ``path``, fsync it, rename it over ``path``.
 
@@ -53,4 +43,9 @@ def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], object
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
-    fsync_directory(path.parent)
+    with contextlib.suppress(OSError):  # make the rename durable (no-op where folders cannot be opened)
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -15,7 +15,6 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from lightning_gpt.checkpoint_io import unlock
 from lightning_gpt.generation import prepare_prompt
 
 
@@ -186,18 +185,3 @@ def _last_path(trainer: L.Trainer) -> str | None:
         ):
             return checkpoint.format_checkpoint_name({}, name)
     return None
-
-
-class HoldLock(L.Callback):
-    """Holds a lock (an open file descriptor, see ``lock_folder``) until fit ends, however it ends."""
-
-    def __init__(self, descriptor: int) -> None:
-        self.descriptor = descriptor
-
-    def teardown(self, trainer, pl_module, stage: str) -> None:
-        self.on_exception(trainer, pl_module, None)
-
-    def on_exception(self, trainer, pl_module, exception: BaseException | None) -> None:
-        if self.descriptor is not None:
-            unlock(self.descriptor)
-            self.descriptor = None

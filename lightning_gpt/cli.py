@@ -16,13 +16,14 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from lightning_gpt.callbacks import HoldLock, ModelSize, SaveLastStep, TextSampler, TrainingSpeed
-from lightning_gpt.checkpoint_io import AtomicCheckpointIO, filesystem, local_path, lock_folder, readable_copy
+from lightning_gpt import checkpoint_io
+from lightning_gpt.callbacks import ModelSize, SaveLastStep, TextSampler, TrainingSpeed
+from lightning_gpt.checkpoint_io import AtomicCheckpointIO, filesystem, local_path, readable_copy
 from lightning_gpt.config import GPTConfig
 from lightning_gpt.corpus import corpus_files, read_corpus
 from lightning_gpt.data import CharDataModule
@@ -32,7 +33,6 @@ from lightning_gpt.interactive import interactive_session
 from lightning_gpt.model import GPT
 from lightning_gpt.module import GPTModule
 from lightning_gpt.precision import auto_precision, resolve_accelerator
-from lightning_gpt.tokenizer import UnknownCharacterError
 from lightning_gpt.writer import SampleWriter
 
 # `fit` without --config trains the seed recipe; a --config file overrides what it sets.
@@ -89,18 +89,11 @@ def _trainer_settings_error(error: Exception) -> UserError:
     return UserError(f"invalid --trainer settings: {' '.join(str(error).split())}")
 
 
-class FitConfigSaver(SaveConfigCallback):
-    """Saves the run's ``config.yaml`` beside its logs, for ``fit`` only."""
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage == "fit":
-            super().setup(trainer, pl_module, stage)
-
-
 class GPTLightningCLI(LightningCLI):
     """LightningCLI with checkpointing defaults, data/model links and one-line errors."""
 
     resumed_from: str | None = None  # --ckpt_path as given (a URL is read from a local copy)
+    lock: int | None = None  # fit's lock on its checkpoint folder, released however fit ends
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -270,12 +263,13 @@ class GPTLightningCLI(LightningCLI):
             trainer.precision = auto_precision(accelerator)
             if subcommand == "predict" and resolve_accelerator(accelerator) == "cpu":
                 trainer.precision = "32-true"  # decoding on a CPU gains nothing from autocast
-        if subcommand in ("validate", "predict"):  # no checkpoints are written: where fit wrote them is moot
-            warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
-        if subcommand in ("validate", "predict") and trainer.logger is None:
-            trainer.logger = False  # nothing to chart: no empty lightning_logs/version_N
-        if subcommand in ("validate", "predict") and not self.config[subcommand].ckpt_path:
-            raise UserError(f"{subcommand} needs a trained model: pass --ckpt_path CHECKPOINT")
+        if subcommand in ("validate", "predict"):  # no checkpoints, config.yaml or run folder are written
+            if not self.config[subcommand].ckpt_path:
+                raise UserError(f"{subcommand} needs a trained model: pass --ckpt_path CHECKPOINT")
+            warnings.filterwarnings("ignore", message=r"The dirpath has changed from")  # where fit saved
+            if trainer.logger is None:
+                trainer.logger = False  # nothing to chart: no empty lightning_logs/version_N
+            self.save_config_callback = None
         if subcommand == "predict":
             if trainer.enable_progress_bar is None:
                 trainer.enable_progress_bar = False  # stdout carries the generated text
@@ -304,10 +298,7 @@ class GPTLightningCLI(LightningCLI):
         prompts = list(settings.prompt)
         if settings.prompt_file:
             prompts.append(read_corpus(settings.prompt_file, "prompt", "--generate.prompt_file"))
-        try:
-            prompts = [prepare_prompt(p, self.model.tokenizer, settings.drop_unknown) for p in prompts]
-        except UnknownCharacterError as error:
-            raise UserError(str(error)) from None
+        prompts = [prepare_prompt(p, self.model.tokenizer, settings.drop_unknown) for p in prompts]
         self.datamodule.prompts = prompts
         if settings.output and Path(settings.output).is_dir():  # found out before generating, not after
             raise UserError(f"--generate.output {settings.output} is a folder; pass the path of a file")
@@ -328,6 +319,9 @@ class GPTLightningCLI(LightningCLI):
             super()._run_subcommand(subcommand)
         except MisconfigurationException as error:  # settings Lightning checks only once it runs
             raise _trainer_settings_error(error) from None
+        finally:
+            if self.lock is not None:
+                checkpoint_io.unlock(self.lock)
 
     def before_fit(self) -> None:
         """Never start over an earlier run's checkpoints, nor beside another fit in the same folder."""
@@ -346,8 +340,8 @@ class GPTLightningCLI(LightningCLI):
             )
         if resumed is not None:  # a resumed run writes into its own folder on purpose
             warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-        if self.trainer.global_rank == 0 and (lock := lock_folder(folder)) is not None:
-            self.trainer.callbacks.append(HoldLock(lock))
+        if self.trainer.global_rank == 0:
+            self.lock = checkpoint_io.lock_folder(folder)
 
 
 def _in_folder(path: str, folder: str) -> bool:
@@ -367,7 +361,6 @@ def make_cli(
         CharDataModule,
         trainer_defaults=defaults,
         seed_everything_default=1337,
-        save_config_callback=FitConfigSaver,
         save_config_kwargs={"overwrite": True},
         # parse errors raise ArgumentError (one line from main()) instead of printing the whole usage
         parser_kwargs={

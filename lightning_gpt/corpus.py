@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from lightning_gpt.atomic import write_atomically
+from lightning_gpt.download import sha256_of
 from lightning_gpt.errors import UserError
 from lightning_gpt.tokenizer import CharTokenizer, UnknownCharacterError
 
@@ -150,12 +151,7 @@ class TokenCache:
 
 def _checksum(tokens: Path, meta: dict) -> str:
     """sha256 of the token file and of the cache's description: an edit of either changes it."""
-    digest = hashlib.sha256()
-    with open(tokens, "rb") as file:  # not hashlib.file_digest: Python 3.10 lacks it
-        while block := file.read(CHUNK_BYTES):
-            digest.update(block)
-    digest.update(json.dumps(meta, sort_keys=True).encode())
-    return digest.hexdigest()
+    return sha256_of(tokens, json.dumps(meta, sort_keys=True).encode())
 
 
 def _cache_if_valid(folder: Path, sources: dict) -> TokenCache | None:

@@ -21,11 +21,13 @@ _CHUNK = 1 << 16
 _RETRYABLE = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 
 
-def sha256_of(path: Path) -> str:
+def sha256_of(path: Path, suffix: bytes = b"") -> str:
+    """sha256 of the file's bytes followed by ``suffix`` (not hashlib.file_digest: Python 3.10 lacks it)."""
     digest = hashlib.sha256()
     with open(path, "rb") as file:
         for chunk in iter(lambda: file.read(1 << 20), b""):
             digest.update(chunk)
+    digest.update(suffix)
     return digest.hexdigest()
 
 

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import sys
-from typing import TextIO
 
 from lightning_gpt.generation import GenerationSettings, prepare_prompt
 from lightning_gpt.tokenizer import UnknownCharacterError
 
 
-def interactive_session(
-    module, settings: GenerationSettings, stdin: TextIO | None = None, stdout: TextIO | None = None
-) -> int:
-    """Loop over prompts from ``stdin`` (default: ``sys.stdin``); return how many were answered.
-    Ctrl-C stops the current generation and asks for the next prompt; Ctrl-D (EOF) ends."""
-    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+def interactive_session(module, settings: GenerationSettings) -> None:
+    """Loop over prompts from stdin. Ctrl-C stops the current generation and asks for the next prompt;
+    Ctrl-D (EOF) ends."""
+    stdin, stdout = sys.stdin, sys.stdout
     interactive = stdin.isatty()
     if interactive:
         print("Type a prompt and press Enter. Ctrl-C stops a generation, Ctrl-D quits.", file=sys.stderr)
@@ -47,4 +44,3 @@ def interactive_session(
         stdout.write("\n")
         stdout.flush()
         answered += 1
-    return answered

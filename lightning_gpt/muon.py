@@ -35,18 +35,11 @@ class MuonAdamW(torch.optim.AdamW):
     and scaled by ``0.2 * sqrt(max(rows, cols))``; weight decay ``lr * weight_decay`` as in AdamW.
     """
 
-    def __init__(
-        self,
-        params: Iterable[dict],
-        lr: float,
-        betas: tuple[float, float] = (0.9, 0.99),
-        weight_decay: float = 0.0,
-        momentum: float = 0.95,
-    ):
-        super().__init__(params, lr=lr, betas=betas, weight_decay=weight_decay, foreach=True)
+    def __init__(self, params: Iterable[dict], lr: float, betas: tuple[float, float] = (0.9, 0.99)):
+        super().__init__(params, lr=lr, betas=betas, weight_decay=0.0, foreach=True)  # groups set their own
         for group in self.param_groups:
             group.setdefault("muon", False)
-            group.setdefault("momentum", momentum)
+            group.setdefault("momentum", 0.95)
             if group["muon"] and any(p.dim() != 2 for p in group["params"]):
                 raise ValueError("Muon groups must hold 2-D matrices only")
 

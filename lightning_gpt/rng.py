@@ -34,11 +34,8 @@ def rng_states(device: torch.device | None = None) -> dict:
 def set_rng_states(states: dict, device: torch.device | None = None) -> None:
     """Restore what ``rng_states`` returned; the CUDA state goes to ``device`` if it is a CUDA device."""
     torch.set_rng_state(states["torch"])
-    cuda = states["cuda"]
-    if isinstance(cuda, list):  # older checkpoints: one state for each visible CUDA device
-        cuda = dict(enumerate(cuda)).get(getattr(device, "index", None) or 0)
-    if cuda is not None and device is not None and device.type == "cuda":
-        torch.cuda.set_rng_state(cuda, device)
+    if states["cuda"] is not None and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(states["cuda"], device)
     python = states["python"]
     random.setstate((python["version"], tuple(python["state"]), python["gauss"]))
     numpy = states["numpy"]

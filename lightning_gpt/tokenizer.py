@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from lightning_gpt.errors import UserError
 
-class UnknownCharacterError(ValueError):
+
+class UnknownCharacterError(ValueError, UserError):
     """Text holds characters that are not in the vocabulary."""
 
 
