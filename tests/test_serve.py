@@ -234,7 +234,11 @@ def test_page_streams_and_stops_in_a_browser(server):
         network.send("Network.emulateNetworkConditions", conditions)
         page.fill("#prompt", "JULIET:")
         page.fill("#length", str(MAX_NEW_TOKENS))
-        page.click("#generate")
+        page.fill("#temperature", "")  # an empty box is the server's default (it sent 0: greedy)
+        with page.expect_request("**/predict") as request:
+            page.click("#generate")
+        sent = request.value.post_data_json
+        assert sent["max_new_tokens"] == MAX_NEW_TOKENS and "temperature" not in sent and "top_k" not in sent
         page.wait_for_function("document.getElementById('output').textContent.length > 'JULIET:'.length + 20")
         assert page.text_content("#status") == "generating…"
         page.screenshot(path=os.environ.get("SERVE_SCREENSHOT") or str(Path(server[1]).with_name("page.png")))
