@@ -1,13 +1,16 @@
-"""Checkpoints that are never half-written and never run code when loaded, in local folders or at
-fsspec URLs (``file://``, ``s3://``, ``gs://``, ``memory://``), and one ``fit`` per folder at a time."""
+"""Checkpoints that are never half-written, never run code when loaded and are checked before use, in
+local folders or at fsspec URLs (``file://``, ``s3://``, ``gs://``, ``memory://``), and one ``fit`` per
+folder at a time."""
 
 from __future__ import annotations
 
 import atexit
 import os
 import posixpath
+import re
 import shutil
 import tempfile
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,7 +20,9 @@ from fsspec.implementations.local import LocalFileSystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lightning_gpt.atomic import write_atomically
+from lightning_gpt.config import GPTConfig
 from lightning_gpt.errors import UserError
+from lightning_gpt.model import GPT
 
 try:
     import fcntl
@@ -44,6 +49,48 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path, map_location=None, weights_only: bool | None = True) -> dict[str, Any]:
         return super().load_checkpoint(path, map_location=map_location or "cpu", weights_only=True)
+
+
+def check_checkpoint(path: Path) -> dict:
+    """Load ``path`` safely (weights_only) and check it is a checkpoint of this project."""
+    if path.is_dir():
+        raise UserError(f"checkpoint {path} is a folder; pass the path of a .ckpt file in it")
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist; pass the path of a .ckpt file")
+    try:
+        with open(path, "rb") as file:
+            head = file.read(4)
+    except OSError as error:
+        raise UserError(f"cannot read checkpoint {path}: {error.strerror}") from None
+    if not head:
+        raise UserError(f"checkpoint {path} is empty (0 bytes): its save never finished; use another")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # an unsafe pickle, a damaged file, or not a torch file at all
+        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", re.sub(r"\x1b\[[0-9;]*m", "", str(error)))
+        if unsafe:
+            raise UserError(
+                f"refused to load checkpoint {path}: it holds Python objects ({unsafe.group(1)}), not only "
+                "tensors and plain data; nothing from it was run. Load only checkpoints you trust"
+            ) from None
+        if head == b"PK\x03\x04":  # a zip archive, as torch.save writes, that torch cannot read
+            raise UserError(f"checkpoint {path} is damaged (cut short or altered); use another") from None
+        raise UserError(f"{path} is not a checkpoint (not saved by PyTorch); pass a .ckpt file") from None
+    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    vocab = hparams.get("vocab") if isinstance(hparams, dict) else None
+    if not vocab or not isinstance(vocab, str) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise UserError(f"{path} is not a lightning-gpt checkpoint (no model vocabulary or weights)")
+    # The shape must be sound and match the weights, so the model built from it is no bigger than the file.
+    try:
+        with torch.device("meta"):
+            model = GPT(GPTConfig.from_hparams(hparams, len(vocab)))
+    except (TypeError, ValueError) as error:
+        raise UserError(f"checkpoint {path} has impossible model settings: {error}") from None
+    shapes = {f"model.{key}": value.shape for key, value in model.state_dict().items()}
+    weights = checkpoint["state_dict"].items()
+    if shapes != {key: getattr(value, "shape", None) for key, value in weights if key.startswith("model.")}:
+        raise UserError(f"checkpoint {path} is damaged: its weights do not fit its model settings")
+    return checkpoint
 
 
 def local_path(path: str) -> str:

@@ -226,7 +226,7 @@ class ChatAPI(PredictAPI):
 
 def serve(ckpt_path: str, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serve the checkpoint at ``http://host:port`` until Ctrl-C (or SIGTERM)."""
-    from lightning_gpt.cli import check_checkpoint  # cli.py imports this module only to serve
+    from lightning_gpt.checkpoint_io import check_checkpoint  # imports Lightning: not in the workers
 
     if host not in HOSTS:
         raise UserError(f"--host must be one of {', '.join(HOSTS)} (127.0.0.1: this machine only): {host}")

@@ -13,7 +13,7 @@ import torch
 from conftest import ROOT, TINY_MODEL, run_cli
 
 from lightning_gpt import corpus
-from lightning_gpt.cli import check_checkpoint
+from lightning_gpt.checkpoint_io import check_checkpoint
 from lightning_gpt.corpus import build_token_cache, text_chunks
 from lightning_gpt.errors import UserError
 from lightning_gpt.module import GPTModule

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_gpt.cli import check_checkpoint
+from lightning_gpt.checkpoint_io import check_checkpoint
 from lightning_gpt.errors import UserError
 
 
