@@ -155,6 +155,8 @@ class CharDataModule(L.LightningDataModule):
         self._cache = self.token_cache()  # built here once (local rank 0), so the other ranks only map it
 
     def setup(self, stage: str) -> None:
+        if stage == "fit":  # a new fit draws with the seed set now (a resume takes the saved one)
+            self._run_seed = None
         if self.tokenizer is not None or stage == "predict":
             return
         cache = self._cache or self.token_cache()  # prepare_data checked it in this process: not hashed again

@@ -37,7 +37,7 @@ class CharTokenizer:
         """Vocabulary = the sorted set of characters in ``text`` (never ``set()`` order)."""
         if not text:
             raise ValueError("cannot build a vocabulary from empty text")
-        return cls(np.unique(_code_points(text)).tobytes().decode("utf-32-le"))
+        return cls(np.unique(_code_points(text)).tobytes().decode("utf-32-le", "surrogatepass"))
 
     @property
     def vocab_size(self) -> int:
@@ -63,4 +63,4 @@ class CharTokenizer:
         ids = np.asarray(ids, dtype=np.int64)
         if ids.size and (ids.min() < 0 or ids.max() >= len(self._points)):
             raise ValueError(f"token ids must be in [0, {len(self._points)})")
-        return self._points[ids].tobytes().decode("utf-32-le")
+        return self._points[ids].tobytes().decode("utf-32-le", "surrogatepass")

@@ -94,3 +94,27 @@ def test_bad_corpora_give_clear_errors(tmp_path):
     short.write_text("a short text " * 10)
     with pytest.raises(UserError, match="fewer than context_length"):
         setup_module_for(short, context_length=64)
+
+
+def test_a_reused_datamodule_draws_with_each_new_seed(small_corpus, tmp_path):
+    """A sweep in a notebook reuses the DataModule: its second fit drew the first fit's windows."""
+    import lightning as L
+
+    from lightning_gpt.module import GPTModule
+
+    data = CharDataModule(path=str(small_corpus), cache_dir=str(tmp_path), batch_size=4, context_length=16)
+    firsts = []
+
+    class FirstBatch(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            firsts.append(batch[0].clone())
+
+    quiet = dict(
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    for seed in (1, 2, 1):
+        L.seed_everything(seed, verbose=False)
+        model = GPTModule(d_model=16, num_heads=2, num_blocks=1, context_length=16, warmup_steps=1)
+        trainer = L.Trainer(max_steps=1, limit_val_batches=0, callbacks=[FirstBatch()], **quiet)
+        trainer.fit(model, data)
+    assert not torch.equal(firsts[0], firsts[1]) and torch.equal(firsts[0], firsts[2])
