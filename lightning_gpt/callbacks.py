@@ -150,7 +150,7 @@ class SaveLastStep(L.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         if (path := _last_path(trainer)) is not None:
-            trainer.save_checkpoint(path)
+            trainer.save_checkpoint(path, weights_only=False)  # the whole state, for a resume
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException):

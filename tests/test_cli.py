@@ -18,6 +18,7 @@ NOISE = [
     "FLOPs",
     "litlogger",
     "callbacks used to create the checkpoint",
+    "`weights_only` was not set",  # Lightning, when a save does not say (the last.ckpt at the end did not)
     "Traceback",
 ]
 

@@ -195,6 +195,13 @@ def test_keep_the_whole_window_gives_the_seed_loop(bare_dir, cli_main, monkeypat
     assert interactive.stdout == result.stdout  # the first prompt uses the same seed
 
 
+def test_a_prompt_that_yaml_reads_as_a_list_is_given_as_a_list_of_one(bare_dir, cli_main):
+    """What docs/generation.md tells: "- Who" alone is read as the list ["Who"]."""
+    args = ["predict", "--ckpt_path=model.ckpt", "--generate.max_new_tokens=5"]
+    assert cli_main(*args, "--generate.prompt=- Who", cwd=bare_dir).stdout.startswith("Who")
+    assert cli_main(*args, '--generate.prompt=["- Who"]', cwd=bare_dir).stdout.startswith("- Who")
+
+
 def test_unknown_characters_can_be_dropped_and_empty_prompt_starts_a_line(bare_dir, cli_main):
     result = cli_main(
         "predict",
