@@ -180,8 +180,6 @@ def _last_path(trainer: L.Trainer) -> str | None:
     as with ``--checkpoint.save_last false``)."""
     for checkpoint in trainer.checkpoint_callbacks:
         name = checkpoint.CHECKPOINT_NAME_LAST
-        if isinstance(checkpoint, ModelCheckpoint) and (
-            checkpoint.save_last is True or checkpoint.filename == name
-        ):
+        if isinstance(checkpoint, ModelCheckpoint) and (checkpoint.save_last or checkpoint.filename == name):
             return checkpoint.format_checkpoint_name({}, name)
     return None

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from fsspec.implementations.local import LocalFileSystem
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -158,7 +159,10 @@ class GPTLightningCLI(LightningCLI):
         if subcommand == "fit" and sample is not None:  # found out now, not at the first validation
             try:
                 settings = (sample.temperature, None, None, sample.max_new_tokens, sample.keep)
-                check_sampling(*settings, section.model.context_length, sample.seed)
+                context = (
+                    None if section.get("ckpt_path") else section.model.context_length
+                )  # a resume's: later
+                check_sampling(*settings, context, sample.seed)
             except ValueError as error:
                 problems.append(f"invalid --sample settings: {error}")
         interval, accumulate = section.trainer.val_check_interval, section.trainer.accumulate_grad_batches
@@ -174,9 +178,10 @@ class GPTLightningCLI(LightningCLI):
                 f"{interval * accumulate} (every {interval} steps)"
             )
         monitor = section.checkpoint.monitor
-        if subcommand == "fit" and monitor is not None and monitor not in LOGGED:
+        known = (*LOGGED, "step", "epoch")  # and the two ModelCheckpoint always knows
+        if subcommand == "fit" and monitor is not None and monitor not in known:
             problems.append(
-                f"--checkpoint.monitor {monitor} is not a logged value; use one of {', '.join(LOGGED)}"
+                f"--checkpoint.monitor {monitor} is not a logged value; use one of {', '.join(known)}"
             )
         ckpt = section.get("ckpt_path")
         if ckpt and ckpt != "last" and "://" not in ckpt and not Path(ckpt).exists():
@@ -265,6 +270,8 @@ class GPTLightningCLI(LightningCLI):
         self.datamodule.prompts = prompts
         if settings.output and Path(settings.output).is_dir():  # found out before generating, not after
             raise UserError(f"--generate.output {settings.output} is a folder; pass the path of a file")
+        if settings.output:
+            filesystem(settings.output)  # one line if the URL's package (s3fs, gcsfs) is missing
         headers = len(prompts) * settings.num_samples > 1
         self.trainer.callbacks.append(SampleWriter(settings.output, headers=headers))
 
@@ -310,7 +317,11 @@ class GPTLightningCLI(LightningCLI):
 def _in_folder(path: str, folder: str) -> bool:
     """Whether the file ``path`` (a path or URL) is in ``folder``."""
     (fs, file), (fs_folder, root) = filesystem(path), filesystem(folder)
-    return type(fs) is type(fs_folder) and posixpath.dirname(file) == root.rstrip("/")
+    if isinstance(fs, LocalFileSystem) and isinstance(fs_folder, LocalFileSystem):  # links, "..", "//"
+        return os.path.realpath(os.path.dirname(file)) == os.path.realpath(root)
+    return type(fs) is type(fs_folder) and posixpath.normpath(posixpath.dirname(file)) == posixpath.normpath(
+        root
+    )
 
 
 def make_cli(
@@ -360,6 +371,8 @@ def main(args: list[str] | None = None) -> None:
         for line in str(error).splitlines():
             print(f"error: {line}", file=sys.stderr)
         sys.exit(2)
-    except BrokenPipeError:  # stdout's reader went away (`| head`): stop quietly, as Unix tools do
+    except BrokenPipeError:  # predict's reader went away (`| head`): stop quietly, as Unix tools do
+        if argv[:1] != ["predict"]:
+            raise
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # for the flush at exit
         sys.exit(1)

@@ -28,7 +28,7 @@ from lightning_gpt.tokenizer import CharTokenizer, UnknownCharacterError
 SEPARATOR = "\n\n"  # between the files of a folder corpus
 CHUNK_BYTES = 4 * 2**20  # bytes of text decoded and encoded at a time while building a cache
 PROGRESS_MIN_BYTES = 64 * 2**20  # corpora at least this big show a progress bar while building
-CACHE_VERSION = 3  # 2: meta.json holds a checksum; 3: a byte order mark starting a file is dropped
+CACHE_VERSION = 2  # 2: meta.json holds a checksum
 _CONVERT_HINT = "convert it, e.g. iconv -f latin1 -t utf-8"
 
 
@@ -87,7 +87,7 @@ def text_chunks(
 ) -> Iterator[str]:
     """The UTF-8 text of the file ``path`` in pieces of about ``chunk_bytes`` bytes (``progress`` counts
     the bytes). A UserError names the file and the byte offset of any invalid UTF-8."""
-    decoder = codecs.getincrementaldecoder("utf-8-sig")()  # drops a byte order mark (Windows' Notepad)
+    decoder = codecs.getincrementaldecoder("utf-8")()
     read = 0  # bytes read so far
     try:
         with open(path, "rb") as file:

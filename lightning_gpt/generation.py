@@ -244,7 +244,8 @@ def stream_text(
 
 
 def generate_text(model: GPT, tokenizer: CharTokenizer, prompt: str, max_new_tokens: int, **sampling) -> str:
-    """``prompt`` followed by ``max_new_tokens`` sampled characters."""
+    """``prompt`` (an empty one: a newline) followed by ``max_new_tokens`` sampled characters."""
+    prompt = prepare_prompt(prompt, tokenizer, hint="")
     return prompt + "".join(
         chars[0] for chars in stream_text(model, tokenizer, prompt, max_new_tokens, **sampling)
     )

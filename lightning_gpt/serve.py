@@ -151,7 +151,12 @@ class Gate:
                 Path(self.stops, stop).touch()
 
         async def replay() -> dict:
-            return pending.pop() if pending else await received.get()
+            if pending:
+                return pending.pop()
+            message = await received.get()
+            if message["type"] == "http.disconnect":  # and again for any later call, as the server does
+                received.put_nowait(message)
+            return message
 
         async def typed(message: dict) -> None:  # LitServe's /predict stream has no content type
             nonlocal answered

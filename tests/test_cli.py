@@ -113,8 +113,12 @@ def test_a_resumed_run_never_writes_over_another_runs_checkpoints(tmp_path, smal
         "--checkpoint.dirpath runB (its folder) or a new one"
     )
     assert (tmp_path / "runA" / "last.ckpt").read_bytes() == before
-    assert cli_main(*resume, "--checkpoint.dirpath=runB", cwd=tmp_path).returncode == 0  # its own folder
-    assert torch.load(tmp_path / "runB" / "last.ckpt", weights_only=True)["global_step"] == 4
+    (tmp_path / "linkB").symlink_to(tmp_path / "runB")  # the same folder by another path
+    assert cli_main(*resume, "--checkpoint.dirpath=linkB/../runB/", cwd=tmp_path).returncode == 0
+    resume[-1] = "--ckpt_path=linkB/last.ckpt"
+    resume[resume.index("--trainer.max_steps=4")] = "--trainer.max_steps=6"
+    assert cli_main(*resume, "--checkpoint.dirpath=runB", cwd=tmp_path).returncode == 0
+    assert torch.load(tmp_path / "runB" / "last.ckpt", weights_only=True)["global_step"] == 6
 
 
 def test_save_last_false_writes_no_last_checkpoint(tmp_path, small_corpus, cli_main):
@@ -123,6 +127,11 @@ def test_save_last_false_writes_no_last_checkpoint(tmp_path, small_corpus, cli_m
     assert cli_main(*fit, "--checkpoint.save_last=false", cwd=tmp_path).returncode == 0
     (saved,) = (tmp_path / "checkpoints").iterdir()
     assert saved.name.startswith("best-step000002-")
+    # "link" keeps a last.ckpt at the last step; the steps count as a monitored value too
+    fit = tiny_fit_args(small_corpus, steps=3, val_every=2)
+    link = ["--checkpoint.save_last=link", "--checkpoint.monitor=step", "--checkpoint.mode=max"]
+    assert cli_main(*fit, *link, "--checkpoint.dirpath=linked", cwd=tmp_path).returncode == 0
+    assert torch.load(tmp_path / "linked" / "last.ckpt", weights_only=True)["global_step"] == 3
 
 
 def test_bad_checkpoints_get_one_line_errors(tmp_path, small_corpus, cli_main):

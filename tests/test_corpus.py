@@ -53,18 +53,6 @@ def test_folder_files_are_joined_in_sorted_order(tmp_path):
     assert data.tokenizer.decode(torch.cat([data.train_tokens, data.val_tokens]).numpy()) == expected
 
 
-@pytest.mark.parametrize("chunk_bytes", [1, 2, 64])
-def test_a_byte_order_mark_starting_a_file_is_dropped(tmp_path, chunk_bytes):
-    """Windows' Notepad starts UTF-8 files with one: it was a character of the vocabulary, and of the text
-    after each separator of a folder corpus. One inside the text is kept."""
-    corpus = make_folder(tmp_path / "corpus", {"a.txt": "\ufeffone\n", "b.txt": "\ufefftwo\ufeff"})
-    cache = build_token_cache(corpus, tmp_path / "cache", chunk_bytes=chunk_bytes)
-    assert decoded(cache) == "one\n" + SEPARATOR + "two\ufeff"
-    (corpus / "bad.txt").write_bytes(b"\xef\xbb\xbfab\xff")
-    with pytest.raises(UserError, match="byte 0xff at offset 5"):  # offsets still count the mark
-        list(text_chunks(corpus / "bad.txt", chunk_bytes))
-
-
 def test_single_file_corpus_is_the_file_exactly(tmp_path):
     path = tmp_path / "one.txt"
     path.write_bytes(MIXED.encode("utf-8"))

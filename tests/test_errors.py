@@ -224,7 +224,7 @@ def test_help_offers_fit_validate_and_predict_only(tmp_path, cli_main):
         (
             "--checkpoint.monitor=val_los",
             "--checkpoint.monitor val_los is not a logged value; use one of train_loss, lr, grad_norm, "
-            "tokens_per_sec, val_loss, val_bpc, val_ppl",
+            "tokens_per_sec, val_loss, val_bpc, val_ppl, step, epoch",
         ),
         (  # before: a traceback at the first validation, after training had begun
             "--sample.keep=100",

@@ -1,5 +1,6 @@
 """``cli.py predict`` from a checkpoint alone: no config file, no corpus on disk."""
 
+import importlib.util
 import io
 import os
 import shutil
@@ -93,6 +94,9 @@ def test_an_output_that_cannot_be_written_is_one_line(bare_dir, cli_main):
     last = under.stderr.strip().splitlines()[-1]
     assert last.startswith("error: cannot write --generate.output file/samples.txt: ")  # the system's reason
     assert last.endswith("; the samples are above")
+    if importlib.util.find_spec("gcsfs") is None:  # refused before generating (a traceback after it)
+        gcs = cli_main(*args, "--generate.output=gs://bucket/samples.txt", cwd=bare_dir)
+        assert gcs.returncode == 2 and gcs.stdout == "" and "cannot use gs://bucket/samples.txt" in gcs.stderr
 
 
 def test_a_reader_that_goes_away_ends_predict_quietly(bare_dir):
