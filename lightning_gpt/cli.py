@@ -155,16 +155,6 @@ class GPTLightningCLI(LightningCLI):
                 corpus_files(section.data.path)
             except UserError as error:
                 problems.append(str(error))
-        sample = section.get("sample")
-        if subcommand == "fit" and sample is not None:  # found out now, not at the first validation
-            try:
-                settings = (sample.temperature, None, None, sample.max_new_tokens, sample.keep)
-                context = (
-                    None if section.get("ckpt_path") else section.model.context_length
-                )  # a resume's: later
-                check_sampling(*settings, context, sample.seed)
-            except ValueError as error:
-                problems.append(f"invalid --sample settings: {error}")
         interval, accumulate = section.trainer.val_check_interval, section.trainer.accumulate_grad_batches
         if isinstance(accumulate, int) and accumulate < 1:
             problems.append(f"--trainer.accumulate_grad_batches must be at least 1, got {accumulate}")
@@ -238,6 +228,13 @@ class GPTLightningCLI(LightningCLI):
             if trainer.logger is None:
                 trainer.logger = False  # nothing to chart: no empty lightning_logs/version_N
             self.save_config_callback = None
+        sample = self.config.fit.get("sample") if subcommand == "fit" else None
+        if sample is not None:  # found out now, not at the first validation; model.* holds a resume's shape
+            try:
+                settings = (sample.temperature, None, None, sample.max_new_tokens, sample.keep)
+                check_sampling(*settings, self.config.fit.model.context_length, sample.seed)
+            except ValueError as error:
+                raise UserError(f"invalid --sample settings: {error}") from None
         if subcommand == "predict":
             if trainer.enable_progress_bar is None:
                 trainer.enable_progress_bar = False  # stdout carries the generated text

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, TINY_MODEL, run_cli
+from conftest import ROOT, TINY_MODEL, run_cli, tiny_fit_args
 
 from lightning_gpt import corpus
 from lightning_gpt.checkpoint_io import check_checkpoint
@@ -447,3 +447,11 @@ def test_prompt_file_missing(tmp_path, tiny_checkpoint, cli_main):
     args[-1] = "--generate.prompt_file=pipe"
     piped = cli_main(*args, "--generate.prompt=[]", "--generate.max_new_tokens=3", cwd=tmp_path)
     assert writer.wait(timeout=30) == 0 and piped.returncode == 0 and piped.stdout.startswith("ROMEO:")
+
+
+def test_sample_settings_are_checked_against_a_resumed_models_context(tmp_path, small_corpus, cli_main):
+    """A resume takes the checkpoint's shape: --sample.keep is checked against it, not the flags'."""
+    assert cli_main(*tiny_fit_args(small_corpus, steps=2, val_every=2), cwd=tmp_path).returncode == 0
+    resume = [*tiny_fit_args(small_corpus, steps=4, val_every=2), "--ckpt_path=last"]
+    result = cli_main(*resume, "--model.context_length=64", "--sample.keep=40", cwd=tmp_path)
+    one_line_error(result, "invalid --sample settings: keep must be <= the model's context_length 32, got 40")
