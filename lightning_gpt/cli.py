@@ -236,6 +236,8 @@ class GPTLightningCLI(LightningCLI):
             except ValueError as error:
                 raise UserError(f"invalid --sample settings: {error}") from None
         if subcommand == "predict":
+            if int(os.environ.get("RANK", 0)) > 0:  # started by torchrun: rank 0 alone generates
+                sys.exit(0)
             if trainer.enable_progress_bar is None:
                 trainer.enable_progress_bar = False  # stdout carries the generated text
             # one process on one device: more would each print and write only their share of prompts

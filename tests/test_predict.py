@@ -82,6 +82,17 @@ def test_predict_asked_for_two_processes_prints_and_writes_every_sample_once(bar
     assert one.stdout == two.stdout  # the same samples as on one device
 
 
+def test_under_torchrun_only_rank_0_predicts(bare_dir, cli_main, monkeypatch):
+    """torchrun starts every rank with RANK set: each printed (and wrote) every sample."""
+    args = ["predict", "--ckpt_path=model.ckpt", "--generate.max_new_tokens=5", "--generate.output=out.txt"]
+    monkeypatch.setenv("RANK", "1")
+    other = cli_main(*args, cwd=bare_dir)
+    assert other.returncode == 0 and other.stdout == "" and not (bare_dir / "out.txt").exists()
+    monkeypatch.setenv("RANK", "0")
+    first = cli_main(*args, cwd=bare_dir)
+    assert first.returncode == 0 and len(first.stdout.rstrip("\n")) == 6 and (bare_dir / "out.txt").exists()
+
+
 def test_an_output_that_cannot_be_written_is_one_line(bare_dir, cli_main):
     args = ["predict", "--ckpt_path=model.ckpt", "--generate.max_new_tokens=8"]
     (bare_dir / "folder").mkdir()
