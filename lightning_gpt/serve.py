@@ -198,7 +198,10 @@ class PredictAPI(ls.LitAPI):
             for (char,) in chars:
                 if stop.exists():
                     note = f"a request was stopped after {len(text)} of {s['max_new_tokens']} characters"
-                    return print(note, file=sys.stderr, flush=True)
+                    print(note, file=sys.stderr, flush=True)
+                    if not s["stream"]:  # a whole answer: what LitServe's chat spec needs to finish it
+                        yield "".join(text)
+                    return
                 text.append(char)
                 # the first character at once, then what came in each STREAM_EVERY_S: one message per
                 # character would cost the server more than generating it
