@@ -22,14 +22,15 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from lightning_gpt import checkpoint_io
 from lightning_gpt.callbacks import ModelSize, SaveLastStep, TextSampler, TrainingSpeed
 from lightning_gpt.checkpoint_io import (
     AtomicCheckpointIO,
     check_checkpoint,
     filesystem,
     local_path,
+    lock_folder,
     readable_copy,
+    unlock,
 )
 from lightning_gpt.config import GPTConfig
 from lightning_gpt.corpus import corpus_files, read_corpus
@@ -48,9 +49,9 @@ PROGRESS_REFRESH_STEPS = 10  # the progress bar redraws every this many steps
 LOGGED = ("train_loss", "lr", "grad_norm", "tokens_per_sec", "val_loss", "val_bpc", "val_ppl")
 
 
-def _trainer_settings_error(error: Exception) -> UserError:
-    """Lightning's refusal of a ``--trainer`` setting, in one line."""
-    return UserError(f"invalid --trainer settings: {' '.join(str(error).split())}")
+def _settings_error(group: str, error: Exception) -> UserError:
+    """Lightning's refusal of a ``--trainer`` or ``--checkpoint`` setting, in one line."""
+    return UserError(f"invalid --{group} settings: {' '.join(str(error).split())}")
 
 
 class GPTLightningCLI(LightningCLI):
@@ -90,7 +91,7 @@ class GPTLightningCLI(LightningCLI):
         try:
             trainer = super().instantiate_trainer(**kwargs)
         except (MisconfigurationException, ValueError) as error:  # e.g. an accelerator this machine lacks
-            raise _trainer_settings_error(error) from None
+            raise _settings_error("trainer", error) from None
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         best, subcommand = trainer.checkpoint_callback, self.config.get("subcommand")
@@ -116,7 +117,7 @@ class GPTLightningCLI(LightningCLI):
         try:
             super().instantiate_classes()
         except MisconfigurationException as error:  # ModelCheckpoint's own checks (the trainer's are above)
-            raise UserError(f"invalid --checkpoint settings: {' '.join(str(error).split())}") from None
+            raise _settings_error("checkpoint", error) from None
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Sequence[str] | None) -> None:
         """A mistake in the arguments is one line (the usage is left to --help), then inputs are checked."""
@@ -287,22 +288,22 @@ class GPTLightningCLI(LightningCLI):
         try:
             super()._run_subcommand(subcommand)
         except MisconfigurationException as error:  # settings Lightning checks only once it runs
-            raise _trainer_settings_error(error) from None
+            raise _settings_error("trainer", error) from None
         finally:
             if self.lock is not None:
-                checkpoint_io.unlock(self.lock)
+                unlock(self.lock)
 
     def before_fit(self) -> None:
         """Never start over an earlier run's checkpoints, nor beside another fit in the same folder."""
         folder, resumed = self.config.fit.checkpoint.dirpath, self.resumed_from
         fs, root = filesystem(folder)
-        last = os.path.join(folder, "last.ckpt")
-        if resumed is None and fs.exists(f"{root}/last.ckpt"):
+        last, has_last = os.path.join(folder, "last.ckpt"), fs.exists(f"{root}/last.ckpt")
+        if resumed is None and has_last:
             raise UserError(
                 f"{last} exists from an earlier run; resume it with --ckpt_path last, or start anew with "
                 "another --checkpoint.dirpath (or move the old checkpoints away)"
             )
-        if resumed is not None and fs.exists(f"{root}/last.ckpt") and not _in_folder(resumed, folder):
+        if resumed is not None and has_last and not _in_folder(resumed, folder):
             raise UserError(
                 f"{last} is another run's, and resuming {resumed} would write over it; pass "
                 f"--checkpoint.dirpath {os.path.dirname(resumed) or '.'} (its folder) or a new one"
@@ -310,7 +311,7 @@ class GPTLightningCLI(LightningCLI):
         if resumed is not None:  # a resumed run writes into its own folder on purpose
             warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
         if self.trainer.global_rank == 0:
-            self.lock = checkpoint_io.lock_folder(folder)
+            self.lock = lock_folder(folder)
 
 
 def _in_folder(path: str, folder: str) -> bool:
@@ -318,9 +319,8 @@ def _in_folder(path: str, folder: str) -> bool:
     (fs, file), (fs_folder, root) = filesystem(path), filesystem(folder)
     if isinstance(fs, LocalFileSystem) and isinstance(fs_folder, LocalFileSystem):  # links, "..", "//"
         return os.path.realpath(os.path.dirname(file)) == os.path.realpath(root)
-    return type(fs) is type(fs_folder) and posixpath.normpath(posixpath.dirname(file)) == posixpath.normpath(
-        root
-    )
+    same_kind = type(fs) is type(fs_folder)
+    return same_kind and posixpath.normpath(posixpath.dirname(file)) == posixpath.normpath(root)
 
 
 def make_cli(
