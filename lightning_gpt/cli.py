@@ -278,8 +278,15 @@ class GPTLightningCLI(LightningCLI):
     def _run_subcommand(self, subcommand: str) -> None:
         """``predict --generate.interactive true`` runs the interactive loop instead of trainer.predict."""
         if subcommand == "predict" and self.config.predict.generate.interactive:
-            if self.generation.output:
-                print("note: interactive mode prints only; --generate.output is not written", file=sys.stderr)
+            g = self.generation
+            given = dict(prompt=g.prompt != [""], prompt_file=g.prompt_file, num_samples=g.num_samples != 1)
+            ignored = [f"--generate.{name}" for name, value in {**given, "output": g.output}.items() if value]
+            if ignored:
+                print(
+                    "note: interactive mode reads prompts from stdin and prints one sample each; "
+                    f"ignoring {', '.join(ignored)}",
+                    file=sys.stderr,
+                )
             checkpoint = torch.load(self.config.predict.ckpt_path, map_location="cpu", weights_only=True)
             self.model.load_state_dict(checkpoint["state_dict"])
             self.model.to("cuda" if torch.cuda.is_available() else "cpu")

@@ -26,6 +26,8 @@ def interactive_session(module, settings: GenerationSettings) -> None:
             stdout.write("\n")
             continue
         if not line:  # EOF
+            if interactive:  # Ctrl-D: the shell's prompt then starts on a line of its own
+                stdout.write("\n")
             break
         try:
             prompt = prepare_prompt(line.rstrip("\r\n"), module.tokenizer, settings.drop_unknown)

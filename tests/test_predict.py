@@ -3,6 +3,7 @@
 import importlib.util
 import io
 import os
+import pty
 import shutil
 import subprocess
 import sys
@@ -141,16 +142,36 @@ def test_interactive_mode_with_piped_stdin(bare_dir, cli_main, monkeypatch):
         "--generate.interactive=true",
         "--generate.max_new_tokens=15",
         "--generate.output=samples.txt",
+        "--generate.num_samples=2",
         cwd=bare_dir,
     )
     assert result.returncode == 0, result.stderr
-    assert "note: interactive mode prints only; --generate.output is not written" in result.stderr
+    assert (
+        "note: interactive mode reads prompts from stdin and prints one sample each; ignoring "
+        "--generate.num_samples, --generate.output"
+    ) in result.stderr
     assert not (bare_dir / "samples.txt").exists()
     lines = result.stdout.splitlines()
     assert len(lines) == 2
     assert lines[0].startswith("ROMEO:") and len(lines[0]) == len("ROMEO:") + 15  # the whole continuation
     assert "JULIET:" in result.stdout
     assert "error: prompt characters not in the model's vocabulary: '\\udcff'" in result.stderr
+
+
+def test_interactive_mode_in_a_terminal_ends_its_line_at_ctrl_d(bare_dir, cli_main, monkeypatch):
+    """Before, Ctrl-D left the shell's next prompt after "> " on the same line."""
+    controller, terminal = pty.openpty()
+    with open(terminal, encoding="utf-8", closefd=True) as stdin:
+        monkeypatch.setattr(sys, "stdin", stdin)
+        os.write(controller, b"ROMEO:\n\x04")  # a prompt, Enter, then Ctrl-D at the start of a line
+        args = ["--generate.interactive=true", "--generate.max_new_tokens=5", "--generate.prompt=JULIET:"]
+        result = cli_main("predict", "--ckpt_path=model.ckpt", *args, cwd=bare_dir)
+    os.close(controller)
+    assert result.returncode == 0, result.stderr
+    assert "ignoring --generate.prompt" in result.stderr
+    first, second, end = result.stdout.split("> ")
+    assert first == "" and second.startswith("ROMEO:") and len(second) == len("ROMEO:") + 5 + 1
+    assert end == "\n"
 
 
 @pytest.mark.parametrize(
