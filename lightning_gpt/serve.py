@@ -181,6 +181,11 @@ class PredictAPI(ls.LitAPI):
         self.checkpoint, self.stops = checkpoint, stops
 
     def setup(self, device: str) -> None:
+        # a process group of its own: Ctrl-C (SIGINT to the terminal's whole group) or `kill -- -PGID` then
+        # reaches the main process, whose shutdown stops this worker by its pid once the answers in flight
+        # are sent. Signalled itself, a worker died mid-answer (its client hung) with a traceback; it cannot
+        # ignore SIGTERM instead: that is how LitServe stops it.
+        os.setpgid(0, 0)
         checkpoint = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
         model, self.tokenizer = build_model(checkpoint)
         self.model = model.to(device)
@@ -258,12 +263,15 @@ def serve(ckpt_path: str, host: str = "127.0.0.1", port: int = 8000) -> None:
         ]
         middleware = (Gate, {"vocab": vocab, "stops": stops})
         server = ls.LitServer(apis, accelerator="auto", devices=1, timeout=False, middlewares=[middleware])
-        main_pid = os.getpid()
+        main_pid, stopping = os.getpid(), []
 
-        def stop(signum, frame) -> None:  # LitServe's clean shutdown; its HTTP processes leave quietly
-            if os.getpid() == main_pid:
+        def stop(signum, frame) -> None:
+            """LitServe's clean shutdown, begun once by the main process (a repeat broke it off half-done).
+            The processes it forks (the request queue's, the HTTP servers') inherit this handler and ignore
+            the signal: the shutdown stops them."""
+            if os.getpid() == main_pid and not stopping:
+                stopping.append(signum)
                 raise KeyboardInterrupt
-            sys.exit(0)
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)

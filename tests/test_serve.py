@@ -32,11 +32,12 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tiny_checkpoint: Path, tmp_path_factory):
-    """``cli.py serve`` on a free port: yields (base URL, path of its stderr); stopped with SIGTERM."""
-    port, log = free_port(), tmp_path_factory.mktemp("serve") / "stderr.txt"
-    command = [sys.executable, str(CLI), "serve", "--ckpt_path", str(tiny_checkpoint), "--port", str(port)]
+@contextlib.contextmanager
+def serving(checkpoint: Path, log: Path):
+    """``cli.py serve`` on a free port, its stderr in ``log``: yields (process, base URL) once it answers.
+    Its session is its own, so ``os.killpg(process.pid, SIGINT)`` is a terminal's Ctrl-C."""
+    port = free_port()
+    command = [sys.executable, str(CLI), "serve", "--ckpt_path", str(checkpoint), "--port", str(port)]
     with log.open("w") as stderr:
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -46,14 +47,22 @@ def server(tiny_checkpoint: Path, tmp_path_factory):
             if process.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"the server did not start (exit {process.poll()}):\n{log.read_text()[-3000:]}")
             time.sleep(0.2)
-        yield url, log
-        process.send_signal(signal.SIGTERM)  # to the main process, as `kill PID` does
-        assert process.wait(timeout=60) == 0, log.read_text()[-3000:]
-        assert "Traceback" not in log.read_text()
+        yield process, url
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tiny_checkpoint: Path, tmp_path_factory):
+    """The module's server: yields (base URL, path of its stderr); stopped with SIGTERM."""
+    log = tmp_path_factory.mktemp("serve") / "stderr.txt"
+    with serving(tiny_checkpoint, log) as (process, url):
+        yield url, log
+        process.send_signal(signal.SIGTERM)  # to the main process, as `kill PID` does
+        assert process.wait(timeout=60) == 0, log.read_text()[-3000:]
+        assert "Traceback" not in log.read_text()
 
 
 def _ready(url: str) -> bool:
@@ -210,6 +219,44 @@ def test_a_client_that_leaves_a_whole_chat_answer_frees_its_work(server):
     ]
     assert predict(url, prompt="A", max_new_tokens=3)
     assert "Error in non-streaming response" not in log.read_text()  # LitServe's, for an answer with no text
+
+
+def running(pids: list[int]) -> list[int]:
+    """Those of the processes that have not exited (a zombie has: it only waits to be reaped)."""
+    states = {}
+    for pid in pids:
+        with contextlib.suppress(FileNotFoundError):
+            states[pid] = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    return [pid for pid, state in states.items() if state != "Z"]
+
+
+def test_ctrl_c_finishes_the_stream_in_flight_and_stops_every_process(tiny_checkpoint: Path, tmp_path: Path):
+    """Ctrl-C signals the terminal's whole process group. Before, the inference workers took the SIGINT
+    too: KeyboardInterrupt tracebacks, and the stream in flight hung until its client gave up; a second
+    signal during the shutdown could leave processes running."""
+    log = tmp_path / "stderr.txt"
+    with serving(tiny_checkpoint, log) as (process, url):
+        children = [
+            int(pid) for pid in Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+        ]
+        # under way at the signal (one character sent), and short: a busy machine streams it slowly
+        body = {"prompt": "A", "max_new_tokens": 200, "stream": True}
+        with requests.post(f"{url}/predict", json=body, stream=True, timeout=(5, 25)) as response:
+            lines = response.iter_lines()
+            text = json.loads(next(lines))["text"]
+            os.killpg(process.pid, signal.SIGINT)  # Ctrl-C
+            signalled = time.monotonic()
+            text += json.loads(next(lines))["text"]
+            process.send_signal(signal.SIGTERM)  # and a `kill PID` while it stops: ignored
+            text += "".join(json.loads(line)["text"] for line in lines)  # a hang: "Read timed out" at 25 s
+        waited = time.monotonic() - signalled
+        assert len(text) == 200 and waited < 25, (len(text), waited)  # the answer was finished, not cut
+        assert process.wait(timeout=60) == 0, log.read_text()[-3000:]
+        deadline = time.monotonic() + 30
+        while running(children) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(children) >= 4 and not running(children), children  # workers, HTTP servers, queue's
+    assert "Traceback" not in log.read_text() and "KeyboardInterrupt" not in log.read_text(), log.read_text()
 
 
 def test_listens_on_loopback_only(server):
