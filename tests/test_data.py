@@ -1,4 +1,8 @@
 import itertools
+import os
+import signal
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -118,3 +122,22 @@ def test_a_reused_datamodule_draws_with_each_new_seed(small_corpus, tmp_path):
         trainer = L.Trainer(max_steps=1, limit_val_batches=0, callbacks=[FirstBatch()], **quiet)
         trainer.fit(model, data)
     assert not torch.equal(firsts[0], firsts[1]) and torch.equal(firsts[0], firsts[2])
+
+
+def test_dataloader_workers_leave_ctrl_c_and_sigterm_to_the_trainer(small_corpus):
+    """Ctrl-C, SLURM and systemd signal every process of a run: a worker that died of it would take the
+    batches of the step the trainer finishes before saving (the trainer's side: tests/test_resume.py)."""
+    data = setup_module_for(small_corpus, batch_size=2, context_length=8, num_workers=1)
+    children = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
+    before = set(children.read_text().split())
+    batches = iter(data.train_dataloader())
+    next(batches)
+    (worker,) = (int(pid) for pid in set(children.read_text().split()) - before)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        os.kill(worker, signum)
+    time.sleep(0.5)  # time for a signal's default action
+    assert Path(f"/proc/{worker}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"  # not exited
+    for _ in range(8):  # more than the batches it had prepared before the signals
+        x, y = next(batches)
+        assert x.shape == y.shape == (2, 8)
+    del batches  # stops the worker
