@@ -60,19 +60,28 @@ def request_settings(body: object, tokenizer: CharTokenizer, chat: bool = False)
     ValueError with a one-line reason for a bad one. A field that is absent or null takes its default."""
     if not isinstance(body, dict):
         raise ValueError("the request body must be a JSON object")
+    if not chat:
+        return _settings(body, tokenizer, GenerationSettings())
+    messages = body.get("messages") if isinstance(body.get("messages"), list) else []
+    contents = [m.get("content") if isinstance(m, dict) else None for m in messages]
+    if not contents or not all(isinstance(content, str) for content in contents):
+        raise ValueError('messages must be a non-empty list of {"role": ..., "content": "<text>"}')
+    field = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    sampling = {name: body.get(name) for name in ("temperature", "top_p", "seed", "stream")}
+    request = dict(prompt="\n".join(contents), max_new_tokens=body.get(field), **sampling)
     defaults = GenerationSettings()
-    if chat:
-        messages = body.get("messages") if isinstance(body.get("messages"), list) else []
-        contents = [m.get("content") if isinstance(m, dict) else None for m in messages]
-        if not contents or not all(isinstance(content, str) for content in contents):
-            raise ValueError('messages must be a non-empty list of {"role": ..., "content": "<text>"}')
-        tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-        sampling = {name: body.get(name) for name in ("temperature", "top_p", "seed", "stream")}
-        body = dict(prompt="\n".join(contents), max_new_tokens=tokens, **sampling)
-        defaults.seed = None  # as OpenAI's API: without a seed, another continuation at every call
-    elif set(body) - set(FIELDS):
+    defaults.seed = None  # as OpenAI's API: without a seed, another continuation at every call
+    try:
+        return _settings(request, tokenizer, defaults)
+    except ValueError as error:  # named as the client named it
+        raise ValueError(str(error).replace("max_new_tokens", field)) from None
+
+
+def _settings(body: dict, tokenizer: CharTokenizer, defaults: GenerationSettings) -> dict:
+    """The settings of a /predict body (a chat request's, renamed), checked; absent fields: ``defaults``."""
+    if set(body) - set(FIELDS):
         raise ValueError(f"unknown fields {sorted(set(body) - set(FIELDS))}; the fields are {list(FIELDS)}")
-    elif not isinstance(body.get("prompt"), str):
+    if not isinstance(body.get("prompt"), str):
         raise ValueError('the request needs a "prompt" string')
     settings = {"stream": False}
     for name, kind in FIELDS.items():

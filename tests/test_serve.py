@@ -169,7 +169,8 @@ BAD_PREDICT = [
 BAD_CHAT = [
     ({"model": "x"}, "messages must be a non-empty list"),
     ({"messages": [{"role": "user", "content": [{"type": "text", "text": "A"}]}]}, "messages must be"),
-    ({"messages": [{"role": "user", "content": "A"}], "max_tokens": MAX_NEW_TOKENS + 1}, "max_new_tokens"),
+    ({"messages": [{"role": "user", "content": "A"}], "max_tokens": MAX_NEW_TOKENS + 1}, "max_tokens must"),
+    ({"messages": [{"role": "user", "content": "A"}], "max_completion_tokens": 0}, "max_completion_tokens "),
     ({"messages": [{"role": "user", "content": "A"}], "temperature": -2}, "temperature must be a finite"),
     ({"messages": [{"role": "user", "content": "\u00e9"}], "stream": True}, "not in the model's vocabulary"),
 ]
