@@ -3,12 +3,10 @@ checkpoint of the last step when training ends or a signal stops it."""
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import lightning as L
@@ -116,10 +114,8 @@ class SaveLastStep(L.Callback):
     The signal handlers only note the signal; at the end of each step the ranks share what any of them
     noted (a max over ranks) and all stop at that step. Lightning's own SIGTERM handler runs a
     collective inside the handler, at another moment on each rank, which hung multi-process runs that
-    were signalled as a group (Ctrl-C, SLURM, systemd). A signal before the training loop starts, which
-    no step end would see, stops the process at once (the CLI takes the signals before the other ranks
-    start: ``signals_taken``). A process that stops alone, for that or any other error, ends the ranks
-    it started.
+    were signalled as a group (Ctrl-C, SLURM, systemd). Any other error that stops a process ends the
+    ranks it started.
     """
 
     def __init__(self) -> None:
@@ -138,24 +134,8 @@ class SaveLastStep(L.Callback):
             signal.signal(signal.SIGTERM, self._note)
             signal.signal(signal.SIGINT, self._note)
 
-    @contextlib.contextmanager
-    def signals_taken(self) -> Iterator[None]:
-        """Takes SIGTERM and SIGINT for the whole of ``trainer.fit`` run inside, from before the other
-        ranks are started (otherwise a signal then kills this process alone and orphans them), and gives
-        the previous handlers back after."""
-        previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
-        self._take_signals()
-        try:
-            yield
-        finally:
-            if threading.current_thread() is threading.main_thread():
-                for signum, handler in previous.items():
-                    signal.signal(signum, handler)
-
     def _note(self, signum: int, frame) -> None:
         self._signal = self._signal or signum
-        if self._first_step is None:  # the loop has not started: no step end would see it
-            raise SIGTERMException(128 + signum)  # its status, also when raised outside trainer.fit
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if (batch_idx + 1) % trainer.accumulate_grad_batches or trainer.global_step == trainer.max_steps:
@@ -173,14 +153,11 @@ class SaveLastStep(L.Callback):
             trainer.save_checkpoint(path, weights_only=False)  # the whole state, for a resume
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        signalled = isinstance(exception, SIGTERMException)
-        launcher = trainer.strategy.launcher
-        if launcher is not None and (not signalled or self._first_step is None):
-            # Any other error, or a signal before the loop, ends this process alone: the ranks it started
-            # would wait for it in their next collective (NCCL: for its timeout). End them, as Lightning
-            # does after Ctrl-C.
-            launcher.kill(signal.SIGKILL)
-        if not signalled:
+        if not isinstance(exception, SIGTERMException):
+            # Any other error ends this process alone: the ranks it started would wait for it in their
+            # next collective (NCCL: for its timeout). End them, as Lightning does after Ctrl-C.
+            if trainer.strategy.launcher is not None:
+                trainer.strategy.launcher.kill(signal.SIGKILL)
             return
         name = signal.Signals(self._signal or signal.SIGTERM).name
         exception.code = 128 + (self._signal or signal.SIGTERM)  # a SystemExit: its code is the status

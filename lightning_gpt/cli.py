@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import logging
 import os
@@ -293,12 +292,8 @@ class GPTLightningCLI(LightningCLI):
             self.model.to("cuda" if torch.cuda.is_available() else "cpu")
             interactive_session(self.model, self.generation)
             return
-        # fit's signals are SaveLastStep's from before Lightning starts the other ranks
-        save_last = next((c for c in self.trainer.callbacks if isinstance(c, SaveLastStep)), None)
-        taken = save_last.signals_taken() if save_last and subcommand == "fit" else contextlib.nullcontext()
         try:
-            with taken:
-                super()._run_subcommand(subcommand)
+            super()._run_subcommand(subcommand)
         except MisconfigurationException as error:  # settings Lightning checks only once it runs
             raise _settings_error("trainer", error) from None
         finally:

@@ -1,20 +1,17 @@
 """Lightning's DDP on the CPU with two processes (gloo): training, synced validation, exact resume,
 and runs that cannot hang the test suite."""
 
-import contextlib
 import json
 import os
 import re
-import signal
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, _group_members, run_cli, run_command, tiny_fit_args
+from conftest import ROOT, run_cli, run_command, tiny_fit_args
 
 LIMIT_S = 120  # one two-process run of the tiny model takes seconds; past this it is hung
 
@@ -189,50 +186,6 @@ def test_a_signal_to_every_rank_or_to_one_stops_all_at_one_step(ddp_run):
     )
     assert stderr.strip().splitlines()[-1].startswith("SIGINT: saved step 4 to ")
     assert torch.load(ddp_run / "interrupted" / "last.ckpt", weights_only=True)["global_step"] == 4
-
-
-def test_a_signal_to_rank_0_before_the_loop_ends_every_rank(tmp_path, small_corpus):
-    # SIGTERM to rank 0 alone while it waits for rank 1 in init_process_group. Before, its default action
-    # killed rank 0 at once and left rank 1 behind, waiting for it.
-    command = [sys.executable, str(ROOT / "cli.py"), *tiny_fit_args(small_corpus, steps=8, val_every=8)]
-    command += ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp"]
-    environment = dict(os.environ, PYTHONWARNINGS="ignore")
-    for name, value in ddp_env().items():
-        if value is None:
-            environment.pop(name, None)
-        else:
-            environment[name] = value
-    err = tmp_path / "stderr"
-    with err.open("w") as stderr:  # a file: a pipe would stay open while rank 1 lives
-        process = subprocess.Popen(
-            command,
-            cwd=tmp_path,
-            env=environment,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + LIMIT_S
-        # printed once rank 1 is started, as rank 0 sets up the process group
-        while "Initializing distributed: GLOBAL_RANK: 0" not in err.read_text():
-            assert process.poll() is None and time.monotonic() < deadline, err.read_text()[-3000:]
-            time.sleep(0.05)
-        os.kill(process.pid, signal.SIGTERM)
-        try:  # rank 0 sees the signal once init_process_group returns: when rank 1 has joined
-            status = process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"rank 0 still runs 30 s after SIGTERM\n{err.read_text()[-3000:]}")
-        left = [pid for pid in _group_members(process.pid) if not gone_within(pid, seconds=5)]
-        assert not left, f"processes {left} outlived rank 0"
-    finally:
-        with contextlib.suppress(ProcessLookupError):  # whatever is left, also if the test failed
-            os.killpg(process.pid, signal.SIGKILL)
-    stderr = err.read_text()
-    assert status == 143 and "Traceback" not in stderr, stderr[-3000:]
-    assert stderr.strip().splitlines()[-1] == (
-        "SIGTERM: stopped before a training step of this run; nothing new to save"
-    )
 
 
 def test_a_nan_loss_on_one_rank_stops_every_rank(tmp_path, small_corpus):
