@@ -195,6 +195,7 @@ class PredictAPI(ls.LitAPI):
         # are sent. Signalled itself, a worker died mid-answer (its client hung) with a traceback; it cannot
         # ignore SIGTERM instead: that is how LitServe stops it.
         os.setpgid(0, 0)
+        signal.signal(signal.SIGTTOU, signal.SIG_IGN)  # a background group's write to the terminal stops it
         checkpoint = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
         model, self.tokenizer = build_model(checkpoint)
         self.model = model.to(device)
@@ -277,7 +278,10 @@ def serve(ckpt_path: str, host: str = "127.0.0.1", port: int = 8000) -> None:
         def stop(signum, frame) -> None:
             """LitServe's clean shutdown, begun once by the main process (a repeat broke it off half-done).
             The processes it forks (the request queue's, the HTTP servers') inherit this handler and ignore
-            the signal: the shutdown stops them."""
+            the signal, as the shutdown stops them; unless the main process is gone (killed): they leave,
+            and the workers, whose queue that was, follow."""
+            if os.getpid() != main_pid and os.getppid() != main_pid:
+                sys.exit(0)
             if os.getpid() == main_pid and not stopping:
                 stopping.append(signum)
                 raise KeyboardInterrupt

@@ -222,6 +222,10 @@ def test_a_client_that_leaves_a_whole_chat_answer_frees_its_work(server):
     assert "Error in non-streaming response" not in log.read_text()  # LitServe's, for an answer with no text
 
 
+def children_of(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
 def running(pids: list[int]) -> list[int]:
     """Those of the processes that have not exited (a zombie has: it only waits to be reaped)."""
     states = {}
@@ -237,9 +241,7 @@ def test_ctrl_c_finishes_the_stream_in_flight_and_stops_every_process(tiny_check
     signal during the shutdown could leave processes running."""
     log = tmp_path / "stderr.txt"
     with serving(tiny_checkpoint, log) as (process, url):
-        children = [
-            int(pid) for pid in Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
-        ]
+        children = children_of(process.pid)
         # under way at the signal (one character sent), and short: a busy machine streams it slowly
         body = {"prompt": "A", "max_new_tokens": 200, "stream": True}
         with requests.post(f"{url}/predict", json=body, stream=True, timeout=(5, 25)) as response:
@@ -326,3 +328,17 @@ def test_serve_refuses_bad_arguments_in_one_line(cli_main, tiny_checkpoint: Path
         assert (
             mistake.returncode == 2 and mistake.stderr == f"error: {message} (options: cli.py serve --help)\n"
         )
+
+
+def test_a_killed_servers_processes_end_with_its_group(tiny_checkpoint: Path, tmp_path: Path):
+    """The main process killed (kill -9, the OOM killer), then SIGTERM to its process group: before, the
+    request queue's process ignored it and kept the inference workers (and their memory) alive."""
+    with serving(tiny_checkpoint, tmp_path / "stderr.txt") as (process, _):
+        children = children_of(process.pid)
+        process.kill()
+        process.wait()
+        os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while running(children) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(children) >= 4 and not running(children)
