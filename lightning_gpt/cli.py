@@ -374,8 +374,8 @@ def main(args: list[str] | None = None) -> None:
             return serve_main(argv[1:])
         make_cli(args)
     except UserError as error:  # one line per mistake found
-        for line in str(error).splitlines():
-            print(f"error: {line}", file=sys.stderr)
+        # in one write: stderr is unbuffered, and under DDP every rank may report the same error at once
+        sys.stderr.write("".join(f"error: {line}\n" for line in str(error).splitlines()))
         sys.exit(2)
     except BrokenPipeError:  # predict's reader went away (`| head`): stop quietly, as Unix tools do
         if argv[:1] != ["predict"]:
