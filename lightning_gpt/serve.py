@@ -193,9 +193,10 @@ class PredictAPI(ls.LitAPI):
         # a process group of its own: Ctrl-C (SIGINT to the terminal's whole group) or `kill -- -PGID` then
         # reaches the main process, whose shutdown stops this worker by its pid once the answers in flight
         # are sent. Signalled itself, a worker died mid-answer (its client hung) with a traceback; it cannot
-        # ignore SIGTERM instead: that is how LitServe stops it.
-        os.setpgid(0, 0)
-        signal.signal(signal.SIGTTOU, signal.SIG_IGN)  # a background group's write to the terminal stops it
+        # ignore SIGTERM instead: that is how LitServe stops it. (Windows has no process groups.)
+        if hasattr(os, "setpgid"):
+            os.setpgid(0, 0)
+            signal.signal(signal.SIGTTOU, signal.SIG_IGN)  # else a write to the terminal would stop it
         checkpoint = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
         model, self.tokenizer = build_model(checkpoint)
         self.model = model.to(device)
