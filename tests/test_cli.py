@@ -1,9 +1,14 @@
 """``cli.py`` end to end with a tiny model on a small corpus: in subprocesses where the output of a
 whole process is checked, in-process (``cli_main``) where the process boundary adds nothing."""
 
+import os
+import shutil
+import sys
+from pathlib import Path
+
 import pytest
 import torch
-from conftest import TINY_MODEL, run_cli, tiny_fit_args
+from conftest import TINY_MODEL, main_in_process, run_cli, run_command, tiny_fit_args
 
 from lightning_gpt.cli import LOGGED
 
@@ -57,18 +62,28 @@ def test_fit_then_validate_then_predict_quietly(tmp_path, small_corpus):
     )
     assert validate.returncode == 0, validate.stderr
     assert "val_loss" in validate.stdout and "val_bpc" in validate.stdout
-    predict = run_cli(
-        "predict",
-        "--ckpt_path=checkpoints/last.ckpt",
-        "--generate.max_new_tokens=5",
-        cwd=tmp_path,
-        env=AS_A_USER,
+    # predict through the installed `lightning-gpt` command, from the checkpoint alone in another folder
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(tmp_path / "checkpoints" / "last.ckpt", bare / "model.ckpt")  # a moved checkpoint: no "dirpath has changed"
+    beside_python = os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
+    script = shutil.which("lightning-gpt", path=beside_python)
+    assert script, "no lightning-gpt command beside this Python or on PATH: run pip install -e ."
+    args = ["predict", "--ckpt_path=model.ckpt", "--generate.prompt=ROMEO:", "--generate.max_new_tokens=40"]
+    predict = run_command(
+        [script, *args, "--generate.output=out/samples.txt"], cwd=bare, timeout=240, env=AS_A_USER
     )
     assert predict.returncode == 0, predict.stderr
+    text = predict.stdout.rstrip("\n")
+    assert text.startswith("ROMEO:") and len(text) == len("ROMEO:") + 40
+    assert (bare / "out" / "samples.txt").read_text() == text + "\n"
+    assert sorted(path.name for path in bare.iterdir()) == ["model.ckpt", "out"]  # no corpus, no run folder
+    again = main_in_process(*args, cwd=bare)
+    assert again.stdout.rstrip("\n") == text  # same seed, same text
     for run in (fit, validate, predict):
-        for noise in NOISE:
+        for noise in [*NOISE, "Warning", "dirpath has changed"] if run is predict else NOISE:
             assert noise not in run.stdout + run.stderr
-    assert len(event_files(tmp_path)) == 1  # validate and predict made no run folder of their own
+    assert len(event_files(tmp_path)) == 1  # validate made no run folder of its own
     assert [p.name for p in (tmp_path / "lightning_logs").iterdir()] == ["version_0"]
     # TensorBoard: every scalar, and a text sample at each validation
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

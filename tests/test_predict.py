@@ -7,11 +7,10 @@ import pty
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import CLI, run_command
+from conftest import CLI
 
 from lightning_gpt.generation import sample_next
 from lightning_gpt.module import GPTModule
@@ -22,32 +21,6 @@ def bare_dir(tmp_path, tiny_checkpoint):
     """A directory holding only a copy of the checkpoint."""
     shutil.copy(tiny_checkpoint, tmp_path / "model.ckpt")
     return tmp_path
-
-
-def test_predict_from_checkpoint_alone(bare_dir, cli_main):
-    # through the installed `lightning-gpt` command, which runs what `python cli.py` runs
-    beside_python = os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
-    script = shutil.which("lightning-gpt", path=beside_python)
-    assert script, "no lightning-gpt command beside this Python or on PATH: run pip install -e ."
-    args = ["predict", "--ckpt_path=model.ckpt", "--generate.prompt=ROMEO:", "--generate.max_new_tokens=40"]
-    user = {"PYTHONWARNINGS": None}  # Python's default warning filters, as in a user's shell
-    result = run_command(
-        [script, *args, "--generate.output=out/samples.txt"], cwd=bare_dir, timeout=240, env=user
-    )
-    assert result.returncode == 0, result.stderr
-    assert "Warning" not in result.stderr and "dirpath has changed" not in result.stderr  # a moved checkpoint
-    text = result.stdout.rstrip("\n")
-    assert text.startswith("ROMEO:") and len(text) == len("ROMEO:") + 40
-    assert (bare_dir / "out" / "samples.txt").read_text() == text + "\n"
-    assert not (bare_dir / "data").exists()  # no corpus was needed or downloaded
-    again = cli_main(
-        "predict",
-        "--ckpt_path=model.ckpt",
-        "--generate.prompt=ROMEO:",
-        "--generate.max_new_tokens=40",
-        cwd=bare_dir,
-    )
-    assert again.stdout.rstrip("\n") == text  # same seed, same text
 
 
 def test_several_prompts_and_samples(bare_dir, cli_main):
