@@ -65,7 +65,7 @@ def test_fit_then_validate_then_predict_quietly(tmp_path, small_corpus):
     # predict through the installed `lightning-gpt` command, from the checkpoint alone in another folder
     bare = tmp_path / "bare"
     bare.mkdir()
-    shutil.copy(tmp_path / "checkpoints" / "last.ckpt", bare / "model.ckpt")  # a moved checkpoint: no "dirpath has changed"
+    shutil.copy(tmp_path / "checkpoints" / "last.ckpt", bare / "model.ckpt")  # moved: see "dirpath" below
     beside_python = os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
     script = shutil.which("lightning-gpt", path=beside_python)
     assert script, "no lightning-gpt command beside this Python or on PATH: run pip install -e ."
