@@ -77,7 +77,9 @@ def sample_next(
     logits = logits.float().cpu()
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
-    # Shifted first, so the largest is 0: a tiny temperature gives -inf for the others, never inf / inf.
+    # Shifted first, so the largest is 0: a tiny temperature gives -inf for the others, never inf / inf;
+    # and at least float32's smallest normal number, which a smaller one would round to (0 / 0 = nan).
+    temperature = max(temperature, torch.finfo(torch.float32).tiny)
     logits = filter_logits((logits - logits.amax(dim=-1, keepdim=True)) / temperature, top_k, top_p)
     probs = torch.softmax(logits, dim=-1)  # [B, V]
     # One draw from each row of probs, as torch.multinomial(probs, 1) makes it (the same tokens for

@@ -109,9 +109,10 @@ def test_temperature_zero_is_greedy():
 
 
 def test_a_tiny_temperature_samples_the_most_likely_token():
-    """logits / 1e-40 overflow float32 (inf / inf = nan): it sampled token 0, a newline, every time."""
+    """logits / 1e-40 overflow float32 (inf / inf = nan), and 1e-300 is 0 in float32 (0 / 0 = nan): it
+    sampled token 0, a newline, every time."""
     logits = torch.randn(4, 65) * 3
-    for temperature in (1e-40, 1e-30):
+    for temperature in (1e-300, 1e-40, 1e-30):
         drawn = sample_next(logits, temperature, generator=torch.Generator().manual_seed(0))
         assert torch.equal(drawn, logits.argmax(dim=-1, keepdim=True))
 
