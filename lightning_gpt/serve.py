@@ -1,5 +1,5 @@
 """``cli.py serve``: LitServe serving ``POST /predict`` (whole or streamed text), ``POST
-/v1/chat/completions`` (OpenAI-compatible) and a page at ``GET /``. One inference worker per route
+/v1/chat/completions`` (OpenAI-compatible, with ``GET /v1/models``) and a page at ``GET /``. One inference worker per route
 takes queued requests one at a time, each with its own generator; a bad request gets a 400 answer
 before it is queued; a client that goes away leaves a stop mark the worker reads between characters.
 """
@@ -35,7 +35,8 @@ MAX_PROMPT_CHARS = 10_000  # longer prompts are refused (the model sees only its
 MAX_NEW_TOKENS = 2_000  # the most characters one request may ask for
 MAX_BODY_BYTES = 1_000_000
 STREAM_EVERY_S = 0.02  # a streamed response sends the characters generated in each such interval
-PREDICT, CHAT = "/predict", "/v1/chat/completions"
+PREDICT, CHAT, MODELS = "/predict", "/v1/chat/completions", "/v1/models"
+MODEL_ID = "lightning-gpt"  # the one model /v1/models lists (chat requests may name any)
 HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # what LitServe listens on
 STOP_KEY, SEED_KEY = "lightning_gpt_stop", "lightning_gpt_seed"  # in a chat request's "metadata"
 PAGE = Path(__file__).resolve().parent / "static" / "index.html"
@@ -117,6 +118,9 @@ class Gate:
         route = (scope.get("method"), scope.get("path"))
         if scope["type"] == "http" and route == ("GET", "/"):
             return await HTMLResponse(self.page)(scope, receive, send)
+        if scope["type"] == "http" and route == ("GET", MODELS):  # what OpenAI clients and UIs list first
+            model = {"id": MODEL_ID, "object": "model", "created": 0, "owned_by": "lightning-gpt"}
+            return await JSONResponse({"object": "list", "data": [model]})(scope, receive, send)
         if scope["type"] != "http" or route not in (("POST", PREDICT), ("POST", CHAT)):
             return await self.app(scope, receive, send)
         body, message = b"", {"more_body": True}

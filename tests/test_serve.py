@@ -119,6 +119,7 @@ def test_four_concurrent_clients_get_their_own_text(server, expected):
 def test_openai_client_whole_and_streamed(server, expected):
     openai = pytest.importorskip("openai", reason="the openai client is in the dev extra")
     client = openai.OpenAI(base_url=f"{server[0]}/v1", api_key="not-needed")
+    assert [model.id for model in client.models.list()] == ["lightning-gpt"]  # was a 404
     messages = [{"role": "system", "content": "ROMEO:"}, {"role": "user", "content": "JULIET:"}]
     greedy = expected("ROMEO:\nJULIET:", 40, temperature=0)
     answer = client.chat.completions.create(model="tiny", messages=messages, max_tokens=40, temperature=0)
