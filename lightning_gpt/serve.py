@@ -1,7 +1,8 @@
 """``cli.py serve``: LitServe serving ``POST /predict`` (whole or streamed text), ``POST
-/v1/chat/completions`` (OpenAI-compatible, with ``GET /v1/models``) and a page at ``GET /``. One inference worker per route
-takes queued requests one at a time, each with its own generator; a bad request gets a 400 answer
-before it is queued; a client that goes away leaves a stop mark the worker reads between characters.
+/v1/chat/completions`` (OpenAI-compatible, with ``GET /v1/models``) and a page at ``GET /``. One
+inference worker per route takes queued requests one at a time, each with its own generator; a bad
+request gets a 400 answer before it is queued; a client that goes away leaves a stop mark the worker
+reads between characters. Requests from other sites' web pages are refused (``foreign``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import litserve as ls
 import torch
@@ -107,15 +109,32 @@ def _settings(body: dict, tokenizer: CharTokenizer, defaults: GenerationSettings
     return settings
 
 
-class Gate:
-    """ASGI middleware in front of LitServe's routes: serves the page, refuses a bad generation
-    request with 400 before it is queued, and leaves a stop mark when the client goes away."""
+def foreign(headers: dict[bytes, bytes], loopback: bool) -> str | None:
+    """Why a request sent by a web page of another site is refused, or None: a browser names that page's
+    ``Origin`` (any page the user visits could otherwise make this server generate), and, on a loopback
+    server, a ``Host`` that is not this machine's is a DNS-rebinding page's (which could read answers)."""
+    host, origin = (headers.get(name, b"").decode("latin-1") for name in (b"host", b"origin"))
+    if loopback and host and urlsplit(f"//{host}").hostname not in ("127.0.0.1", "localhost"):
+        return f"Host {host} is not this machine: refused (open http://127.0.0.1 or http://localhost)"
+    if origin and urlsplit(origin).netloc != host:  # "null" too: a file:// or sandboxed page
+        return f"requests from pages of {origin} are refused; use the page this server serves at /"
+    return None
 
-    def __init__(self, app, vocab: str, stops: str):
+
+class Gate:
+    """ASGI middleware in front of LitServe's routes: refuses other sites' pages (``foreign``), serves
+    the page, refuses a bad generation request with 400 before it is queued, and leaves a stop mark when
+    the client goes away."""
+
+    def __init__(self, app, vocab: str, stops: str, loopback: bool):
         self.app, self.tokenizer, self.stops, self.page = app, CharTokenizer(vocab), stops, PAGE.read_text()
+        self.loopback = loopback
 
     async def __call__(self, scope, receive, send) -> None:
         route = (scope.get("method"), scope.get("path"))
+        refusal = foreign(dict(scope["headers"]), self.loopback) if scope["type"] == "http" else None
+        if refusal:
+            return await JSONResponse({"error": {"message": refusal}}, status_code=403)(scope, receive, send)
         if scope["type"] == "http" and route == ("GET", "/"):
             return await HTMLResponse(self.page)(scope, receive, send)
         if scope["type"] == "http" and route == ("GET", MODELS):  # what OpenAI clients and UIs list first
@@ -276,7 +295,7 @@ def serve(ckpt_path: str, host: str = "127.0.0.1", port: int = 8000) -> None:
             PredictAPI(ckpt_path, stops, api_path=PREDICT, stream=True),
             ChatAPI(ckpt_path, stops, spec=ls.OpenAISpec()),
         ]
-        middleware = (Gate, {"vocab": vocab, "stops": stops})
+        middleware = (Gate, {"vocab": vocab, "stops": stops, "loopback": host == "127.0.0.1"})
         server = ls.LitServer(apis, accelerator="auto", devices=1, timeout=False, middlewares=[middleware])
         main_pid, stopping = os.getpid(), []
 

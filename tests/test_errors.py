@@ -146,6 +146,9 @@ ROWS = {
         "request prompt characters outside the vocabulary",
         "chat messages missing, or not text",
     ],
+    "test_serve.py::test_other_sites_pages_are_refused": [
+        "a request from another site's web page (HTTP 403)",
+    ],
 }
 
 

@@ -190,6 +190,21 @@ def test_bad_requests_get_one_message_and_the_server_keeps_serving(server):
     assert predict(url, prompt="A", max_new_tokens=3, stream=True)
 
 
+def test_other_sites_pages_are_refused(server):
+    """Before, any web page the user visited could make the server generate (a browser's cross-site POST
+    of text/plain needs no preflight), and a DNS-rebinding page could read the answers."""
+    url, _ = server
+    port = url.rsplit(":", 1)[1]
+    body = json.dumps({"prompt": "A", "max_new_tokens": 3})  # sent as text/plain, as a form can
+    for headers in ({"Origin": "http://evil.example"}, {"Origin": "null"}, {"Host": f"evil.example:{port}"}):
+        for method, path in (("POST", "/predict"), ("POST", "/v1/chat/completions"), ("GET", "/")):
+            answer = requests.request(method, f"{url}{path}", data=body, headers=headers, timeout=30)
+            assert answer.status_code == 403, (headers, path, answer.text)
+            assert "refused" in answer.json()["error"]["message"]
+    for headers in ({"Origin": url}, {"Host": f"localhost:{port}", "Origin": f"http://localhost:{port}"}):
+        assert requests.post(f"{url}/predict", data=body, headers=headers, timeout=30).status_code == 200
+
+
 def test_a_stopped_stream_frees_its_work(server):
     url, log = server
     body = {"prompt": "A", "max_new_tokens": MAX_NEW_TOKENS, "stream": True}
