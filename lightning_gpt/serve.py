@@ -40,7 +40,9 @@ STREAM_EVERY_S = 0.02  # a streamed response sends the characters generated in e
 PREDICT, CHAT, MODELS = "/predict", "/v1/chat/completions", "/v1/models"
 MODEL_ID = "lightning-gpt"  # the one model /v1/models lists (chat requests may name any)
 HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # what LitServe listens on
-STOP_KEY, SEED_KEY = "lightning_gpt_stop", "lightning_gpt_seed"  # in a chat request's "metadata"
+# in a chat request's "metadata": its stop mark, seed and number of choices (LitServe's copies of it)
+STOP_KEY, SEED_KEY, CHOICES_KEY = "lightning_gpt_stop", "lightning_gpt_seed", "lightning_gpt_choices"
+MAX_CHOICES = 8  # the most choices (n) one chat request may ask for
 PAGE = Path(__file__).resolve().parent / "static" / "index.html"
 FIELDS = dict(
     prompt=str, max_new_tokens=int, temperature=float, top_k=int, top_p=float, seed=int, stream=bool
@@ -70,6 +72,11 @@ def request_settings(body: object, tokenizer: CharTokenizer, chat: bool = False)
     if not contents or not all(isinstance(content, str) for content in contents):
         raise ValueError('messages must be a non-empty list of {"role": ..., "content": "<text>"}')
     field = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    n = 1 if body.get("n") is None else body["n"]
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CHOICES:
+        raise ValueError(f"n must be an integer from 1 to {MAX_CHOICES}, got {json.dumps(n)}")
+    if n > 1 and body.get("stream"):  # LitServe's stream would carry the first choice only
+        raise ValueError("n above 1 cannot be streamed; ask for one choice per stream")
     sampling = {name: body.get(name) for name in ("temperature", "top_p", "seed", "stream")}
     request = dict(prompt="\n".join(contents), max_new_tokens=body.get(field), **sampling)
     defaults = GenerationSettings()
@@ -162,7 +169,8 @@ class Gate:
         stop = uuid.uuid4().hex
         if route[1] == CHAT:  # LitServe's chat request has no id and no seed field: both go in metadata
             metadata = request.get("metadata") if isinstance(request.get("metadata"), dict) else {}
-            metadata = {key: value for key, value in metadata.items() if key != SEED_KEY} | {STOP_KEY: stop}
+            metadata = {key: value for key, value in metadata.items() if key != SEED_KEY}
+            metadata |= {STOP_KEY: stop, CHOICES_KEY: str(request.get("n") or 1)}
             if request.get("seed") is not None:
                 metadata[SEED_KEY] = str(request["seed"])
             request["metadata"] = metadata
@@ -224,12 +232,14 @@ class PredictAPI(ls.LitAPI):
         model, self.tokenizer = build_model(checkpoint)
         self.model = model.to(device)
 
-    def decode_request(self, request):  # the request's JSON object, checked already by Gate
+    def decode_request(self, request) -> tuple[dict, str, bool]:  # the JSON object, checked by Gate
         stop = request.pop("id")
-        return request_settings(request, self.tokenizer), stop
+        return request_settings(request, self.tokenizer), stop, True
 
-    def predict(self, request: tuple[dict, str]):
-        s, stop = request[0], Path(self.stops, request[1])
+    def predict(self, request: tuple[dict, str, bool]):
+        """The text, whole or in pieces; ``request``: settings, stop mark, whether its last copy (the one
+        that removes the mark)."""
+        s, stop, last = request[0], Path(self.stops, request[1]), request[2]
         sampling = dict(temperature=s["temperature"], top_k=s["top_k"], top_p=s["top_p"], seed=s["seed"])
         text, sent, sent_at = [], 0, 0.0
         try:
@@ -250,7 +260,8 @@ class PredictAPI(ls.LitAPI):
             if not s["stream"] or sent < len(text):
                 yield "".join(text[sent:])
         finally:
-            stop.unlink(missing_ok=True)
+            if last:
+                stop.unlink(missing_ok=True)
 
     def encode_response(self, outputs):
         for text in outputs:
@@ -259,14 +270,35 @@ class PredictAPI(ls.LitAPI):
 
 class ChatAPI(PredictAPI):
     """``POST /v1/chat/completions`` through LitServe's OpenAI spec: the messages' contents, joined by
-    newlines, are the prompt; ``max_tokens``, ``temperature``, ``top_p``, ``seed`` and ``stream`` are
-    honoured."""
+    newlines, are the prompt; ``max_tokens``, ``temperature``, ``top_p``, ``seed``, ``n`` and ``stream``
+    are honoured. LitServe queues a copy of the request per choice; this worker takes them in turn, and
+    choice i samples with seed + i."""
 
-    def decode_request(self, request: ChatCompletionRequest) -> tuple[dict, str]:
+    def setup(self, device: str) -> None:
+        super().setup(device)
+        self.choices_done: dict[str, int] = {}  # stop mark -> copies of that request taken so far
+
+    def decode_request(self, request: ChatCompletionRequest) -> tuple[dict, str, bool]:
         body = request.model_dump(exclude_unset=True)
-        seed = body["metadata"].get(SEED_KEY)
-        body["seed"] = None if seed is None else int(seed)
-        return request_settings(body, self.tokenizer, chat=True), body["metadata"][STOP_KEY]
+        metadata = body.pop("metadata")
+        stop, choices, seed = metadata[STOP_KEY], int(metadata[CHOICES_KEY]), metadata.get(SEED_KEY)
+        index = self.choices_done.pop(stop, 0)
+        if index + 1 < choices:
+            self.choices_done[stop] = index + 1
+        body["seed"] = None if seed is None else (int(seed) + index) % 2**63
+        return request_settings(body, self.tokenizer, chat=True), stop, index + 1 == choices
+
+    def predict(self, request: tuple[dict, str, bool]):
+        """The text as the spec's messages, with the usage counted in characters (one per token)."""
+        prompt, made = len(request[0]["prompt"]), 0
+        for text in super().predict(request):
+            made += len(text)  # so far: a stream's last message holds the whole count
+            yield {
+                "content": text,
+                "prompt_tokens": prompt,
+                "completion_tokens": made,
+                "total_tokens": prompt + made,
+            }
 
     encode_response = ls.LitAPI.encode_response  # the spec's
 

@@ -145,6 +145,7 @@ ROWS = {
         "request seed out of range",
         "request prompt characters outside the vocabulary",
         "chat messages missing, or not text",
+        "chat `n` out of range, or streamed",
     ],
     "test_serve.py::test_other_sites_pages_are_refused": [
         "a request from another site's web page (HTTP 403)",

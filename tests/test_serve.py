@@ -124,11 +124,20 @@ def test_openai_client_whole_and_streamed(server, expected):
     greedy = expected("ROMEO:\nJULIET:", 40, temperature=0)
     answer = client.chat.completions.create(model="tiny", messages=messages, max_tokens=40, temperature=0)
     assert answer.choices[0].message.content == greedy
+    usage = (answer.usage.prompt_tokens, answer.usage.completion_tokens, answer.usage.total_tokens)
+    assert usage == (14, 40, 54)  # characters (before: all 0)
     # a tiny top_p leaves only the most likely character: greedy even at a high temperature
-    chunks = client.chat.completions.create(
-        model="tiny", messages=messages, max_tokens=40, temperature=1.5, top_p=1e-6, stream=True
+    chunks = list(
+        client.chat.completions.create(
+            model="tiny", messages=messages, max_tokens=40, temperature=1.5, top_p=1e-6, stream=True
+        )
     )
     assert "".join(chunk.choices[0].delta.content or "" for chunk in chunks) == greedy
+    assert chunks[-1].usage.completion_tokens == 40
+    # n choices with a seed: choice i samples with seed + i (before: n copies of one text)
+    answer = client.chat.completions.create(model="tiny", messages=messages, max_tokens=20, seed=11, n=3)
+    texts = [expected("ROMEO:\nJULIET:", 20, temperature=0.8, seed=seed) for seed in (11, 12, 13)]
+    assert [choice.message.content for choice in answer.choices] == texts and len(set(texts)) == 3
     # a seed gives predict's text for the same settings (before, chat requests dropped it)
     settings = dict(max_tokens=40, temperature=1.2, seed=11)
     seeded = [client.chat.completions.create(model="tiny", messages=messages, **settings) for _ in "12"]
@@ -173,6 +182,11 @@ BAD_CHAT = [
     ({"messages": [{"role": "user", "content": "A"}], "max_tokens": MAX_NEW_TOKENS + 1}, "max_tokens must"),
     ({"messages": [{"role": "user", "content": "A"}], "max_completion_tokens": 0}, "max_completion_tokens "),
     ({"messages": [{"role": "user", "content": "A"}], "temperature": -2}, "temperature must be a finite"),
+    ({"messages": [{"role": "user", "content": "A"}], "n": 9}, "n must be an integer from 1 to 8, got 9"),
+    (
+        {"messages": [{"role": "user", "content": "A"}], "n": 2, "stream": True},
+        "n above 1 cannot be streamed",
+    ),
     ({"messages": [{"role": "user", "content": "\u00e9"}], "stream": True}, "not in the model's vocabulary"),
 ]
 
@@ -221,19 +235,24 @@ def test_a_stopped_stream_frees_its_work(server):
 
 def test_a_client_that_leaves_a_whole_chat_answer_frees_its_work(server):
     """LitServe does not listen for a disconnect while a non-streamed chat answer is made: before, the
-    worker made all of it, and the requests queued behind it waited."""
+    worker made all of it, and the requests queued behind it waited; and with n choices, the first one
+    removed the stop mark that the others were to read."""
     url, log = server
     before = log.read_text().count("a request was stopped")
-    body = {"model": "x", "messages": [{"role": "user", "content": "A"}], "max_tokens": MAX_NEW_TOKENS}
+    body = {
+        "model": "x",
+        "messages": [{"role": "user", "content": "A"}],
+        "max_tokens": MAX_NEW_TOKENS,
+        "n": 3,
+    }
     with pytest.raises(requests.Timeout):
         requests.post(f"{url}/v1/chat/completions", json=body, timeout=0.5)
     deadline = time.monotonic() + 30
-    while log.read_text().count("a request was stopped") == before and time.monotonic() < deadline:
+    while log.read_text().count("a request was stopped") < before + 3 and time.monotonic() < deadline:
         time.sleep(0.1)
-    stopped = [line for line in log.read_text().splitlines() if "a request was stopped" in line]
-    assert len(stopped) == before + 1 and int(stopped[-1].split()[5]) < MAX_NEW_TOKENS, log.read_text()[
-        -2000:
-    ]
+    stopped = [line for line in log.read_text().splitlines() if "a request was stopped" in line][before:]
+    assert len(stopped) == 3, log.read_text()[-2000:]
+    assert all(int(line.split()[5]) < MAX_NEW_TOKENS for line in stopped), stopped
     assert predict(url, prompt="A", max_new_tokens=3)
     assert "Error in non-streaming response" not in log.read_text()  # LitServe's, for an answer with no text
 
