@@ -226,6 +226,7 @@ def stream_text(
     The model is put in eval mode while sampling; afterwards every submodule gets back its own
     train/eval flag (Lightning >= 2.2 relies on mixed modes surviving).
     """
+    check_sampling(temperature, top_k, top_p, max_new_tokens, keep, model.config.context_length, seed)
     prompt = prepare_prompt(prompt, tokenizer, hint="")  # an empty one starts from a newline
     ids = torch.from_numpy(tokenizer.encode(prompt)).unsqueeze(0).repeat(num_samples, 1)  # [S, T0]
     generator = torch.Generator()  # its own: PyTorch's global generators are neither used nor changed

@@ -160,3 +160,6 @@ def test_python_api_from_checkpoint(tiny_checkpoint):
     assert text.startswith("ROMEO:") and len(text) == 56
     assert text == module.generate_text("ROMEO:", 50, temperature=0.8, seed=3)
     assert module.training  # generation restored the mode it found
+    for seed in (-1, 2**63, 2**64):  # sampled, sampled, and an OverflowError before
+        with pytest.raises(ValueError, match=r"seed must be in \[0, 2\*\*63\)"):
+            module.generate_text("ROMEO:", 5, seed=seed)
