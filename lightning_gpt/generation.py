@@ -19,6 +19,8 @@ from lightning_gpt.errors import UserError
 from lightning_gpt.model import GPT, KVCache, decode, split_weights
 from lightning_gpt.tokenizer import CharTokenizer, UnknownCharacterError
 
+FLOAT32_TINY = torch.finfo(torch.float32).tiny  # the smallest normal float32: the least temperature
+
 
 def check_sampling(
     temperature: float,
@@ -79,7 +81,7 @@ def sample_next(
         return logits.argmax(dim=-1, keepdim=True)
     # Shifted first, so the largest is 0: a tiny temperature gives -inf for the others, never inf / inf;
     # and at least float32's smallest normal number, which a smaller one would round to (0 / 0 = nan).
-    temperature = max(temperature, torch.finfo(torch.float32).tiny)
+    temperature = max(temperature, FLOAT32_TINY)
     logits = filter_logits((logits - logits.amax(dim=-1, keepdim=True)) / temperature, top_k, top_p)
     probs = torch.softmax(logits, dim=-1)  # [B, V]
     # One draw from each row of probs, as torch.multinomial(probs, 1) makes it (the same tokens for
