@@ -11,11 +11,16 @@ from dataclasses import dataclass, field
 
 import lightning as L
 import torch
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lightning_gpt.generation import prepare_prompt
+
+# SLURM's signal before the time limit (``#SBATCH --signal=USR1@90``), as Lightning's SLURMEnvironment
+# takes it by default; Windows has none.
+REQUEUE_SIGNAL = getattr(signal, "SIGUSR1", None)
 
 
 class TrainingSpeed(L.Callback):
@@ -114,12 +119,17 @@ class SaveLastStep(L.Callback):
     The signal handlers only note the signal; at the end of each step the ranks share what any of them
     noted (a max over ranks) and all stop at that step. Lightning's own SIGTERM handler runs a
     collective inside the handler, at another moment on each rank, which hung multi-process runs that
-    were signalled as a group (Ctrl-C, SLURM, systemd). Any other error that stops a process ends the
-    ranks it started.
+    were signalled as a group (Ctrl-C, SLURM, systemd). SLURM's requeue signal (SIGUSR1, when
+    Lightning's auto-requeue handles it) is deferred the same way: Lightning's handler (a checkpoint,
+    then ``scontrol requeue``) runs at the end of a step on every rank, never inside the signal
+    handler, where it could wait for a lock held by the code it interrupted. Any other error that stops
+    a process ends the ranks it started.
     """
 
     def __init__(self) -> None:
         self._signal = 0  # the signal noted, 0 for none
+        self._requeue_noted = 0  # 1 once the requeue signal came
+        self._requeue = None  # the handler that was on the requeue signal
         self._first_step: int | None = None
 
     def on_sanity_check_start(self, trainer, pl_module) -> None:
@@ -130,20 +140,31 @@ class SaveLastStep(L.Callback):
         self._take_signals()
 
     def _take_signals(self) -> None:
-        if threading.current_thread() is threading.main_thread():  # Lightning restores the old handlers
-            signal.signal(signal.SIGTERM, self._note)
-            signal.signal(signal.SIGINT, self._note)
+        if threading.current_thread() is not threading.main_thread():
+            return
+        signal.signal(signal.SIGTERM, self._note)  # Lightning restores the old handlers at the end
+        signal.signal(signal.SIGINT, self._note)
+        requeue = signal.getsignal(REQUEUE_SIGNAL) if REQUEUE_SIGNAL and SLURMEnvironment.detect() else None
+        if callable(requeue) and requeue != self._note_requeue:  # Lightning's auto-requeue is on
+            self._requeue = requeue
+            signal.signal(REQUEUE_SIGNAL, self._note_requeue)
 
     def _note(self, signum: int, frame) -> None:
         self._signal = self._signal or signum
 
+    def _note_requeue(self, signum: int, frame) -> None:
+        self._requeue_noted = 1
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if (batch_idx + 1) % trainer.accumulate_grad_batches or trainer.global_step == trainer.max_steps:
             return  # between the batches of an optimizer step, or after the last step: the run ends anyway
-        received = self._signal
+        noted = torch.tensor([self._signal, self._requeue_noted])
         if trainer.world_size > 1:  # at the same point on every rank
-            noted = torch.tensor(received, device=trainer.strategy.root_device)
-            received = int(trainer.strategy.reduce(noted, reduce_op="max"))
+            noted = trainer.strategy.reduce(noted.to(trainer.strategy.root_device), reduce_op="max")
+        received, requeue = noted.tolist()
+        if requeue:
+            self._requeue_noted = 0
+            self._requeue(REQUEUE_SIGNAL, None)
         if received:
             self._signal = received
             raise SIGTERMException  # Lightning calls on_exception, then exits with the code set there

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -238,7 +239,22 @@ def files_of_at_most_100kb():
         signal.signal(signal.SIGXFSZ, handler)
 
 
-def test_signals_a_full_disk_and_a_second_fit_lose_nothing(tmp_path, small_corpus, whole, cli_main):
+class RequeueMidStep(L.Callback):
+    """Sends SLURM's requeue signal to this process in the middle of step ``at + 1`` and notes whether
+    Lightning's requeue (its hpc checkpoint) ran at once."""
+
+    at = 0
+    ran_at_once: bool | None = None
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if trainer.global_step == self.at:
+            os.kill(os.getpid(), signal.SIGUSR1)
+            RequeueMidStep.ran_at_once = any(Path.cwd().glob("hpc_ckpt_*.ckpt"))
+
+
+def test_signals_a_full_disk_and_a_second_fit_lose_nothing(
+    tmp_path, small_corpus, whole, cli_main, monkeypatch
+):
     """SIGTERM (to the process group, as SLURM and systemd send it), a second fit in the same folder, a
     disk-full save and a SLURM requeue, one after the other: the end equals the uninterrupted run. (A
     terminal's Ctrl-C, SIGINT to the group: the DDP tests stop a run with SIGINT, and tests/test_data.py
@@ -276,19 +292,25 @@ def test_signals_a_full_disk_and_a_second_fit_lose_nothing(tmp_path, small_corpu
         r"(File too large|the write failed \(.*\)); the checkpoints saved before are unchanged", full.stderr
     )
     assert last.read_bytes() == before and not list(last.parent.glob("*.tmp"))
-    # 3. SLURM: Lightning's requeue signal saves its hpc checkpoint and runs scontrol requeue, which
-    #    ends the job with SIGTERM
+    # 3. SLURM's requeue signal, here in the middle of a step: Lightning's requeue (its hpc checkpoint,
+    #    then scontrol requeue, which ends the job with SIGTERM) runs when the step ends, not inside the
+    #    signal handler, where it hung runs (it can wait for a lock that the interrupted code holds)
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "scontrol").write_text(FAKE_SCONTROL)
     (tmp_path / "bin" / "scontrol").chmod(0o755)
     slurm = dict(SLURM, PATH=f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
-    process = launch(small_corpus, tmp_path, env=slurm)
-    wait_for_step(process, last, stopped + 3)
-    process.send_signal(signal.SIGUSR1)
-    status, stderr = finish(process)
-    assert status == 143 and (tmp_path / "scontrol.log").read_text() == "requeue 4242\n", stderr[-3000:]
-    saved_step(stderr, "SIGTERM", last)
-    assert (tmp_path / "hpc_ckpt_1.ckpt").is_file()
+    for name, value in slurm.items():
+        monkeypatch.setenv(name, value)
+    RequeueMidStep.at = stopped + 2
+    callback = f"--trainer.callbacks+={__name__}.RequeueMidStep"
+    requeued = cli_main("fit", f"--data.path={small_corpus}", *RUN, *LEG, callback, cwd=tmp_path)
+    assert RequeueMidStep.ran_at_once is False
+    assert requeued.returncode == 143, requeued.stderr[-3000:]
+    assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n"
+    assert step_of(tmp_path / "hpc_ckpt_1.ckpt") == stopped + 3  # the step the signal came in, finished
+    assert saved_step(requeued.stderr, "SIGTERM", last) == stopped + 4
+    for name in slurm:
+        monkeypatch.delenv(name)
     # 4. the requeued job: --ckpt_path last wins over Lightning's hpc checkpoint, and the run ends
     #    exactly as the uninterrupted one
     status, stderr = finish(launch(small_corpus, tmp_path, env=slurm))
