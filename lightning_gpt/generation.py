@@ -99,15 +99,22 @@ def generate_tokens(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
-    generator: torch.Generator | None = None,
+    seed: int | None = None,
     use_cache: bool = True,
     keep: int | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield ``max_new_tokens`` new token ids [B, 1] (on the CPU), one per step, after ``idx`` [B, T0].
 
-    ``keep`` (default: half the context) is how many recent tokens a restarted window keeps.
+    ``seed`` None draws a fresh one (another text at every call); PyTorch's global generators are
+    neither used nor changed. ``keep`` (default: half the context) is how many recent tokens a
+    restarted window keeps.
     """
-    check_sampling(temperature, top_k, top_p, max_new_tokens, keep, model.config.context_length)
+    check_sampling(temperature, top_k, top_p, max_new_tokens, keep, model.config.context_length, seed)
+    generator = torch.Generator()  # sampling happens on the CPU (sample_next)
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
     context = model.config.context_length
     keep = context // 2 if keep is None else keep
     device = next(model.parameters()).device
@@ -228,29 +235,33 @@ def stream_text(
     The model is put in eval mode while sampling; afterwards every submodule gets back its own
     train/eval flag (Lightning >= 2.2 relies on mixed modes surviving).
     """
-    check_sampling(temperature, top_k, top_p, max_new_tokens, keep, model.config.context_length, seed)
     prompt = prepare_prompt(prompt, tokenizer, hint="")  # an empty one starts from a newline
     ids = torch.from_numpy(tokenizer.encode(prompt)).unsqueeze(0).repeat(num_samples, 1)  # [S, T0]
-    generator = torch.Generator()  # its own: PyTorch's global generators are neither used nor changed
-    if seed is None:
-        generator.seed()  # a fresh random seed: another text at every call
-    else:
-        generator.manual_seed(seed)
     modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
-        for new in generate_tokens(
-            model, ids, max_new_tokens, temperature, top_k, top_p, generator, keep=keep
-        ):
+        for new in generate_tokens(model, ids, max_new_tokens, temperature, top_k, top_p, seed, keep=keep):
             yield [tokenizer.decode(row) for row in new]  # S characters
     finally:
         for module, training in modes:
             module.training = training
 
 
-def generate_text(model: GPT, tokenizer: CharTokenizer, prompt: str, max_new_tokens: int, **sampling) -> str:
-    """``prompt`` (an empty one: a newline) followed by ``max_new_tokens`` sampled characters."""
+def generate_text(
+    model: GPT,
+    tokenizer: CharTokenizer,
+    prompt: str,
+    max_new_tokens: int,
+    temperature: float = 0.8,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    keep: int | None = None,
+) -> str:
+    """``prompt`` (an empty one: a newline) followed by ``max_new_tokens`` sampled characters; one
+    sample (``stream_text`` makes several)."""
     prompt = prepare_prompt(prompt, tokenizer, hint="")
+    sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, keep=keep)
     return prompt + "".join(
-        chars[0] for chars in stream_text(model, tokenizer, prompt, max_new_tokens, **sampling)
+        chars for (chars,) in stream_text(model, tokenizer, prompt, max_new_tokens, **sampling)
     )

@@ -64,12 +64,14 @@ def test_sampling_is_reproducible_with_a_seed(model):
     idx = torch.randint(0, 65, (3, 4))
 
     def sample(seed, use_cache=True):
-        g = torch.Generator().manual_seed(seed)
-        return run(model, idx, 40, temperature=1.0, top_k=20, generator=g, use_cache=use_cache)
+        return run(model, idx, 40, temperature=1.0, top_k=20, seed=seed, use_cache=use_cache)
 
+    state = torch.get_rng_state()
     assert torch.equal(sample(1), sample(1))
     assert torch.equal(sample(1), sample(1, use_cache=False))
     assert not torch.equal(sample(1), sample(2))
+    assert not torch.equal(sample(None), sample(None))  # a fresh seed at every call
+    assert torch.equal(torch.get_rng_state(), state)  # PyTorch's global generator is left alone
 
 
 def crafted_logits() -> torch.Tensor:
@@ -163,3 +165,5 @@ def test_python_api_from_checkpoint(tiny_checkpoint):
     for seed in (-1, 2**63, 2**64):  # sampled, sampled, and an OverflowError before
         with pytest.raises(ValueError, match=r"seed must be in \[0, 2\*\*63\)"):
             module.generate_text("ROMEO:", 5, seed=seed)
+    with pytest.raises(TypeError, match="num_samples"):  # one text: it returned the first of two, silently
+        module.generate_text("ROMEO:", 5, num_samples=2)
