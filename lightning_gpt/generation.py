@@ -59,6 +59,7 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
         probs = torch.softmax(sorted_logits, dim=-1)
         before = torch.cumsum(probs, dim=-1) - probs  # mass of strictly more likely tokens
         drop_sorted = before >= top_p  # the smallest prefix reaching top_p is kept
+        drop_sorted[:, 0] = False  # and the most likely token, even for a top_p that float32 rounds to 0
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits

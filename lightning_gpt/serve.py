@@ -121,9 +121,13 @@ def foreign(headers: dict[bytes, bytes], loopback: bool) -> str | None:
     ``Origin`` (any page the user visits could otherwise make this server generate), and, on a loopback
     server, a ``Host`` that is not this machine's is a DNS-rebinding page's (which could read answers)."""
     host, origin = (headers.get(name, b"").decode("latin-1") for name in (b"host", b"origin"))
-    if loopback and host and urlsplit(f"//{host}").hostname not in ("127.0.0.1", "localhost"):
+    try:
+        hostname, origin_host = urlsplit(f"//{host}").hostname, urlsplit(origin).netloc
+    except ValueError:  # an unclosed "[" of an IPv6 address
+        return f"a malformed Host ({host}) or Origin ({origin}) header: refused"
+    if loopback and host and hostname not in ("127.0.0.1", "localhost"):
         return f"Host {host} is not this machine: refused (open http://127.0.0.1 or http://localhost)"
-    if origin and urlsplit(origin).netloc != host:  # "null" too: a file:// or sandboxed page
+    if origin and origin_host != host:  # "null" too: a file:// or sandboxed page
         return f"requests from pages of {origin} are refused; use the page this server serves at /"
     return None
 
@@ -168,6 +172,9 @@ class Gate:
             return await answer(scope, receive, send)
         stop = uuid.uuid4().hex
         if route[1] == CHAT:  # LitServe's chat request has no id and no seed field: both go in metadata
+            for key in ("n", "model"):  # null (OpenAI's API allows it) is the default; LitServe failed on it
+                if key in request and request[key] is None:
+                    del request[key]
             metadata = request.get("metadata") if isinstance(request.get("metadata"), dict) else {}
             metadata = {key: value for key, value in metadata.items() if key != SEED_KEY}
             metadata |= {STOP_KEY: stop, CHOICES_KEY: str(request.get("n") or 1)}
@@ -286,11 +293,13 @@ class ChatAPI(PredictAPI):
         if index + 1 < choices:
             self.choices_done[stop] = index + 1
         body["seed"] = None if seed is None else (int(seed) + index) % 2**63
-        return request_settings(body, self.tokenizer, chat=True), stop, index + 1 == choices
+        settings = request_settings(body, self.tokenizer, chat=True)
+        settings["first"] = index == 0  # the copy whose usage counts the prompt: LitServe adds them up
+        return settings, stop, index + 1 == choices
 
     def predict(self, request: tuple[dict, str, bool]):
         """The text as the spec's messages, with the usage counted in characters (one per token)."""
-        prompt, made = len(request[0]["prompt"]), 0
+        prompt, made = len(request[0]["prompt"]) if request[0]["first"] else 0, 0
         for text in super().predict(request):
             made += len(text)  # so far: a stream's last message holds the whole count
             yield {
@@ -301,6 +310,20 @@ class ChatAPI(PredictAPI):
             }
 
     encode_response = ls.LitAPI.encode_response  # the spec's
+
+
+def check_port(host: str, port: int) -> None:
+    """UserError if a server cannot listen on ``host``:``port``, as uvicorn binds it: with SO_REUSEADDR
+    where it means "despite connections closed lately" (POSIX), so that a server stopped a moment ago,
+    which leaves its port in TIME_WAIT for a minute, can be started again."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        if os.name == "posix":  # on Windows it would let two servers share a port
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            reason = f"cannot listen on {host} port {port} ({error.strerror})"
+            raise UserError(f"{reason}; pick another --port") from None
 
 
 def serve(ckpt_path: str, host: str = "127.0.0.1", port: int = 8000) -> None:
@@ -315,12 +338,7 @@ def serve(ckpt_path: str, host: str = "127.0.0.1", port: int = 8000) -> None:
     if not all(w.isfinite().all() for w in checkpoint["state_dict"].values() if w.is_floating_point()):
         raise UserError(f"checkpoint {ckpt_path} has nan or inf weights: it was saved broken; serve another")
     vocab = checkpoint["hyper_parameters"]["vocab"]
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-        try:
-            probe.bind((host, port))
-        except OSError as error:
-            reason = f"cannot listen on {host} port {port} ({error.strerror})"
-            raise UserError(f"{reason}; pick another --port") from None
+    check_port(host, port)
     stops = tempfile.mkdtemp(prefix="lightning-gpt-serve-")
     try:
         apis = [

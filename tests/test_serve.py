@@ -19,8 +19,9 @@ import requests
 import torch
 from conftest import CLI
 
+from lightning_gpt.errors import UserError
 from lightning_gpt.generation import stream_text
-from lightning_gpt.serve import MAX_BODY_BYTES, MAX_NEW_TOKENS, MAX_PROMPT_CHARS, build_model
+from lightning_gpt.serve import MAX_BODY_BYTES, MAX_NEW_TOKENS, MAX_PROMPT_CHARS, build_model, check_port
 
 START_TIMEOUT = 180  # seconds: three Python processes import torch on a possibly busy 2-core machine
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -138,6 +139,12 @@ def test_openai_client_whole_and_streamed(server, expected):
     answer = client.chat.completions.create(model="tiny", messages=messages, max_tokens=20, seed=11, n=3)
     texts = [expected("ROMEO:\nJULIET:", 20, temperature=0.8, seed=seed) for seed in (11, 12, 13)]
     assert [choice.message.content for choice in answer.choices] == texts and len(set(texts)) == 3
+    usage = (answer.usage.prompt_tokens, answer.usage.completion_tokens, answer.usage.total_tokens)
+    assert usage == (14, 60, 74)  # the prompt once (before: once per choice)
+    # null n and model, which OpenAI's API allows, are the defaults (before: a 500)
+    body = {"model": None, "n": None, "messages": messages, "max_tokens": 3}
+    answer = requests.post(f"{server[0]}/v1/chat/completions", json=body, timeout=30)
+    assert answer.status_code == 200 and len(answer.json()["choices"][0]["message"]["content"]) == 3
     # a seed gives predict's text for the same settings (before, chat requests dropped it)
     settings = dict(max_tokens=40, temperature=1.2, seed=11)
     seeded = [client.chat.completions.create(model="tiny", messages=messages, **settings) for _ in "12"]
@@ -210,7 +217,9 @@ def test_other_sites_pages_are_refused(server):
     url, _ = server
     port = url.rsplit(":", 1)[1]
     body = json.dumps({"prompt": "A", "max_new_tokens": 3})  # sent as text/plain, as a form can
-    for headers in ({"Origin": "http://evil.example"}, {"Origin": "null"}, {"Host": f"evil.example:{port}"}):
+    refused = [{"Origin": "http://evil.example"}, {"Origin": "null"}, {"Host": f"evil.example:{port}"}]
+    refused += [{"Host": "[::1"}, {"Origin": "http://[oops"}]  # malformed: a 500 and a traceback before
+    for headers in refused:
         for method, path in (("POST", "/predict"), ("POST", "/v1/chat/completions"), ("GET", "/")):
             answer = requests.request(method, f"{url}{path}", data=body, headers=headers, timeout=30)
             assert answer.status_code == 403, (headers, path, answer.text)
@@ -363,6 +372,24 @@ def test_serve_refuses_bad_arguments_in_one_line(cli_main, tiny_checkpoint: Path
         assert (
             mistake.returncode == 2 and mistake.stderr == f"error: {message} (options: cli.py serve --help)\n"
         )
+
+
+def test_a_port_that_a_stopped_server_left_in_time_wait_can_be_served_again():
+    """A server stopped a moment ago leaves its closed connections in TIME_WAIT for a minute; uvicorn
+    can listen there again, and the check before it must agree (it refused: "Address already in use")."""
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn listens
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = listener.accept()
+        accepted.close()  # the server's side closes first: its end of the connection waits in TIME_WAIT
+        client.close()
+        with pytest.raises(UserError, match=f"cannot listen on 127.0.0.1 port {port}"):
+            check_port("127.0.0.1", port)  # while a server listens there, the port is busy
+    time.sleep(0.1)
+    check_port("127.0.0.1", port)
 
 
 def test_a_killed_servers_processes_end_with_its_group(tiny_checkpoint: Path, tmp_path: Path):
