@@ -117,10 +117,9 @@ def generate_tokens(
     else:
         generator.manual_seed(seed)
     context = model.config.context_length
-    keep = context // 2 if keep is None else keep
+    keep = max(1, context // 2) if keep is None else keep
     device = next(model.parameters()).device
-    tokens = idx.cpu()  # [B, L], the whole text so far
-    start = max(0, tokens.shape[1] - context)  # first position of the model's window
+    window = idx.cpu()[:, -context:]  # [B, T], the last context tokens: what the model sees
     cache = KVCache(model.config) if use_cache else None
     halves = split_weights(model)  # views of the weights for batch-1 decoding on a CPU
 
@@ -129,7 +128,7 @@ def generate_tokens(
         ids = ids.to(device)
         return (decode(model, ids, cache, position, halves) if use_cache else model(ids)[0])[:, -1]
 
-    logits = next_logits(tokens[:, start:])  # the prompt (prefill)
+    logits = next_logits(window)  # the prompt (prefill)
     if not torch.isfinite(logits).all():  # checked once: sampling would turn NaN into a token
         raise UserError(
             "the model's outputs are not finite: its weights are broken (use an earlier checkpoint)"
@@ -139,14 +138,14 @@ def generate_tokens(
         yield new
         if step == max_new_tokens - 1:
             break
-        tokens = torch.cat((tokens, new), dim=1)  # [B, L + 1]
-        position = tokens.shape[1] - 1 - start  # of the new token in the window
-        if position == context:  # the window is full: restart it from the last keep tokens
-            start, position = tokens.shape[1] - keep, 0
-        # With a cache, one new position after the cached ones; otherwise, or at a restart, the whole
-        # window (which fills the cache again from position 0)
-        cached = use_cache and position > 0
-        logits = next_logits(new, position) if cached else next_logits(tokens[:, start:])
+        window = torch.cat((window, new), dim=1)  # [B, T + 1]
+        if window.shape[1] > context:  # full: restart from the last keep tokens, a prefill from position 0
+            window = window[:, -keep:]  # [B, keep]
+            logits = next_logits(window)
+        elif use_cache:  # one new position after the cached ones
+            logits = next_logits(new, window.shape[1] - 1)
+        else:  # the whole window, from scratch
+            logits = next_logits(window)
 
 
 @dataclass
@@ -163,7 +162,7 @@ class GenerationSettings:
         temperature: softmax temperature; 0 means greedy (always the most likely character).
         top_k: sample only among the k most likely characters.
         top_p: sample only from the smallest set of characters whose probability reaches p.
-        seed: makes sampling reproducible (each prompt uses seed + its index).
+        seed: makes sampling reproducible (each prompt uses seed + its index, modulo 2**63).
         output: also write the samples to this file.
         interactive: read prompts from stdin and stream continuations; EOF (Ctrl-D) ends.
         drop_unknown: drop prompt characters outside the vocabulary instead of failing.
@@ -236,12 +235,15 @@ def stream_text(
     The model is put in eval mode while sampling; afterwards every submodule gets back its own
     train/eval flag (Lightning >= 2.2 relies on mixed modes surviving).
     """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     prompt = prepare_prompt(prompt, tokenizer, hint="")  # an empty one starts from a newline
     ids = torch.from_numpy(tokenizer.encode(prompt)).unsqueeze(0).repeat(num_samples, 1)  # [S, T0]
     modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
-        for new in generate_tokens(model, ids, max_new_tokens, temperature, top_k, top_p, seed, keep=keep):
+        settings = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, keep=keep)
+        for new in generate_tokens(model, ids, max_new_tokens, **settings):
             yield [tokenizer.decode(row) for row in new]  # S characters
     finally:
         for module, training in modes:

@@ -38,7 +38,9 @@ def interactive_session(module, settings: GenerationSettings) -> None:
         try:
             s = settings
             sampling = dict(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, keep=s.keep)
-            for chars in module.stream_text(prompt, s.max_new_tokens, seed=s.seed + answered, **sampling):
+            for chars in module.stream_text(
+                prompt, s.max_new_tokens, seed=(s.seed + answered) % 2**63, **sampling
+            ):
                 stdout.write(chars[0])
                 stdout.flush()
         except KeyboardInterrupt:

@@ -162,7 +162,7 @@ class GPTModule(L.LightningModule):
         """One prompt -> ``num_samples`` texts (prompt + continuation), per ``self.generation``."""
         g = self.generation
         sampling = dict(temperature=g.temperature, top_k=g.top_k, top_p=g.top_p, keep=g.keep)
-        sampling.update(seed=g.seed + batch["index"], num_samples=g.num_samples)
+        sampling.update(seed=(g.seed + batch["index"]) % 2**63, num_samples=g.num_samples)
         chars = list(self.stream_text(batch["prompt"], g.max_new_tokens, **sampling))
         return [batch["prompt"] + "".join(step[s] for step in chars) for s in range(g.num_samples)]
 

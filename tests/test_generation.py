@@ -50,6 +50,13 @@ def test_cached_and_uncached_logits_match_past_the_context(model, monkeypatch, k
         torch.testing.assert_close(cached, uncached, atol=1e-4, rtol=1e-4)  # logits ~ 1e2
 
 
+def test_a_one_token_context_generates_as_the_seed_loop():
+    """The default keep, half the context, was 0 here: an IndexError past the first new token."""
+    torch.manual_seed(0)
+    model, idx = GPT(preset("tiny", context_length=1)).eval(), torch.randint(0, 65, (1, 3))
+    assert torch.equal(run(model, idx, 5, temperature=0), seed_loop(model, idx, 5)[:, 3:])
+
+
 def test_greedy_same_with_and_without_cache_and_seed_loop(model):
     idx = torch.randint(0, 65, (2, 5))
     cached = run(model, idx, 60, temperature=0)
@@ -167,5 +174,7 @@ def test_python_api_from_checkpoint(tiny_checkpoint):
     for seed in (-1, 2**63, 2**64):  # sampled, sampled, and an OverflowError before
         with pytest.raises(ValueError, match=r"seed must be in \[0, 2\*\*63\)"):
             module.generate_text("ROMEO:", 5, seed=seed)
+    with pytest.raises(ValueError, match="num_samples must be >= 1, got 0"):  # yielded empty lists
+        list(module.stream_text("ROMEO:", 5, num_samples=0))
     with pytest.raises(TypeError, match="num_samples"):  # one text: it returned the first of two, silently
         module.generate_text("ROMEO:", 5, num_samples=2)
