@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +19,8 @@ os.umask(_UMASK)
 
 
 def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, rename it over ``path``.
+    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, rename it over ``path`` (a
+    device or a pipe, such as ``/dev/stdout``, is written directly).
 
     A URL of another filesystem (``s3://``, ``gs://``, ``memory://``) is written through fsspec in a
     transaction, as Lightning saves: an object store publishes the object only once it is complete.
@@ -29,7 +31,11 @@ def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], object
         with filesystem.transaction, filesystem.open(target, "wb") as file:
             write(file)
         return
-    path = Path(target)
+    if os.path.exists(target) and not stat.S_ISREG(os.stat(target).st_mode):  # /dev/stdout, a FIFO
+        with open(target, "wb") as file:
+            write(file)
+        return
+    path = Path(os.path.realpath(target))  # through a symbolic link: the file it names is replaced
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

@@ -268,7 +268,10 @@ class GPTLightningCLI(LightningCLI):
             prompts.append(read_corpus(settings.prompt_file, "prompt", "--generate.prompt_file"))
         prompts = [prepare_prompt(p, self.model.tokenizer, settings.drop_unknown) for p in prompts]
         self.datamodule.prompts = prompts
-        if settings.output and Path(settings.output).is_dir():  # found out before generating, not after
+        folder = settings.output and (
+            settings.output.endswith(("/", os.sep)) or Path(settings.output).is_dir()
+        )
+        if folder:  # found out before generating, not after
             raise UserError(f"--generate.output {settings.output} is a folder; pass the path of a file")
         if settings.output:
             filesystem(settings.output)  # one line if the URL's package (s3fs, gcsfs) is missing

@@ -7,6 +7,7 @@ import pty
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -74,6 +75,9 @@ def test_an_output_that_cannot_be_written_is_one_line(bare_dir, cli_main):
     folder = cli_main(*args, "--generate.output=folder", cwd=bare_dir)  # refused before generating
     assert folder.returncode == 2 and folder.stdout == ""
     assert folder.stderr.strip() == "error: --generate.output folder is a folder; pass the path of a file"
+    slash = cli_main(*args, "--generate.output=new/", cwd=bare_dir)  # it wrote a file named "new"
+    assert slash.returncode == 2 and slash.stdout == "" and not (bare_dir / "new").exists()
+    assert slash.stderr.strip() == "error: --generate.output new/ is a folder; pass the path of a file"
     (bare_dir / "file").write_text("not a folder")
     under = cli_main(*args, "--generate.output=file/samples.txt", cwd=bare_dir)  # found out when writing
     assert under.returncode == 2 and len(under.stdout) > 8 and "Traceback" not in under.stderr
@@ -83,6 +87,26 @@ def test_an_output_that_cannot_be_written_is_one_line(bare_dir, cli_main):
     if importlib.util.find_spec("gcsfs") is None:  # refused before generating (a traceback after it)
         gcs = cli_main(*args, "--generate.output=gs://bucket/samples.txt", cwd=bare_dir)
         assert gcs.returncode == 2 and gcs.stdout == "" and "cannot use gs://bucket/samples.txt" in gcs.stderr
+
+
+def test_an_output_through_a_link_or_into_a_pipe_reaches_its_target(bare_dir, cli_main):
+    """The samples were written beside a symbolic link and renamed over it (the link became a file and
+    its target kept the old text; as root, --generate.output /dev/stdout replaced /dev/stdout); a pipe
+    (bash's >(command), a FIFO) was refused."""
+    args = ["predict", "--ckpt_path=model.ckpt", "--generate.max_new_tokens=8"]
+    (bare_dir / "runs").mkdir()
+    (bare_dir / "runs" / "samples.txt").write_text("old")
+    (bare_dir / "latest.txt").symlink_to(os.path.join("runs", "samples.txt"))
+    linked = cli_main(*args, "--generate.output=latest.txt", cwd=bare_dir)
+    assert linked.returncode == 0, linked.stderr
+    assert (bare_dir / "latest.txt").is_symlink()
+    assert (bare_dir / "runs" / "samples.txt").read_text() == linked.stdout
+    os.mkfifo(bare_dir / "pipe")
+    with ThreadPoolExecutor(1) as reader:
+        read = reader.submit((bare_dir / "pipe").read_text)  # opens the pipe, then reads to its end
+        piped = cli_main(*args, "--generate.output=pipe", cwd=bare_dir)
+        assert piped.returncode == 0, piped.stderr
+        assert read.result(timeout=60) == piped.stdout
 
 
 def test_a_reader_that_goes_away_ends_predict_quietly(bare_dir):
