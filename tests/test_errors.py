@@ -111,7 +111,7 @@ ROWS = {
     ],
     "test_safe_loading.py::test_cli_refuses_a_pickle_payload": ["checkpoint holds pickled Python objects"],
     "test_predict.py::test_an_output_that_cannot_be_written_is_one_line": [
-        "`--generate.output` a folder, or not writable"
+        "`--generate.output` a folder (or ending in `/`), or not writable"
     ],
     "test_predict.py::test_predict_without_checkpoint": [
         "`predict` (also interactive) or `validate` without a checkpoint"
