@@ -130,6 +130,7 @@ class SaveLastStep(L.Callback):
         self._signal = 0  # the signal noted, 0 for none
         self._requeue_noted = 0  # 1 once the requeue signal came
         self._requeue = None  # the handler that was on the requeue signal
+        self._requeued = False  # once per fit, however many ranks note the signal, and when
         self._first_step: int | None = None
 
     def on_sanity_check_start(self, trainer, pl_module) -> None:
@@ -162,9 +163,13 @@ class SaveLastStep(L.Callback):
         if trainer.world_size > 1:  # at the same point on every rank
             noted = trainer.strategy.reduce(noted.to(trainer.strategy.root_device), reduce_op="max")
         received, requeue = noted.tolist()
-        if requeue:
-            self._requeue_noted = 0
+        if requeue and not self._requeued:
+            self._requeued = True
             self._requeue(REQUEUE_SIGNAL, None)
+            # and last.ckpt for this step: SLURM's SIGTERM follows (then SIGKILL after its KillWait),
+            # maybe only after another step or a validation, and --ckpt_path last must lose nothing
+            if (path := _last_path(trainer)) is not None:
+                trainer.save_checkpoint(path, weights_only=False)
         if received:
             self._signal = received
             raise SIGTERMException  # Lightning calls on_exception, then exits with the code set there

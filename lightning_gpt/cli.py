@@ -16,6 +16,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from fsspec.implementations.local import LocalFileSystem
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -317,6 +318,14 @@ class GPTLightningCLI(LightningCLI):
             raise UserError(
                 f"{last} is another run's, and resuming {resumed} would write over it; pass "
                 f"--checkpoint.dirpath {os.path.dirname(resumed) or '.'} (its folder) or a new one"
+            )
+        root = self.trainer.default_root_dir
+        hpc = sorted(Path(root).glob("hpc_ckpt_*.ckpt")) if SLURMEnvironment.detect() else []
+        if resumed is None and hpc:  # Lightning would resume it, silently
+            raise UserError(
+                f"{hpc[-1]} (Lightning's checkpoint of a SLURM requeue) would be resumed instead of a new "
+                "run; continue that run with --ckpt_path last and its --checkpoint.dirpath, or delete the "
+                "hpc_ckpt_*.ckpt files"
             )
         if resumed is not None:  # a resumed run writes into its own folder on purpose
             warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")

@@ -99,6 +99,7 @@ ROWS = {
     "test_resume.py::test_signals_a_full_disk_and_a_second_fit_lose_nothing": [
         "a save fails (disk full, quota, permission)",
         "a second `fit` into a folder another `fit` is using",
+        "a new `fit` under SLURM beside a requeued run's `hpc_ckpt_*.ckpt`",
     ],
     "test_errors.py::test_files_that_are_not_sound_checkpoints": [
         "checkpoint path is a folder",

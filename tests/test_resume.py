@@ -245,11 +245,17 @@ class RequeueMidStep(L.Callback):
 
     at = 0
     ran_at_once: bool | None = None
+    last_after: int | None = None  # the step in split/last.ckpt once the signalled step has ended
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         if trainer.global_step == self.at:
             os.kill(os.getpid(), signal.SIGUSR1)
             RequeueMidStep.ran_at_once = any(Path.cwd().glob("hpc_ckpt_*.ckpt"))
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if trainer.global_step == self.at + 1:
+            RequeueMidStep.last_after = step_of(Path.cwd() / "split" / "last.ckpt")
+            os.kill(os.getpid(), signal.SIGUSR1)  # again, as another rank's may come later: one requeue
 
 
 def test_signals_a_full_disk_and_a_second_fit_lose_nothing(
@@ -308,7 +314,17 @@ def test_signals_a_full_disk_and_a_second_fit_lose_nothing(
     assert requeued.returncode == 143, requeued.stderr[-3000:]
     assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n"
     assert step_of(tmp_path / "hpc_ckpt_1.ckpt") == stopped + 3  # the step the signal came in, finished
+    assert RequeueMidStep.last_after == stopped + 3  # SLURM's SIGKILL may come before the next step ends
     assert saved_step(requeued.stderr, "SIGTERM", last) == stopped + 4
+    assert not (tmp_path / "hpc_ckpt_2.ckpt").exists()
+    # a new run in this folder: Lightning would resume the hpc checkpoint, silently
+    fresh = cli_main("fit", f"--data.path={small_corpus}", *RUN, "--checkpoint.dirpath=fresh", cwd=tmp_path)
+    assert fresh.returncode == 2 and "Traceback" not in fresh.stderr, fresh.stderr[-3000:]
+    assert fresh.stderr.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'hpc_ckpt_1.ckpt'} (Lightning's checkpoint of a SLURM requeue) would be resumed "
+        "instead of a new run; continue that run with --ckpt_path last and its --checkpoint.dirpath, or "
+        "delete the hpc_ckpt_*.ckpt files"
+    )
     for name in slurm:
         monkeypatch.delenv(name)
     # 4. the requeued job: --ckpt_path last wins over Lightning's hpc checkpoint, and the run ends
