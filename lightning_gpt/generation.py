@@ -250,21 +250,12 @@ def stream_text(
             module.training = training
 
 
-def generate_text(
-    model: GPT,
-    tokenizer: CharTokenizer,
-    prompt: str,
-    max_new_tokens: int,
-    temperature: float = 0.8,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    seed: int | None = None,
-    keep: int | None = None,
-) -> str:
-    """``prompt`` (an empty one: a newline) followed by ``max_new_tokens`` sampled characters; one
-    sample (``stream_text`` makes several)."""
+def generate_text(model: GPT, tokenizer: CharTokenizer, prompt: str, max_new_tokens: int, **sampling) -> str:
+    """``prompt`` (an empty one: a newline) followed by ``max_new_tokens`` sampled characters;
+    ``sampling``: ``stream_text``'s settings by name, for one sample."""
+    if "num_samples" in sampling:  # it would return the first sample only
+        raise TypeError("generate_text makes one sample: use stream_text for num_samples")
     prompt = prepare_prompt(prompt, tokenizer, hint="")
-    sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, keep=keep)
     return prompt + "".join(
         chars for (chars,) in stream_text(model, tokenizer, prompt, max_new_tokens, **sampling)
     )
