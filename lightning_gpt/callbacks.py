@@ -159,24 +159,22 @@ class SaveLastStep(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if (batch_idx + 1) % trainer.accumulate_grad_batches or trainer.global_step == trainer.max_steps:
             return  # between the batches of an optimizer step, or after the last step: the run ends anyway
-        noted = torch.tensor([self._signal, self._requeue_noted])
+        received, requeue = self._signal, self._requeue_noted
         if trainer.world_size > 1:  # at the same point on every rank
-            noted = trainer.strategy.reduce(noted.to(trainer.strategy.root_device), reduce_op="max")
-        received, requeue = noted.tolist()
+            noted = torch.tensor([received, requeue], device=trainer.strategy.root_device)
+            received, requeue = trainer.strategy.reduce(noted, reduce_op="max").tolist()
         if requeue and not self._requeued:
             self._requeued = True
             self._requeue(REQUEUE_SIGNAL, None)
             # and last.ckpt for this step: SLURM's SIGTERM follows (then SIGKILL after its KillWait),
             # maybe only after another step or a validation, and --ckpt_path last must lose nothing
-            if (path := _last_path(trainer)) is not None:
-                trainer.save_checkpoint(path, weights_only=False)
+            _save_last(trainer)
         if received:
             self._signal = received
             raise SIGTERMException  # Lightning calls on_exception, then exits with the code set there
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if (path := _last_path(trainer)) is not None:
-            trainer.save_checkpoint(path, weights_only=False)  # the whole state, for a resume
+        _save_last(trainer)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException):
@@ -199,6 +197,12 @@ class SaveLastStep(L.Callback):
             message = f"{name}: saved step {step} to {path}; continue: the same command with --ckpt_path last"
         if trainer.is_global_zero:
             print(message, file=sys.stderr, flush=True)
+
+
+def _save_last(trainer: L.Trainer) -> None:
+    """Write ``last.ckpt`` (if a checkpoint callback keeps one) with the whole state, for a resume."""
+    if (path := _last_path(trainer)) is not None:
+        trainer.save_checkpoint(path, weights_only=False)
 
 
 def _last_path(trainer: L.Trainer) -> str | None:

@@ -22,6 +22,11 @@ from lightning_gpt.tokenizer import CharTokenizer, UnknownCharacterError
 FLOAT32_TINY = torch.finfo(torch.float32).tiny  # the smallest normal float32: the least temperature
 
 
+def nth_seed(seed: int, n: int) -> int:
+    """The seed of the n-th of several samplings that share ``seed``: seed + n, kept in [0, 2**63)."""
+    return (seed + n) % 2**63
+
+
 def check_sampling(
     temperature: float,
     top_k: int | None,

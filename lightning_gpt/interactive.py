@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from lightning_gpt.generation import GenerationSettings, prepare_prompt
+from lightning_gpt.generation import GenerationSettings, nth_seed, prepare_prompt
 from lightning_gpt.tokenizer import UnknownCharacterError
 
 
@@ -39,7 +39,7 @@ def interactive_session(module, settings: GenerationSettings) -> None:
             s = settings
             sampling = dict(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, keep=s.keep)
             for chars in module.stream_text(
-                prompt, s.max_new_tokens, seed=(s.seed + answered) % 2**63, **sampling
+                prompt, s.max_new_tokens, seed=nth_seed(s.seed, answered), **sampling
             ):
                 stdout.write(chars[0])
                 stdout.flush()

@@ -29,7 +29,7 @@ from starlette.responses import HTMLResponse, JSONResponse
 
 from lightning_gpt.config import GPTConfig
 from lightning_gpt.errors import UserError
-from lightning_gpt.generation import GenerationSettings, check_sampling, prepare_prompt, stream_text
+from lightning_gpt.generation import GenerationSettings, check_sampling, nth_seed, prepare_prompt, stream_text
 from lightning_gpt.model import GPT
 from lightning_gpt.tokenizer import CharTokenizer
 
@@ -292,7 +292,7 @@ class ChatAPI(PredictAPI):
         index = self.choices_done.pop(stop, 0)
         if index + 1 < choices:
             self.choices_done[stop] = index + 1
-        body["seed"] = None if seed is None else (int(seed) + index) % 2**63
+        body["seed"] = None if seed is None else nth_seed(int(seed), index)
         settings = request_settings(body, self.tokenizer, chat=True)
         settings["first"] = index == 0  # the copy whose usage counts the prompt: LitServe adds them up
         return settings, stop, index + 1 == choices
