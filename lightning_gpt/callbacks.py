@@ -93,7 +93,8 @@ class TextSampler(L.Callback):
     def on_fit_end(self, trainer, pl_module) -> None:
         if self.print_at_end and trainer.is_global_zero and pl_module.model is not None:
             print(f"\n--- sample after {trainer.global_step} steps ---", file=sys.stderr)
-            print(self.sample(pl_module), flush=True)
+            encoding = getattr(sys.stdout, "encoding", None) or "utf-8"  # a character it lacks: escaped
+            print(self.sample(pl_module).encode(encoding, "backslashreplace").decode(encoding), flush=True)
 
 
 class ModelSize(L.Callback):

@@ -41,7 +41,7 @@ from lightning_gpt.generation import GenerationSettings, check_sampling, prepare
 from lightning_gpt.interactive import interactive_session
 from lightning_gpt.module import GPTModule
 from lightning_gpt.precision import auto_precision, resolve_accelerator
-from lightning_gpt.writer import SampleWriter
+from lightning_gpt.writer import SampleWriter, check_stdout
 
 # `fit` without --config trains the seed recipe; a --config file overrides what it sets.
 SEED_RECIPE = Path(__file__).resolve().parent.parent / "configs" / "shakespeare_char.yaml"
@@ -260,6 +260,7 @@ class GPTLightningCLI(LightningCLI):
                 self.generation.check(self.config.predict.model.context_length)
             except ValueError as error:
                 raise UserError(f"invalid --generate settings: {error}") from None
+            check_stdout(self.config.predict.model.vocab)
 
     def before_predict(self) -> None:
         """Hand prompts to the DataModule and sampling settings to the model; print the samples."""

@@ -12,6 +12,8 @@ def interactive_session(module, settings: GenerationSettings) -> None:
     """Loop over prompts from stdin. Ctrl-C stops the current generation and asks for the next prompt;
     Ctrl-D (EOF) ends."""
     stdin, stdout = sys.stdin, sys.stdout
+    if hasattr(stdin, "reconfigure"):  # bytes stdin's encoding cannot read: unknown characters, not an end
+        stdin.reconfigure(errors="surrogateescape")
     interactive = stdin.isatty()
     if interactive:
         print("Type a prompt and press Enter. Ctrl-C stops a generation, Ctrl-D quits.", file=sys.stderr)

@@ -10,6 +10,19 @@ from lightning_gpt.atomic import write_atomically
 from lightning_gpt.errors import UserError
 
 
+def check_stdout(vocab: str) -> None:
+    """One line before generating, not a traceback midway, if stdout cannot print every character the
+    model may write (``PYTHONIOENCODING=ascii``; a Windows pipe and a vocabulary with emoji)."""
+    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+    try:
+        vocab.encode(encoding, getattr(sys.stdout, "errors", None) or "strict")
+    except UnicodeEncodeError as error:
+        raise UserError(
+            f"standard output ({encoding}) cannot print {vocab[error.start]!r}, a character of the "
+            "model's vocabulary; set PYTHONIOENCODING=utf-8 (or PYTHONUTF8=1)"
+        ) from None
+
+
 class SampleWriter(BasePredictionWriter):
     """Prints each prompt's samples (LightningCLI discards what ``trainer.predict`` returns)."""
 

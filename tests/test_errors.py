@@ -114,6 +114,10 @@ ROWS = {
     "test_predict.py::test_an_output_that_cannot_be_written_is_one_line": [
         "`--generate.output` a folder (or ending in `/`), or not writable"
     ],
+    "test_predict.py::test_a_stdout_that_cannot_print_the_vocabulary_is_one_line_before_generating": [
+        "standard output cannot print a character of the model's vocabulary (`PYTHONIOENCODING=ascii`, a "
+        "Windows pipe)"
+    ],
     "test_predict.py::test_predict_without_checkpoint": [
         "`predict` (also interactive) or `validate` without a checkpoint"
     ],

@@ -1,5 +1,6 @@
 """``cli.py predict`` from a checkpoint alone: no config file, no corpus on disk."""
 
+import contextlib
 import importlib.util
 import io
 import os
@@ -12,7 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 from conftest import CLI
+from lightning import Trainer
 
+from lightning_gpt.callbacks import TextSampler
+from lightning_gpt.cli import main
 from lightning_gpt.generation import sample_next
 from lightning_gpt.module import GPTModule
 
@@ -121,6 +125,32 @@ def test_a_reader_that_goes_away_ends_predict_quietly(bare_dir):
         assert p.wait(timeout=120) == 1 and "Traceback" not in stderr, stderr[-2000:]
 
 
+def test_a_stdout_that_cannot_print_the_vocabulary_is_one_line_before_generating(bare_dir, monkeypatch):
+    """``PYTHONIOENCODING=ascii`` (or a Windows pipe) and a vocabulary with é: predict printed samples up to
+    the first é, then a traceback (the rest, and --generate.output, were lost); fit's closing sample ended
+    a finished run with a traceback and status 1."""
+    checkpoint = torch.load(bare_dir / "model.ckpt", weights_only=True)
+    checkpoint["hyper_parameters"]["vocab"] = checkpoint["hyper_parameters"]["vocab"].replace("z", "é")
+    torch.save(checkpoint, bare_dir / "accents.ckpt")
+    monkeypatch.chdir(bare_dir)
+    monkeypatch.setattr(sys, "argv", [str(CLI)])  # as if run as cli.py: no pytest arguments
+    ascii_stdout, stderr = io.TextIOWrapper(io.BytesIO(), encoding="ascii"), io.StringIO()
+    redirected = contextlib.redirect_stdout(ascii_stdout), contextlib.redirect_stderr(stderr)
+    with redirected[0], redirected[1], pytest.raises(SystemExit) as exit_:
+        main(["predict", "--ckpt_path=accents.ckpt", "--generate.output=samples.txt"])
+    assert exit_.value.code == 2 and stderr.getvalue().splitlines()[-1] == (
+        "error: standard output (ascii) cannot print 'é', a character of the model's vocabulary; "
+        "set PYTHONIOENCODING=utf-8 (or PYTHONUTF8=1)"
+    )
+    assert ascii_stdout.buffer.getvalue() == b"" and not (bare_dir / "samples.txt").exists()
+    # fit's closing sample escapes what stdout cannot print
+    module, trainer = GPTModule.load_from_checkpoint("accents.ckpt"), Trainer(logger=False)
+    with contextlib.redirect_stdout(ascii_stdout), contextlib.redirect_stderr(stderr):
+        TextSampler(prompt="é", max_new_tokens=5).on_fit_end(trainer, module)
+        ascii_stdout.flush()
+    assert ascii_stdout.buffer.getvalue().startswith(b"\\xe9")
+
+
 def test_output_to_a_url(bare_dir, cli_main):
     """Before, memory://bucket/samples.txt became a local folder named memory: (Path drops the //)."""
     fsspec = pytest.importorskip("fsspec")
@@ -132,8 +162,8 @@ def test_output_to_a_url(bare_dir, cli_main):
 
 
 def test_interactive_mode_with_piped_stdin(bare_dir, cli_main, monkeypatch):
-    # \udcff: what Python makes of a byte that is not UTF-8 (a traceback that ended the session)
-    monkeypatch.setattr(sys, "stdin", io.StringIO("ROMEO:\nAB\udcff\nJULIET:\n"))
+    # \xff: not UTF-8 (a traceback that ended the session: stdin's strict decoder, or later \udcff)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"ROMEO:\nAB\xff\nJULIET:\n"), "utf-8"))
     result = cli_main(
         "predict",
         "--ckpt_path=model.ckpt",
