@@ -209,8 +209,8 @@ def _save_last(trainer: L.Trainer) -> None:
 def _last_path(trainer: L.Trainer) -> str | None:
     """Where ``last.ckpt`` goes: the folder of the checkpoint callback that keeps it (None without one,
     as with ``--checkpoint.save_last false``)."""
-    for checkpoint in trainer.checkpoint_callbacks:
-        name = checkpoint.CHECKPOINT_NAME_LAST
+    for checkpoint in trainer.checkpoint_callbacks:  # Lightning's OnExceptionCheckpoint is one too
+        name = getattr(checkpoint, "CHECKPOINT_NAME_LAST", None)
         if isinstance(checkpoint, ModelCheckpoint) and (checkpoint.save_last or checkpoint.filename == name):
             return checkpoint.format_checkpoint_name({}, name)
     return None

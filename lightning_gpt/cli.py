@@ -95,7 +95,8 @@ class GPTLightningCLI(LightningCLI):
             raise _settings_error("trainer", error) from None
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
-        best, subcommand = trainer.checkpoint_callback, self.config.get("subcommand")
+        callbacks, best = trainer.callbacks, trainer.checkpoint_callback
+        subcommand = self.config.get("subcommand")
         if isinstance(best, ModelCheckpoint) and best.monitor and best.save_last is True:
             # Lightning >= 2.6 writes last.ckpt only beside a new best, so a run would resume from its
             # best step, not its last: a second checkpoint, with no metric, keeps last.ckpt at the
@@ -104,13 +105,11 @@ class GPTLightningCLI(LightningCLI):
             options = (self.config[subcommand] if subcommand else self.config).checkpoint.as_dict()
             options["save_last"] = None
             cadence = {name: options.pop(name) for name in ("every_n_train_steps", "train_time_interval")}
-            callbacks = trainer.callbacks
             callbacks[callbacks.index(best)] = ModelCheckpoint(**options)
             options.update(cadence, filename=best.CHECKPOINT_NAME_LAST, monitor=None, save_top_k=1)
             callbacks.append(ModelCheckpoint(**options))
         bar = trainer.progress_bar_callback
         if type(bar) is TQDMProgressBar and bar.refresh_rate == 1:  # Lightning's default: redraws every step
-            callbacks = trainer.callbacks
             callbacks[callbacks.index(bar)] = TQDMProgressBar(refresh_rate=PROGRESS_REFRESH_STEPS)
         return trainer
 
@@ -270,12 +269,9 @@ class GPTLightningCLI(LightningCLI):
             prompts.append(read_corpus(settings.prompt_file, "prompt", "--generate.prompt_file"))
         prompts = [prepare_prompt(p, self.model.tokenizer, settings.drop_unknown) for p in prompts]
         self.datamodule.prompts = prompts
-        folder = settings.output and (
-            settings.output.endswith(("/", os.sep)) or Path(settings.output).is_dir()
-        )
-        if folder:  # found out before generating, not after
-            raise UserError(f"--generate.output {settings.output} is a folder; pass the path of a file")
-        if settings.output:
+        if settings.output:  # found out before generating, not after
+            if settings.output.endswith(("/", os.sep)) or Path(settings.output).is_dir():
+                raise UserError(f"--generate.output {settings.output} is a folder; pass the path of a file")
             filesystem(settings.output)  # one line if the URL's package (s3fs, gcsfs) is missing
         headers = len(prompts) * settings.num_samples > 1
         self.trainer.callbacks.append(SampleWriter(settings.output, headers=headers))

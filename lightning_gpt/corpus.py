@@ -68,13 +68,6 @@ def corpus_files(path: str | os.PathLike) -> list[Path]:
     return sorted(found, key=lambda file: file.relative_to(path).as_posix())
 
 
-def fingerprint(path: str | os.PathLike, files: list[Path]) -> list[list]:
-    """[relative path, size, mtime_ns] of each file: cheap to take, and changes when a file does."""
-    root = Path(path) if Path(path).is_dir() else Path(path).parent
-    stats = [(file, file.stat()) for file in files]
-    return [[file.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns] for file, st in stats]
-
-
 def cache_folder(path: str | os.PathLike, cache_dir: str | os.PathLike) -> Path:
     """``cache_dir/tokens-NAME-HASH``: HASH is a short hash of the absolute corpus path."""
     absolute = Path(path).resolve()
@@ -205,7 +198,10 @@ def build_token_cache(
     files = corpus_files(path)
     folder = cache_folder(path, cache_dir)
     sources = {"version": CACHE_VERSION, "source": str(Path(path).resolve()), "separator": SEPARATOR}
-    sources["files"] = fingerprint(path, files)
+    root = Path(path) if Path(path).is_dir() else Path(path).parent
+    stats = [(file.relative_to(root).as_posix(), file.stat()) for file in files]
+    # [relative path, size, mtime_ns] of each file: cheap to take, and changes when a file does
+    sources["files"] = [[name, st.st_size, st.st_mtime_ns] for name, st in stats]
     cached = _cache_if_valid(folder, sources)
     if cached is not None:
         return cached

@@ -247,8 +247,7 @@ def stream_text(
     modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
-        settings = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, keep=keep)
-        for new in generate_tokens(model, ids, max_new_tokens, **settings):
+        for new in generate_tokens(model, ids, max_new_tokens, temperature, top_k, top_p, seed, keep=keep):
             yield [tokenizer.decode(row) for row in new]  # S characters
     finally:
         for module, training in modes:

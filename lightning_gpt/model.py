@@ -204,8 +204,7 @@ class KVCache:
             raise ValueError("fill the cache from position 0 (the prompt) first")
         end = start + kv.shape[3]
         stored[:, :, :, start:end] = kv
-        keys, values = stored[:, :, :, :end].unbind(0)
-        return keys, values
+        return stored[:, :, :, :end].unbind(0)
 
 
 def decode(

@@ -79,8 +79,7 @@ def request_settings(body: object, tokenizer: CharTokenizer, chat: bool = False)
         raise ValueError("n above 1 cannot be streamed; ask for one choice per stream")
     sampling = {name: body.get(name) for name in ("temperature", "top_p", "seed", "stream")}
     request = dict(prompt="\n".join(contents), max_new_tokens=body.get(field), **sampling)
-    defaults = GenerationSettings()
-    defaults.seed = None  # as OpenAI's API: without a seed, another continuation at every call
+    defaults = GenerationSettings(seed=None)  # as OpenAI's API: no seed, another continuation each call
     try:
         return _settings(request, tokenizer, defaults)
     except ValueError as error:  # named as the client named it
