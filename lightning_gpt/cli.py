@@ -290,7 +290,7 @@ class GPTLightningCLI(LightningCLI):
                 )
             checkpoint = torch.load(self.config.predict.ckpt_path, map_location="cpu", weights_only=True)
             self.model.load_state_dict(checkpoint["state_dict"])
-            self.model.to("cuda" if torch.cuda.is_available() else "cpu")
+            self.model.to(self.trainer.strategy.root_device)  # --trainer.accelerator's, as predict's
             interactive_session(self.model, self.generation)
             return
         try:

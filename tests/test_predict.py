@@ -186,6 +186,15 @@ def test_interactive_mode_with_piped_stdin(bare_dir, cli_main, monkeypatch):
     assert "error: prompt characters not in the model's vocabulary: '\\udcff'" in result.stderr
 
 
+def test_interactive_mode_generates_on_the_accelerator_asked_for(bare_dir, cli_main, monkeypatch):
+    """Before, it took a CUDA GPU whenever there was one, whatever --trainer.accelerator said."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine
+    monkeypatch.setattr(sys, "stdin", io.StringIO("ROMEO:\n"))
+    args = ["--ckpt_path=model.ckpt", "--generate.interactive=true", "--generate.max_new_tokens=5"]
+    result = cli_main("predict", *args, "--trainer.accelerator=cpu", cwd=bare_dir)
+    assert result.returncode == 0 and result.stdout.startswith("ROMEO:"), result.stderr[-2000:]
+
+
 def test_interactive_mode_in_a_terminal_ends_its_line_at_ctrl_d(bare_dir, cli_main, monkeypatch):
     """Before, Ctrl-D left the shell's next prompt after "> " on the same line."""
     controller, terminal = pty.openpty()
