@@ -91,7 +91,7 @@ class GPTLightningCLI(LightningCLI):
         """Every trainer saves checkpoints atomically and loads them with weights_only."""
         try:
             trainer = super().instantiate_trainer(**kwargs)
-        except (MisconfigurationException, ValueError) as error:  # e.g. an accelerator this machine lacks
+        except (MisconfigurationException, ValueError, TypeError) as error:  # e.g. an accelerator it lacks
             raise _settings_error("trainer", error) from None
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()

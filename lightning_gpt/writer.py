@@ -18,7 +18,7 @@ def check_stdout(vocab: str) -> None:
         vocab.encode(encoding, getattr(sys.stdout, "errors", None) or "strict")
     except UnicodeEncodeError as error:
         raise UserError(
-            f"standard output ({encoding}) cannot print {vocab[error.start]!r}, a character of the "
+            f"standard output ({encoding}) cannot print {ascii(vocab[error.start])}, a character of the "
             "model's vocabulary; set PYTHONIOENCODING=utf-8 (or PYTHONUTF8=1)"
         ) from None
 

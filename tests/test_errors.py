@@ -218,6 +218,10 @@ def test_help_offers_fit_validate_and_predict_only(tmp_path, cli_main):
             "--trainer.devices=0",
             "invalid --trainer settings: `Trainer(devices='0')` value is not a valid input",
         ),
+        (  # a TypeError in Lightning: a traceback before
+            "--trainer.devices=-2",
+            "invalid --trainer settings: `devices` selected with `CPUAccelerator` should be an int > 0",
+        ),
         (
             "--trainer.accumulate_grad_batches=0",
             "--trainer.accumulate_grad_batches must be at least 1, got 0",

@@ -139,7 +139,7 @@ def test_a_stdout_that_cannot_print_the_vocabulary_is_one_line_before_generating
     with redirected[0], redirected[1], pytest.raises(SystemExit) as exit_:
         main(["predict", "--ckpt_path=accents.ckpt", "--generate.output=samples.txt"])
     assert exit_.value.code == 2 and stderr.getvalue().splitlines()[-1] == (
-        "error: standard output (ascii) cannot print 'é', a character of the model's vocabulary; "
+        "error: standard output (ascii) cannot print '\\xe9', a character of the model's vocabulary; "
         "set PYTHONIOENCODING=utf-8 (or PYTHONUTF8=1)"
     )
     assert ascii_stdout.buffer.getvalue() == b"" and not (bare_dir / "samples.txt").exists()
