@@ -95,9 +95,10 @@ class GPTLightningCLI(LightningCLI):
             raise _settings_error("trainer", error) from None
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
-        callbacks, best = trainer.callbacks, trainer.checkpoint_callback
-        subcommand = self.config.get("subcommand")
-        if isinstance(best, ModelCheckpoint) and best.monitor and best.save_last is True:
+        callbacks, subcommand = trainer.callbacks, self.config.get("subcommand")
+        given = self.config_init[subcommand] if subcommand else self.config_init  # the instances parsed
+        best = given.get("checkpoint")
+        if best in callbacks and best.monitor and best.save_last is True:  # --checkpoint's, not a user's
             # Lightning >= 2.6 writes last.ckpt only beside a new best, so a run would resume from its
             # best step, not its last: a second checkpoint, with no metric, keeps last.ckpt at the
             # cadence asked for (and SaveLastStep at the end). The best one is judged at validations
@@ -109,7 +110,9 @@ class GPTLightningCLI(LightningCLI):
             options.update(cadence, filename=best.CHECKPOINT_NAME_LAST, monitor=None, save_top_k=1)
             callbacks.append(ModelCheckpoint(**options))
         bar = trainer.progress_bar_callback
-        if type(bar) is TQDMProgressBar and bar.refresh_rate == 1:  # Lightning's default: redraws every step
+        if bar is not None and bar not in (given.trainer.callbacks or []):
+            # Lightning's own redraws at every step, and Rich's (its default where rich is installed) reads
+            # every logged value at every step (a GPU sync): TQDM's, every few steps
             callbacks[callbacks.index(bar)] = TQDMProgressBar(refresh_rate=PROGRESS_REFRESH_STEPS)
         return trainer
 

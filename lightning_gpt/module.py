@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from torchmetrics.text import Perplexity
+from torchmetrics import MeanMetric
 
 from lightning_gpt.config import GPTConfig
 from lightning_gpt.errors import UserError
@@ -89,10 +89,13 @@ class GPTModule(L.LightningModule):
         self.save_hyperparameters(ignore=["compile"])
         self._compile = compile  # not self.compile: that is nn.Module.compile()
         self._finite: torch.Tensor | None = None  # all training losses finite since the last check
+        self._step_logged = False  # "step" is among the logged values (from a validation)
         self.model: GPT | None = None
         self._train_forward = None  # self.model, or its torch.compile wrapper (kept unregistered)
         self.tokenizer: CharTokenizer | None = None
-        self.val_perplexity = Perplexity()
+        # the mean cross-entropy over every validation target, summed across ranks; a nan stays nan (the
+        # "disable" strategy needs torchmetrics >= 1.7), so fit stops on it in one line
+        self.val_cross_entropy = MeanMetric(nan_strategy=math.nan)
         self.generation = GenerationSettings()  # set by the CLI for predict; not a hyperparameter
         if optimizer not in OPTIMIZERS:
             raise UserError(f"model.optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
@@ -203,21 +206,27 @@ class GPTModule(L.LightningModule):
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch  # [B, T] each
-        logits, _ = self(x)  # [B, T, V]
-        self.val_perplexity.update(logits.float(), y)
+        _, loss = self(x, y)  # the mean cross-entropy of its B * T targets
+        self.val_cross_entropy.update(loss, weight=y.numel())
 
     def on_validation_epoch_end(self) -> None:
-        # exp(mean cross-entropy over every target token), summed across ranks by torchmetrics
-        perplexity = self.val_perplexity.compute()
-        self.val_perplexity.reset()
-        loss = torch.log(perplexity)
+        loss = self.val_cross_entropy.compute()
+        self.val_cross_entropy.reset()
         if self.trainer.state.fn == "fit" and not torch.isfinite(loss):  # stop before checkpoints save
             raise self._stopped("validation", loss.item(), self.global_step)
         self.log("val_loss", loss, prog_bar=True, sync_dist=False)
         self.log("val_bpc", loss / math.log(2))
-        self.log("val_ppl", perplexity)
-        if self.trainer.state.fn == "fit":  # chart it at the step that checkpoints and samples name
-            self.log("step", float(self.global_step))
+        self.log("val_ppl", torch.exp(loss))
+        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
+            self.log("step", float(self.global_step))  # charted at the step checkpoints and samples name
+            self._step_logged = True
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # The step logged at a validation (the charts' x-axis) is stale once training goes on: without it,
+        # checkpoint names ({step}) take trainer.global_step again
+        if self._step_logged:
+            self.trainer.callback_metrics.pop("step", None)
+            self._step_logged = False
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """Log the gradient norm before clipping, at logging steps."""

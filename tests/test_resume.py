@@ -83,6 +83,36 @@ def test_last_ckpt_follows_every_validation_even_without_a_new_best(tmp_path, sm
     assert step_of(folder / "last.ckpt") == 12 and "new run" not in more.stderr
 
 
+class LastAtEachStep(L.Callback):
+    """The step that checkpoints/last.ckpt holds when each training step starts (what a kill leaves)."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.steps = folder, []
+
+    def on_train_batch_start(self, trainer, *args) -> None:
+        self.steps.append(step_of(self.folder / "checkpoints" / "last.ckpt"))
+
+
+def test_a_users_own_checkpoint_callback_changes_neither_last_ckpt_nor_step_names(
+    tmp_path, small_corpus, monkeypatch
+):
+    """A ModelCheckpoint of the user's beside fit's, every 2 steps, files named by step: before, they were
+    named after the last validation's step (the step logged for the charts), so they overwrote one another,
+    and fit's last.ckpt followed new bests only (a kill lost every step since)."""
+    from lightning_gpt.cli import make_cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", [str(CLI)])
+    every = ["--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.dirpath=every"]
+    every += ["--trainer.callbacks.every_n_train_steps=2", "--trainer.callbacks.save_top_k=-1"]
+    frozen = ["--model.learning_rate=0", "--trainer.max_steps=9", "--trainer.val_check_interval=3"]
+    probe = LastAtEachStep(tmp_path)
+    make_cli(["fit", f"--data.path={small_corpus}", *RUN, *frozen, *every, "--data.num_workers=0"], [probe])
+    assert probe.steps == [-1, -1, -1, 3, 3, 3, 6, 6, 6]  # no new best after step 3
+    saved = {path.name: step_of(path) for path in (tmp_path / "every").iterdir()}
+    assert saved == {f"epoch=0-step={step}.ckpt": step for step in (2, 4, 6, 8)}
+
+
 def test_a_step_cadence_keeps_last_ckpt_at_the_end_and_best_at_validations(tmp_path, small_corpus, cli_main):
     # Saves every 7 steps, validations every 10, 20 steps: last.ckpt must end at step 20 (not 14), and a
     # best checkpoint only where a validation measured its val_loss (not at 14 under the step-10 value)

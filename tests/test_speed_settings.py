@@ -10,6 +10,7 @@ import lightning as L
 import pytest
 import torch
 from conftest import TINY_MODEL, tiny_fit_args
+from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from lightning.pytorch.loggers import Logger
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -51,8 +52,13 @@ def test_linear_multiplies_one_row_by_two_halves_with_the_same_result(monkeypatc
 
 def test_progress_bar_redraws_every_few_steps(tmp_path, small_corpus, monkeypatch):
     monkeypatch.undo()  # the CLI reads CharDataModule's real signature (nothing is built here)
-    cli = make_cli([f"--data.path={small_corpus}", f"--trainer.default_root_dir={tmp_path}"], run=False)
-    assert cli.trainer.progress_bar_callback.refresh_rate == PROGRESS_REFRESH_STEPS
+    args = [f"--data.path={small_corpus}", f"--trainer.default_root_dir={tmp_path}"]
+    bar = make_cli(args, run=False).trainer.progress_bar_callback
+    # not Rich's, Lightning's default where rich is installed: it read the logged values at every step
+    assert type(bar) is TQDMProgressBar and bar.refresh_rate == PROGRESS_REFRESH_STEPS
+    rich = ["--trainer.callbacks+=RichProgressBar", "--trainer.callbacks.refresh_rate=3"]
+    chosen = make_cli([*args, *rich], run=False).trainer.progress_bar_callback  # one the user chose is kept
+    assert type(chosen) is RichProgressBar and chosen.refresh_rate == 3
     # (--trainer.enable_progress_bar=false still works: every tiny fit in the tests uses it)
 
 
