@@ -191,7 +191,8 @@ class SaveLastStep(L.Callback):
             message = f"{name}: stopped before a training step of this run; nothing new to save"
         elif path is None:
             message = (
-                f"{name}: stopped at step {step}; not saved (no last.ckpt: --checkpoint.save_last false)"
+                f"{name}: stopped at step {step}; not saved (no last.ckpt: --checkpoint.save_last false, "
+                "or fast_dev_run)"
             )
         else:
             trainer.save_checkpoint(path, weights_only=False)
@@ -208,7 +209,9 @@ def _save_last(trainer: L.Trainer) -> None:
 
 def _last_path(trainer: L.Trainer) -> str | None:
     """Where ``last.ckpt`` goes: the folder of the checkpoint callback that keeps it (None without one,
-    as with ``--checkpoint.save_last false``)."""
+    as with ``--checkpoint.save_last false``, and in a ``fast_dev_run``, which saves nothing)."""
+    if trainer.fast_dev_run:
+        return None
     for checkpoint in trainer.checkpoint_callbacks:  # Lightning's OnExceptionCheckpoint is one too
         name = getattr(checkpoint, "CHECKPOINT_NAME_LAST", None)
         if isinstance(checkpoint, ModelCheckpoint) and (checkpoint.save_last or checkpoint.filename == name):

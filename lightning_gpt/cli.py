@@ -171,6 +171,13 @@ class GPTLightningCLI(LightningCLI):
                 "would fall inside an optimizer step; pass a multiple, e.g. "
                 f"{interval * accumulate} (every {interval} steps)"
             )
+        t = section.trainer
+        epochs_end = isinstance(t.limit_train_batches, int) or t.overfit_batches or t.fast_dev_run
+        if subcommand == "fit" and t.max_steps in (None, -1) and t.max_time is None and not epochs_end:
+            problems.append(
+                "--trainer.max_steps is not set: training draws random windows without end, so its epoch "
+                "never ends and --trainer.max_epochs cannot stop it; set --trainer.max_steps (or max_time)"
+            )
         monitor = section.checkpoint.monitor
         known = (*LOGGED, "step", "epoch")  # and the two ModelCheckpoint always knows
         if subcommand == "fit" and monitor is not None and monitor not in known:

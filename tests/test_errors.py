@@ -56,6 +56,7 @@ ROWS = {
         "a Trainer setting Lightning refuses (accelerator, devices)",
         "impossible model shape or setting",
         "model too big (a typo in a size)",
+        "no step limit (`--trainer.max_steps -1`, say with `--trainer.max_epochs`)",
     ],
     "test_errors.py::test_checkpoint_settings_this_version_lacks_are_one_line": [
         "a checkpoint with settings this version does not have"
@@ -70,7 +71,7 @@ ROWS = {
     "test_download.py::test_wrong_hash_leaves_nothing": ["file with the wrong sha256"],
     "test_download.py::test_unsupported_url_is_a_user_error": ["malformed URL, too many redirects"],
     "test_errors.py::test_no_step_count_and_no_vocabulary": [
-        "no step count for the schedule",
+        "no step count for the schedule (a run limited by `--trainer.max_time`)",
         "no vocabulary to build the model from",
     ],
     "test_cli.py::test_non_finite_loss_stops_with_the_step_and_keeps_checkpoints": [
@@ -229,6 +230,11 @@ def test_help_offers_fit_validate_and_predict_only(tmp_path, cli_main):
         (
             "--trainer.val_check_interval=0",
             "--trainer.val_check_interval counts batches: it must be >= 1, got 0",
+        ),
+        (  # before: a run that never ended (epochs of an endless stream)
+            "--trainer.max_steps=-1 --trainer.max_epochs=1 --model.decay_steps=100",
+            "--trainer.max_steps is not set: training draws random windows without end, so its epoch never "
+            "ends and --trainer.max_epochs cannot stop it; set --trainer.max_steps (or max_time)",
         ),
         ("--model.learning_rate=-1", "model.learning_rate must be a finite number >= 0, got -1.0"),
         ("--model.beta1=1.5", "model.beta1 must be in [0, 1), got 1.5"),
@@ -443,7 +449,9 @@ def test_no_step_count_and_no_vocabulary(tmp_path, small_corpus, cli_main):
     with pytest.raises(UserError, match=r"no vocabulary: pass a corpus \(--data.path\) or a checkpoint"):
         GPTModule().configure_model()
     args = ["fit", f"--data.path={small_corpus}", *TINY_MODEL, "--trainer.max_steps=-1"]
-    result = cli_main(*args, "--trainer.max_epochs=1", "--trainer.enable_progress_bar=false", cwd=tmp_path)
+    result = cli_main(
+        *args, "--trainer.max_time=00:00:01:00", "--trainer.enable_progress_bar=false", cwd=tmp_path
+    )
     one_line_error(result, "set --trainer.max_steps or --model.decay_steps for the learning-rate schedule")
 
 
