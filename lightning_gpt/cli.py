@@ -93,6 +93,9 @@ class GPTLightningCLI(LightningCLI):
             trainer = super().instantiate_trainer(**kwargs)
         except (MisconfigurationException, ValueError, TypeError) as error:  # e.g. an accelerator it lacks
             raise _settings_error("trainer", error) from None
+        except RuntimeError as error:  # e.g. a ModelCheckpoint of the user's that cannot be told from fit's
+            hint = " (fit's own is set with --checkpoint.*)" if "ModelCheckpoint" in str(error) else ""
+            raise UserError(str(_settings_error("trainer", error)) + hint) from None
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         callbacks, subcommand = trainer.callbacks, self.config.get("subcommand")
@@ -121,6 +124,10 @@ class GPTLightningCLI(LightningCLI):
             super().instantiate_classes()
         except MisconfigurationException as error:  # ModelCheckpoint's own checks (the trainer's are above)
             raise _settings_error("checkpoint", error) from None
+        except ValueError as error:  # jsonargparse's wrapping of a callback (or logger) refusing its settings
+            if error.__cause__ is None:
+                raise
+            raise _settings_error("trainer", error.__cause__) from None
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Sequence[str] | None) -> None:
         """A mistake in the arguments is one line (the usage is left to --help), then inputs are checked."""

@@ -57,6 +57,8 @@ ROWS = {
         "impossible model shape or setting",
         "model too big (a typo in a size)",
         "no step limit (`--trainer.max_steps -1`, say with `--trainer.max_epochs`)",
+        "a callback setting Lightning refuses",
+        "a ModelCheckpoint of yours that Lightning cannot tell from fit's",
     ],
     "test_errors.py::test_checkpoint_settings_this_version_lacks_are_one_line": [
         "a checkpoint with settings this version does not have"
@@ -235,6 +237,16 @@ def test_help_offers_fit_validate_and_predict_only(tmp_path, cli_main):
             "--trainer.max_steps=-1 --trainer.max_epochs=1 --model.decay_steps=100",
             "--trainer.max_steps is not set: training draws random windows without end, so its epoch never "
             "ends and --trainer.max_epochs cannot stop it; set --trainer.max_steps (or max_time)",
+        ),
+        (  # before: tracebacks
+            "--trainer.callbacks+=EarlyStopping --trainer.callbacks.monitor=val_loss "
+            "--trainer.callbacks.mode=best",
+            "invalid --trainer settings: `mode` can be min, max, got best",
+        ),
+        (
+            "--trainer.callbacks+=ModelCheckpoint --trainer.callbacks.monitor=val_loss",
+            "HINT: The `callback.state_key` must be unique among all callbacks in the Trainer. "
+            "(fit's own is set with --checkpoint.*)",
         ),
         ("--model.learning_rate=-1", "model.learning_rate must be a finite number >= 0, got -1.0"),
         ("--model.beta1=1.5", "model.beta1 must be in [0, 1), got 1.5"),
