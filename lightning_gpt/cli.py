@@ -185,6 +185,11 @@ class GPTLightningCLI(LightningCLI):
                 "--trainer.max_steps is not set: training draws random windows without end, so its epoch "
                 "never ends and --trainer.max_epochs cannot stop it; set --trainer.max_steps (or max_time)"
             )
+        if subcommand == "fit" and t.enable_checkpointing is False:  # Lightning: "but found ModelCheckpoint"
+            problems.append(
+                "--trainer.enable_checkpointing false: fit always has its ModelCheckpoint (--checkpoint.*); "
+                "to save no checkpoints pass --checkpoint.save_top_k 0 --checkpoint.save_last false instead"
+            )
         monitor = section.checkpoint.monitor
         known = (*LOGGED, "step", "epoch")  # and the two ModelCheckpoint always knows
         if subcommand == "fit" and monitor is not None and monitor not in known:

@@ -58,6 +58,7 @@ ROWS = {
         "model too big (a typo in a size)",
         "no step limit (`--trainer.max_steps -1`, say with `--trainer.max_epochs`)",
         "a callback setting Lightning refuses",
+        "`--trainer.enable_checkpointing false`",
         "a ModelCheckpoint of yours that Lightning cannot tell from fit's",
     ],
     "test_errors.py::test_checkpoint_settings_this_version_lacks_are_one_line": [
@@ -247,6 +248,10 @@ def test_help_offers_fit_validate_and_predict_only(tmp_path, cli_main):
             "--trainer.callbacks+=ModelCheckpoint --trainer.callbacks.monitor=val_loss",
             "HINT: The `callback.state_key` must be unique among all callbacks in the Trainer. "
             "(fit's own is set with --checkpoint.*)",
+        ),
+        (
+            "--trainer.enable_checkpointing=false",
+            "to save no checkpoints pass --checkpoint.save_top_k 0 --checkpoint.save_last false instead",
         ),
         ("--model.learning_rate=-1", "model.learning_rate must be a finite number >= 0, got -1.0"),
         ("--model.beta1=1.5", "model.beta1 must be in [0, 1), got 1.5"),
