@@ -193,6 +193,12 @@ class CharDataModule(L.LightningDataModule):
         windows = ConsecutiveWindows(self.val_tokens, self.context_length)
         trainer, sampler = self.trainer, None
         if trainer is not None and trainer.world_size > 1:
+            if len(windows) < trainer.world_size:  # a rank without a window fails in the sampler
+                raise UserError(
+                    f"the validation split of {self.corpus_path} has {len(windows)} windows of "
+                    f"context_length {self.context_length}, fewer than the {trainer.world_size} processes; "
+                    "use a longer corpus, a larger --data.val_fraction or fewer devices"
+                )
             # Every window once over all ranks: Lightning's default DistributedSampler would repeat some
             # to give every rank as many, and val_loss would depend on the number of devices.
             sampler = UnrepeatedDistributedSampler(

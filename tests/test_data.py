@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning import Trainer
 
 from lightning_gpt.corpus import read_corpus
 from lightning_gpt.data import CharDataModule, ConsecutiveWindows, RandomWindows
@@ -98,6 +99,17 @@ def test_bad_corpora_give_clear_errors(tmp_path):
     short.write_text("a short text " * 10)
     with pytest.raises(UserError, match="fewer than context_length"):
         setup_module_for(short, context_length=64)
+
+
+def test_fewer_validation_windows_than_processes_is_one_line(small_corpus, monkeypatch):
+    """Before, the ranks without a window failed in Lightning's sampler (an assertion, ~110 lines)."""
+    data = setup_module_for(small_corpus, context_length=16)
+    windows = len(ConsecutiveWindows(data.val_tokens, 16))
+    monkeypatch.setenv("LOCAL_RANK", str(windows))  # this process: the last of windows + 1 ranks
+    data.trainer = Trainer(accelerator="cpu", devices=windows + 1, strategy="ddp", logger=False)
+    message = f"has {windows} windows of context_length 16, fewer than the {windows + 1} processes"
+    with pytest.raises(UserError, match=message):
+        data.val_dataloader()
 
 
 def test_a_reused_datamodule_draws_with_each_new_seed(small_corpus, tmp_path):

@@ -37,6 +37,9 @@ ROWS = {
         "token cache edited after it was built"
     ],
     "test_data.py::test_bad_corpora_give_clear_errors": ["a split shorter than the context + 1"],
+    "test_data.py::test_fewer_validation_windows_than_processes_is_one_line": [
+        "fewer validation windows than processes (a small corpus on many devices)"
+    ],
     "test_errors.py::test_a_checkpoint_folder_that_cannot_be_made_is_one_line": [
         "checkpoint folder that cannot be made (read-only, a file in the way)"
     ],
