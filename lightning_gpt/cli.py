@@ -366,7 +366,9 @@ def make_cli(
 ) -> GPTLightningCLI:
     """What ``python cli.py ARGS`` runs, plus ``callbacks``; ``kwargs`` go to LightningCLI (``run=False``)."""
     callbacks = [TrainingSpeed(), ModelSize(), SaveLastStep(), *callbacks]
-    defaults = {"callbacks": callbacks, "enable_model_summary": False}
+    # the training stream has no end; where epochs end (--trainer.limit_train_batches), each draws on from
+    # the step it starts at, as a resume does, instead of the stream's start again
+    defaults = {"callbacks": callbacks, "enable_model_summary": False, "reload_dataloaders_every_n_epochs": 1}
     return GPTLightningCLI(
         GPTModule,
         CharDataModule,

@@ -178,6 +178,24 @@ def test_a_stopped_or_killed_run_resumes_bit_for_bit(tmp_path, small_corpus, who
     assert_same_weights(whole / "whole" / "last.ckpt", last)
 
 
+def test_epochs_of_a_few_batches_draw_new_windows_and_resume_exactly(tmp_path, small_corpus):
+    """--trainer.limit_train_batches 5: before, every epoch drew the same 5 batches again (the stream
+    restarted), and a resume mid-run went on with other ones."""
+    epochs = ["--trainer.limit_train_batches=5", "--trainer.val_check_interval=5", "--data.num_workers=0"]
+    fit(small_corpus, tmp_path, *epochs, "--trainer.max_steps=20", "--checkpoint.dirpath=whole")
+    fit(small_corpus, tmp_path, *epochs, "--trainer.max_steps=7", "--checkpoint.dirpath=split")
+    fit(
+        small_corpus,
+        tmp_path,
+        *epochs,
+        "--trainer.max_steps=20",
+        "--checkpoint.dirpath=split",
+        "--ckpt_path=last",
+    )
+    assert step_of(tmp_path / "split" / "last.ckpt") == 20
+    assert_same_weights(tmp_path / "whole" / "last.ckpt", tmp_path / "split" / "last.ckpt")
+
+
 # A SLURM job as Lightning's SLURMEnvironment detects it, with auto-requeue on SIGUSR1.
 SLURM = {
     "SLURM_NTASKS": "1",
