@@ -213,7 +213,8 @@ class CharDataModule(L.LightningDataModule):
             sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
+            # for a CUDA run only: pinning opens a CUDA context (on GPU 0, in every rank) even for a CPU run
+            pin_memory=self.trainer is not None and self.trainer.strategy.root_device.type == "cuda",
             # Its own generator: an iterator drawing from the global RNG would shift resumed dropout masks.
             generator=torch.Generator().manual_seed(0),
             worker_init_fn=_leave_signals_to_the_trainer,

@@ -101,6 +101,14 @@ def test_bad_corpora_give_clear_errors(tmp_path):
         setup_module_for(short, context_length=64)
 
 
+def test_memory_is_pinned_for_cuda_runs_only(small_corpus, monkeypatch):
+    """Before, a CPU run on a machine with a GPU pinned its batches: a CUDA context in every rank."""
+    data = setup_module_for(small_corpus, context_length=16)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine
+    data.trainer = Trainer(accelerator="cpu", logger=False)
+    assert not data.train_dataloader().pin_memory and not data.val_dataloader().pin_memory
+
+
 def test_fewer_validation_windows_than_processes_is_one_line(small_corpus, monkeypatch):
     """Before, the ranks without a window failed in Lightning's sampler (an assertion, ~110 lines)."""
     data = setup_module_for(small_corpus, context_length=16)
