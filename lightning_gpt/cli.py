@@ -241,6 +241,16 @@ class GPTLightningCLI(LightningCLI):
         trainer = self.config[subcommand].trainer if subcommand else self.config.trainer
         if trainer.precision is None:
             accelerator = trainer.accelerator if isinstance(trainer.accelerator, str) else "auto"
+            strategy = trainer.strategy if isinstance(trainer.strategy, str) else ""
+            if (
+                strategy.startswith(("ddp_fork", "ddp_notebook"))
+                and resolve_accelerator(accelerator) == "cuda"
+            ):
+                raise UserError(  # the capability is read with CUDA started, and then its ranks fail
+                    f"--trainer.strategy {strategy} cannot fork once CUDA has started, as reading the GPU's "
+                    "compute capability for the automatic precision does: pass --trainer.precision "
+                    "(bf16-mixed on A100, H100 and newer, else 16-mixed)"
+                )
             trainer.precision = auto_precision(accelerator)
             if subcommand == "predict" and resolve_accelerator(accelerator) == "cpu":
                 trainer.precision = "32-true"  # decoding on a CPU gains nothing from autocast

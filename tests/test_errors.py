@@ -37,6 +37,9 @@ ROWS = {
         "token cache edited after it was built"
     ],
     "test_data.py::test_bad_corpora_give_clear_errors": ["a split shorter than the context + 1"],
+    "test_errors.py::test_automatic_precision_is_refused_with_a_strategy_that_forks_on_cuda": [
+        "automatic precision with `ddp_fork` or `ddp_notebook` on CUDA"
+    ],
     "test_data.py::test_fewer_validation_windows_than_processes_is_one_line": [
         "fewer validation windows than processes (a small corpus on many devices)"
     ],
@@ -281,6 +284,16 @@ def test_bad_settings_are_refused_before_anything_is_built(tmp_path, small_corpu
     args = ["fit", f"--data.path={small_corpus}", *TINY_MODEL, *flag.split()]
     one_line_error(cli_main(*args, cwd=tmp_path), message)
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "lightning_logs").exists()
+
+
+def test_automatic_precision_is_refused_with_a_strategy_that_forks_on_cuda(
+    tmp_path, small_corpus, cli_main, monkeypatch
+):
+    """Before, reading the compute capability started CUDA: every forked rank then failed (a traceback)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine
+    args = ["fit", f"--data.path={small_corpus}", *TINY_MODEL, "--trainer.strategy=ddp_fork"]
+    message = "--trainer.strategy ddp_fork cannot fork once CUDA has started"
+    one_line_error(cli_main(*args, "--trainer.precision=null", cwd=tmp_path), message)
 
 
 def test_a_checkpoint_folder_that_cannot_be_made_is_one_line(tmp_path, small_corpus, cli_main):
