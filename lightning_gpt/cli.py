@@ -190,12 +190,14 @@ class GPTLightningCLI(LightningCLI):
                 "--trainer.enable_checkpointing false: fit always has its ModelCheckpoint (--checkpoint.*); "
                 "to save no checkpoints pass --checkpoint.save_top_k 0 --checkpoint.save_last false instead"
             )
-        monitor = section.checkpoint.monitor
         known = (*LOGGED, "step", "epoch")  # and the two ModelCheckpoint always knows
-        if subcommand == "fit" and monitor is not None and monitor not in known:
-            problems.append(
-                f"--checkpoint.monitor {monitor} is not a logged value; use one of {', '.join(known)}"
-            )
+        monitors = {"--checkpoint.monitor": section.checkpoint.monitor}
+        for callback in t.callbacks or [] if isinstance(t.callbacks, list) else []:  # EarlyStopping, ...
+            name = f"--trainer.callbacks {callback.class_path.rsplit('.', 1)[-1]}'s monitor"
+            monitors[name] = callback.init_args.get("monitor") if "init_args" in callback else None
+        for name, monitor in monitors.items():
+            if subcommand == "fit" and isinstance(monitor, str) and monitor not in known:
+                problems.append(f"{name} {monitor} is not a logged value; use one of {', '.join(known)}")
         ckpt = section.get("ckpt_path")
         if ckpt and ckpt != "last" and "://" not in ckpt and not Path(ckpt).exists():
             problems.append(f"checkpoint {ckpt} does not exist; pass the path of a .ckpt file")

@@ -58,7 +58,7 @@ ROWS = {
         "optimizer setting out of range (learning rate, betas, weight decay, final LR ratio)",
         "negative number of dataloader workers",
         "a `--checkpoint` setting Lightning refuses",
-        "`--checkpoint.monitor` not a logged value",
+        "`--checkpoint.monitor` (or a callback's monitor) not a logged value",
         "a Trainer setting Lightning refuses (accelerator, devices)",
         "impossible model shape or setting",
         "model too big (a typo in a size)",
@@ -267,6 +267,10 @@ def test_help_offers_fit_validate_and_predict_only(tmp_path, cli_main):
             "--checkpoint.monitor=val_los",
             "--checkpoint.monitor val_los is not a logged value; use one of train_loss, lr, grad_norm, "
             "tokens_per_sec, val_loss, val_bpc, val_ppl, step, epoch",
+        ),
+        (  # before: a traceback at the first validation, after training had begun (Lightning's check)
+            "--trainer.callbacks+=EarlyStopping --trainer.callbacks.monitor=val_los",
+            "--trainer.callbacks EarlyStopping's monitor val_los is not a logged value; use one of",
         ),
         (  # before: a traceback at the first validation, after training had begun
             "--sample.keep=100",
