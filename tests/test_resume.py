@@ -60,16 +60,37 @@ def step_of(path: Path) -> int:
         return -1
 
 
-def test_last_ckpt_follows_every_validation_even_without_a_new_best(tmp_path, small_corpus, cli_main):
+class LastAtEachStep(L.Callback):
+    """The step that checkpoints/last.ckpt holds when each training step starts (what a kill leaves)."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.steps = folder, []
+
+    def on_train_batch_start(self, trainer, *args) -> None:
+        self.steps.append(step_of(self.folder / "checkpoints" / "last.ckpt"))
+
+
+def test_last_ckpt_follows_every_validation_even_without_a_new_best(tmp_path, small_corpus, monkeypatch):
     """Lightning 2.6 writes last.ckpt only beside a new best; learning rate 0 never makes one after the
-    first validation, yet last.ckpt must hold the run's final step (a resume continues from there)."""
+    first validation, yet last.ckpt must hold the step of every validation (what a kill leaves) and the
+    run's final step (a resume continues from there). Beside it, a ModelCheckpoint of the user's, every 2
+    steps, files named by step: before, they were named after the last validation's step (the step logged
+    for the charts), so they overwrote one another, and last.ckpt followed new bests only again."""
+    from lightning_gpt.cli import make_cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", [str(CLI)])
     frozen = ["--model.learning_rate=0", "--trainer.max_steps=9", "--trainer.val_check_interval=3"]
-    result = cli_main("fit", f"--data.path={small_corpus}", *RUN, *frozen, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+    every = ["--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.dirpath=every"]
+    every += ["--trainer.callbacks.every_n_train_steps=2", "--trainer.callbacks.save_top_k=-1"]
+    probe = LastAtEachStep(tmp_path)
+    make_cli(["fit", f"--data.path={small_corpus}", *RUN, *frozen, *every, "--data.num_workers=0"], [probe])
     folder = tmp_path / "checkpoints"
     assert [path.name for path in folder.glob("best-*.ckpt")] == [next(folder.glob("best-step000003-*")).name]
-    assert step_of(folder / "last.ckpt") == 9
-    more = cli_main(
+    assert probe.steps == [-1, -1, -1, 3, 3, 3, 6, 6, 6] and step_of(folder / "last.ckpt") == 9
+    saved = {path.name: step_of(path) for path in (tmp_path / "every").iterdir()}
+    assert saved == {f"epoch=0-step={step}.ckpt": step for step in (2, 4, 6, 8)}
+    more = main_in_process(
         "fit",
         f"--data.path={small_corpus}",
         *RUN,
@@ -81,36 +102,6 @@ def test_last_ckpt_follows_every_validation_even_without_a_new_best(tmp_path, sm
     )
     assert more.returncode == 0, more.stderr
     assert step_of(folder / "last.ckpt") == 12 and "new run" not in more.stderr
-
-
-class LastAtEachStep(L.Callback):
-    """The step that checkpoints/last.ckpt holds when each training step starts (what a kill leaves)."""
-
-    def __init__(self, folder: Path):
-        self.folder, self.steps = folder, []
-
-    def on_train_batch_start(self, trainer, *args) -> None:
-        self.steps.append(step_of(self.folder / "checkpoints" / "last.ckpt"))
-
-
-def test_a_users_own_checkpoint_callback_changes_neither_last_ckpt_nor_step_names(
-    tmp_path, small_corpus, monkeypatch
-):
-    """A ModelCheckpoint of the user's beside fit's, every 2 steps, files named by step: before, they were
-    named after the last validation's step (the step logged for the charts), so they overwrote one another,
-    and fit's last.ckpt followed new bests only (a kill lost every step since)."""
-    from lightning_gpt.cli import make_cli
-
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", [str(CLI)])
-    every = ["--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.dirpath=every"]
-    every += ["--trainer.callbacks.every_n_train_steps=2", "--trainer.callbacks.save_top_k=-1"]
-    frozen = ["--model.learning_rate=0", "--trainer.max_steps=9", "--trainer.val_check_interval=3"]
-    probe = LastAtEachStep(tmp_path)
-    make_cli(["fit", f"--data.path={small_corpus}", *RUN, *frozen, *every, "--data.num_workers=0"], [probe])
-    assert probe.steps == [-1, -1, -1, 3, 3, 3, 6, 6, 6]  # no new best after step 3
-    saved = {path.name: step_of(path) for path in (tmp_path / "every").iterdir()}
-    assert saved == {f"epoch=0-step={step}.ckpt": step for step in (2, 4, 6, 8)}
 
 
 def test_a_step_cadence_keeps_last_ckpt_at_the_end_and_best_at_validations(tmp_path, small_corpus, cli_main):
@@ -179,20 +170,20 @@ def test_a_stopped_or_killed_run_resumes_bit_for_bit(tmp_path, small_corpus, who
 
 
 def test_epochs_of_a_few_batches_draw_new_windows_and_resume_exactly(tmp_path, small_corpus):
-    """--trainer.limit_train_batches 5: before, every epoch drew the same 5 batches again (the stream
+    """--trainer.limit_train_batches 3: before, every epoch drew the same 3 batches again (the stream
     restarted), and a resume mid-run went on with other ones."""
-    epochs = ["--trainer.limit_train_batches=5", "--trainer.val_check_interval=5", "--data.num_workers=0"]
-    fit(small_corpus, tmp_path, *epochs, "--trainer.max_steps=20", "--checkpoint.dirpath=whole")
-    fit(small_corpus, tmp_path, *epochs, "--trainer.max_steps=7", "--checkpoint.dirpath=split")
+    epochs = ["--trainer.limit_train_batches=3", "--trainer.val_check_interval=3", "--data.num_workers=0"]
+    fit(small_corpus, tmp_path, *epochs, "--trainer.max_steps=9", "--checkpoint.dirpath=whole")
+    fit(small_corpus, tmp_path, *epochs, "--trainer.max_steps=4", "--checkpoint.dirpath=split")
     fit(
         small_corpus,
         tmp_path,
         *epochs,
-        "--trainer.max_steps=20",
+        "--trainer.max_steps=9",
         "--checkpoint.dirpath=split",
         "--ckpt_path=last",
     )
-    assert step_of(tmp_path / "split" / "last.ckpt") == 20
+    assert step_of(tmp_path / "split" / "last.ckpt") == 9
     assert_same_weights(tmp_path / "whole" / "last.ckpt", tmp_path / "split" / "last.ckpt")
 
 
