@@ -417,7 +417,7 @@ def test_kills_during_saves_never_corrupt_checkpoints(tmp_path, small_corpus):
         "--checkpoint.monitor=null",
     ]
     folder = tmp_path / "checkpoints"
-    for attempt in range(3):
+    for attempt in range(2):
         extra = ["--ckpt_path=last"] if (folder / "last.ckpt").exists() else []
         process = subprocess.Popen(
             args + extra, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -432,7 +432,7 @@ def test_kills_during_saves_never_corrupt_checkpoints(tmp_path, small_corpus):
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
     checkpoints = list(folder.glob("*.ckpt"))
-    assert len(checkpoints) >= 5 and (folder / "last.ckpt").exists()
+    assert len(checkpoints) >= 4 and (folder / "last.ckpt").exists()
     for path in checkpoints:
         assert step_of(path) >= 1, f"{path.name} does not load"
 
