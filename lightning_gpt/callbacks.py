@@ -213,7 +213,8 @@ def _last_path(trainer: L.Trainer) -> str | None:
     if trainer.fast_dev_run:
         return None
     for checkpoint in trainer.checkpoint_callbacks:  # Lightning's OnExceptionCheckpoint is one too
-        name = getattr(checkpoint, "CHECKPOINT_NAME_LAST", None)
-        if isinstance(checkpoint, ModelCheckpoint) and (checkpoint.save_last or checkpoint.filename == name):
-            return checkpoint.format_checkpoint_name({}, name)
+        if isinstance(checkpoint, ModelCheckpoint):
+            name = checkpoint.CHECKPOINT_NAME_LAST
+            if checkpoint.save_last or checkpoint.filename == name:
+                return checkpoint.format_checkpoint_name({}, name)
     return None

@@ -50,9 +50,14 @@ PROGRESS_REFRESH_STEPS = 10  # the progress bar redraws every this many steps
 LOGGED = ("train_loss", "lr", "grad_norm", "tokens_per_sec", "val_loss", "val_bpc", "val_ppl")
 
 
-def _settings_error(group: str, error: Exception) -> UserError:
+def _settings_error(group: str, error: Exception, hint: str = "") -> UserError:
     """Lightning's refusal of a ``--trainer`` or ``--checkpoint`` setting, in one line."""
-    return UserError(f"invalid --{group} settings: {' '.join(str(error).split())}")
+    return UserError(f"invalid --{group} settings: {' '.join(str(error).split())}{hint}")
+
+
+def _as_list(callbacks: object) -> list:
+    """Callbacks as a list: one (``--trainer.callbacks EarlyStopping``) is given alone."""
+    return callbacks if isinstance(callbacks, list) else [callbacks] if callbacks else []
 
 
 class GPTLightningCLI(LightningCLI):
@@ -93,14 +98,16 @@ class GPTLightningCLI(LightningCLI):
             trainer = super().instantiate_trainer(**kwargs)
         except (MisconfigurationException, ValueError, TypeError) as error:  # e.g. an accelerator it lacks
             raise _settings_error("trainer", error) from None
-        except RuntimeError as error:  # e.g. a ModelCheckpoint of the user's that cannot be told from fit's
-            hint = " (fit's own is set with --checkpoint.*)" if "ModelCheckpoint" in str(error) else ""
-            raise UserError(str(_settings_error("trainer", error)) + hint) from None
+        except RuntimeError as error:  # a ModelCheckpoint of the user's that cannot be told from fit's
+            if "state_key" not in str(error):
+                raise
+            raise _settings_error("trainer", error, " (fit's own is set with --checkpoint.*)") from None
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         callbacks, subcommand = trainer.callbacks, self.config.get("subcommand")
         given = self.config_init[subcommand] if subcommand else self.config_init  # the instances parsed
         best = given.get("checkpoint")
+        mine = [*_as_list(given.trainer.callbacks), *_as_list(self.trainer_defaults.get("callbacks"))]
         if best in callbacks and best.monitor and best.save_last is True:  # --checkpoint's, not a user's
             # Lightning >= 2.6 writes last.ckpt only beside a new best, so a run would resume from its
             # best step, not its last: a second checkpoint, with no metric, keeps last.ckpt at the
@@ -113,7 +120,7 @@ class GPTLightningCLI(LightningCLI):
             options.update(cadence, filename=best.CHECKPOINT_NAME_LAST, monitor=None, save_top_k=1)
             callbacks.append(ModelCheckpoint(**options))
         bar = trainer.progress_bar_callback
-        if bar is not None and bar not in (given.trainer.callbacks or []):
+        if bar is not None and bar not in mine:
             # Lightning's own redraws at every step, and Rich's (its default where rich is installed) reads
             # every logged value at every step (a GPU sync): TQDM's, every few steps
             callbacks[callbacks.index(bar)] = TQDMProgressBar(refresh_rate=PROGRESS_REFRESH_STEPS)
@@ -125,8 +132,8 @@ class GPTLightningCLI(LightningCLI):
         except MisconfigurationException as error:  # ModelCheckpoint's own checks (the trainer's are above)
             raise _settings_error("checkpoint", error) from None
         except ValueError as error:  # jsonargparse's wrapping of a callback (or logger) refusing its settings
-            if error.__cause__ is None:
-                raise
+            if not isinstance(error.__cause__, (ValueError, TypeError, MisconfigurationException)):
+                raise  # a bug in a callback of the user's keeps its traceback
             raise _settings_error("trainer", error.__cause__) from None
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Sequence[str] | None) -> None:
@@ -180,10 +187,11 @@ class GPTLightningCLI(LightningCLI):
             )
         t = section.trainer
         epochs_end = isinstance(t.limit_train_batches, int) or t.overfit_batches or t.fast_dev_run
-        if subcommand == "fit" and t.max_steps in (None, -1) and t.max_time is None and not epochs_end:
+        endless = t.max_steps in (None, -1) and not epochs_end
+        if subcommand == "fit" and endless and t.max_epochs not in (None, -1):
             problems.append(
-                "--trainer.max_steps is not set: training draws random windows without end, so its epoch "
-                "never ends and --trainer.max_epochs cannot stop it; set --trainer.max_steps (or max_time)"
+                f"--trainer.max_epochs {t.max_epochs} cannot end this run: training draws random windows "
+                "without end, so its epoch never ends; set --trainer.max_steps instead"
             )
         if subcommand == "fit" and t.enable_checkpointing is False:  # Lightning: "but found ModelCheckpoint"
             problems.append(
@@ -192,7 +200,7 @@ class GPTLightningCLI(LightningCLI):
             )
         known = (*LOGGED, "step", "epoch")  # and the two ModelCheckpoint always knows
         monitors = {"--checkpoint.monitor": section.checkpoint.monitor}
-        for callback in t.callbacks or [] if isinstance(t.callbacks, list) else []:  # EarlyStopping, ...
+        for callback in _as_list(t.callbacks):  # EarlyStopping, ...
             name = f"--trainer.callbacks {callback.class_path.rsplit('.', 1)[-1]}'s monitor"
             monitors[name] = callback.init_args.get("monitor") if "init_args" in callback else None
         for name, monitor in monitors.items():

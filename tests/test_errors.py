@@ -62,7 +62,7 @@ ROWS = {
         "a Trainer setting Lightning refuses (accelerator, devices)",
         "impossible model shape or setting",
         "model too big (a typo in a size)",
-        "no step limit (`--trainer.max_steps -1`, say with `--trainer.max_epochs`)",
+        "`--trainer.max_epochs` without `--trainer.max_steps`",
         "a callback setting Lightning refuses",
         "`--trainer.enable_checkpointing false`",
         "a ModelCheckpoint of yours that Lightning cannot tell from fit's",
@@ -242,8 +242,8 @@ def test_help_offers_fit_validate_and_predict_only(tmp_path, cli_main):
         ),
         (  # before: a run that never ended (epochs of an endless stream)
             "--trainer.max_steps=-1 --trainer.max_epochs=1 --model.decay_steps=100",
-            "--trainer.max_steps is not set: training draws random windows without end, so its epoch never "
-            "ends and --trainer.max_epochs cannot stop it; set --trainer.max_steps (or max_time)",
+            "--trainer.max_epochs 1 cannot end this run: training draws random windows without end, so its "
+            "epoch never ends; set --trainer.max_steps instead",
         ),
         (  # before: tracebacks
             "--trainer.callbacks+=EarlyStopping --trainer.callbacks.monitor=val_loss "
@@ -270,6 +270,10 @@ def test_help_offers_fit_validate_and_predict_only(tmp_path, cli_main):
         ),
         (  # before: a traceback at the first validation, after training had begun (Lightning's check)
             "--trainer.callbacks+=EarlyStopping --trainer.callbacks.monitor=val_los",
+            "--trainer.callbacks EarlyStopping's monitor val_los is not a logged value; use one of",
+        ),
+        (  # one callback alone, not in a list (as a config file may give it)
+            '--trainer.callbacks={"class_path":"EarlyStopping","init_args":{"monitor":"val_los"}}',
             "--trainer.callbacks EarlyStopping's monitor val_los is not a logged value; use one of",
         ),
         (  # before: a traceback at the first validation, after training had begun

@@ -59,6 +59,10 @@ def test_progress_bar_redraws_every_few_steps(tmp_path, small_corpus, monkeypatc
     rich = ["--trainer.callbacks+=RichProgressBar", "--trainer.callbacks.refresh_rate=3"]
     chosen = make_cli([*args, *rich], run=False).trainer.progress_bar_callback  # one the user chose is kept
     assert type(chosen) is RichProgressBar and chosen.refresh_rate == 3
+    chosen = make_cli(args, [TQDMProgressBar(refresh_rate=50)], run=False).trainer.progress_bar_callback
+    assert chosen.refresh_rate == 50  # given from Python
+    alone = make_cli([*args, "--trainer.callbacks=LearningRateMonitor"], run=False)  # one callback, no list
+    assert alone.trainer.progress_bar_callback.refresh_rate == PROGRESS_REFRESH_STEPS
     # (--trainer.enable_progress_bar=false still works: every tiny fit in the tests uses it)
 
 
