@@ -153,6 +153,12 @@ class GPTModule(L.LightningModule):
         if self.device.type == "cuda":  # TF32 tensor cores for whatever runs outside autocast
             torch.set_float32_matmul_precision("high")
 
+    def on_train_start(self) -> None:
+        # Lightning's LearningRateFinder sets hparams.learning_rate and each group's lr once the schedule is
+        # built, which then set the old rate back at the next step: the schedule starts from the new one
+        for config in self.trainer.lr_scheduler_configs:
+            config.scheduler.base_lrs = [self.hparams.learning_rate] * len(config.scheduler.base_lrs)
+
     def stream_text(self, prompt: str, max_new_tokens: int = 500, **sampling) -> Iterator[list[str]]:
         """Stream characters continuing ``prompt``; see ``lightning_gpt.generation.stream_text``."""
         return stream_text(self.model, self.tokenizer, prompt, max_new_tokens, **sampling)

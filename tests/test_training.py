@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from conftest import ROOT, TINY_MODEL
+from conftest import ROOT, TINY_MODEL, tiny_fit_args
 
 from lightning_gpt.cli import make_cli
 from lightning_gpt.data import ConsecutiveWindows
@@ -224,6 +224,24 @@ def test_gradients_are_clipped_in_a_real_fit(recorded_cli_fit):
             assert after == pytest.approx(clip, rel=1e-4), f"step {step}: {before} -> {after}"
         else:  # below the threshold: untouched
             assert after == pytest.approx(before, rel=1e-5), f"step {step}: {before} -> {after}"
+
+
+def test_the_learning_rate_finder_sets_the_schedules_rate(tmp_path, small_corpus, cli_main):
+    """Lightning's LearningRateFinder: before, its rate reached the hyperparameters and each group's lr
+    only, and the schedule set the old rate back at the next step."""
+    finder = ["--trainer.callbacks+=LearningRateFinder", "--trainer.callbacks.num_training_steps=20"]
+    result = cli_main(*tiny_fit_args(small_corpus, steps=4, val_every=4), *finder, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    h, (scheduler,), (optimizer,) = (
+        saved["hyper_parameters"],
+        saved["lr_schedulers"],
+        saved["optimizer_states"],
+    )
+    assert h["learning_rate"] != 1e-3  # the finder's, not the default
+    assert scheduler["base_lrs"] == [h["learning_rate"]] * len(scheduler["base_lrs"])
+    expected = h["learning_rate"] * warmup_cosine(4, h["warmup_steps"], 4, h["min_lr_ratio"])
+    assert [group["lr"] for group in optimizer["param_groups"]] == pytest.approx([expected] * 2)
 
 
 # --- d. val_loss: the mean cross-entropy over every target token of the validation split ---------
