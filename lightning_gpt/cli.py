@@ -339,6 +339,9 @@ class GPTLightningCLI(LightningCLI):
             super()._run_subcommand(subcommand)
         except MisconfigurationException as error:  # settings Lightning checks only once it runs
             raise _settings_error("trainer", error) from None
+        except ModuleNotFoundError as error:  # a package a callback or logger needs (psutil, wandb, ...)
+            hint = f" (pip install {error.name})" if error.name else ""  # Lightning's own messages say how
+            raise UserError(" ".join(str(error).split()) + hint) from None
         finally:
             if self.lock is not None:
                 unlock(self.lock)

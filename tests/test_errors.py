@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ROOT, TINY_MODEL, run_cli, tiny_fit_args
+from lightning.pytorch.callbacks import device_stats_monitor as device_stats
 
 from lightning_gpt import corpus
 from lightning_gpt.checkpoint_io import check_checkpoint
@@ -37,6 +38,9 @@ ROWS = {
         "token cache edited after it was built"
     ],
     "test_data.py::test_bad_corpora_give_clear_errors": ["a split shorter than the context + 1"],
+    "test_errors.py::test_a_package_a_callback_needs_is_one_line": [
+        "a package that a callback or logger needs is not installed"
+    ],
     "test_errors.py::test_automatic_precision_is_refused_with_a_strategy_that_forks_on_cuda": [
         "automatic precision with `ddp_fork` or `ddp_notebook` on CUDA"
     ],
@@ -302,6 +306,15 @@ def test_automatic_precision_is_refused_with_a_strategy_that_forks_on_cuda(
     args = ["fit", f"--data.path={small_corpus}", *TINY_MODEL, "--trainer.strategy=ddp_fork"]
     message = "--trainer.strategy ddp_fork cannot fork once CUDA has started"
     one_line_error(cli_main(*args, "--trainer.precision=null", cwd=tmp_path), message)
+
+
+def test_a_package_a_callback_needs_is_one_line(tmp_path, small_corpus, cli_main, monkeypatch):
+    """DeviceStatsMonitor without psutil: a traceback once fit had started, before."""
+    monkeypatch.setattr(device_stats, "_PSUTIL_AVAILABLE", False)  # as where psutil is not installed
+    args = [*tiny_fit_args(small_corpus, steps=2, val_every=2), "--trainer.callbacks+=DeviceStatsMonitor"]
+    one_line_error(
+        cli_main(*args, cwd=tmp_path), "`DeviceStatsMonitor` cannot log CPU stats as `psutil` is not"
+    )
 
 
 def test_a_checkpoint_folder_that_cannot_be_made_is_one_line(tmp_path, small_corpus, cli_main):
