@@ -199,12 +199,12 @@ class GPTLightningCLI(LightningCLI):
                 "to save no checkpoints pass --checkpoint.save_top_k 0 --checkpoint.save_last false instead"
             )
         known = (*LOGGED, "step", "epoch")  # and the two ModelCheckpoint always knows
-        monitors = {"--checkpoint.monitor": section.checkpoint.monitor}
-        for callback in _as_list(t.callbacks):  # EarlyStopping, ...
+        monitors = {"--checkpoint.monitor": section.checkpoint.monitor} if subcommand == "fit" else {}
+        for callback in _as_list(t.callbacks) if monitors else []:  # EarlyStopping, ...
             name = f"--trainer.callbacks {callback.class_path.rsplit('.', 1)[-1]}'s monitor"
             monitors[name] = callback.init_args.get("monitor") if "init_args" in callback else None
         for name, monitor in monitors.items():
-            if subcommand == "fit" and isinstance(monitor, str) and monitor not in known:
+            if isinstance(monitor, str) and monitor not in known:
                 problems.append(f"{name} {monitor} is not a logged value; use one of {', '.join(known)}")
         ckpt = section.get("ckpt_path")
         if ckpt and ckpt != "last" and "://" not in ckpt and not Path(ckpt).exists():
@@ -251,18 +251,16 @@ class GPTLightningCLI(LightningCLI):
         trainer = self.config[subcommand].trainer if subcommand else self.config.trainer
         if trainer.precision is None:
             accelerator = trainer.accelerator if isinstance(trainer.accelerator, str) else "auto"
+            device = resolve_accelerator(accelerator)
             strategy = trainer.strategy if isinstance(trainer.strategy, str) else ""
-            if (
-                strategy.startswith(("ddp_fork", "ddp_notebook"))
-                and resolve_accelerator(accelerator) == "cuda"
-            ):
+            if strategy.startswith(("ddp_fork", "ddp_notebook")) and device == "cuda":
                 raise UserError(  # the capability is read with CUDA started, and then its ranks fail
                     f"--trainer.strategy {strategy} cannot fork once CUDA has started, as reading the GPU's "
                     "compute capability for the automatic precision does: pass --trainer.precision "
                     "(bf16-mixed on A100, H100 and newer, else 16-mixed)"
                 )
             trainer.precision = auto_precision(accelerator)
-            if subcommand == "predict" and resolve_accelerator(accelerator) == "cpu":
+            if subcommand == "predict" and device == "cpu":
                 trainer.precision = "32-true"  # decoding on a CPU gains nothing from autocast
         if subcommand in ("validate", "predict"):  # no checkpoints, config.yaml or run folder are written
             if not self.config[subcommand].ckpt_path:
