@@ -11,6 +11,7 @@ import sys
 import warnings
 from argparse import ArgumentError
 from collections.abc import Sequence
+from enum import Enum
 from pathlib import Path
 
 import lightning as L
@@ -249,6 +250,9 @@ class GPTLightningCLI(LightningCLI):
         """``trainer.precision: null`` (the default) means: the fastest safe precision here."""
         subcommand = self.config.get("subcommand")
         trainer = self.config[subcommand].trainer if subcommand else self.config.trainer
+        for callback in _as_list(trainer.callbacks):  # an Enum (Timer's interval) breaks the config's dump
+            for name, value in callback.get("init_args", {}).items():
+                callback.init_args[name] = value.value if isinstance(value, Enum) else value
         if trainer.precision is None:
             accelerator = trainer.accelerator if isinstance(trainer.accelerator, str) else "auto"
             device = resolve_accelerator(accelerator)

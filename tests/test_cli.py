@@ -148,10 +148,12 @@ def test_save_last_false_writes_no_last_checkpoint(tmp_path, small_corpus, cli_m
     assert cli_main(*fit, *link, "--checkpoint.dirpath=linked", cwd=tmp_path).returncode == 0
     assert torch.load(tmp_path / "linked" / "last.ckpt", weights_only=True)["global_step"] == 3
     # beside Lightning's OnExceptionCheckpoint, another kind of Checkpoint callback (a traceback at the
-    # end of fit, which that callback then saved as on_exception.ckpt)
+    # end of fit, which that callback then saved as on_exception.ckpt); and a Timer, whose default
+    # interval (an Enum) LightningCLI could not write into the hyperparameters (a one-line refusal)
     fit = tiny_fit_args(small_corpus, steps=2, val_every=2)
     on_exception = ["--trainer.callbacks+=OnExceptionCheckpoint", "--trainer.callbacks.dirpath=crashed"]
-    result = cli_main(*fit, *on_exception, "--checkpoint.dirpath=beside", cwd=tmp_path)
+    timer = ["--trainer.callbacks+=Timer", "--trainer.callbacks.duration=00:01:00:00"]
+    result = cli_main(*fit, *timer, *on_exception, "--checkpoint.dirpath=beside", cwd=tmp_path)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert torch.load(tmp_path / "beside" / "last.ckpt", weights_only=True)["global_step"] == 2
     assert not (tmp_path / "crashed").exists()
