@@ -105,6 +105,8 @@ class GPTModule(L.LightningModule):
             "beta1": (0 <= beta1 < 1, "in [0, 1)"),
             "beta2": (0 <= beta2 < 1, "in [0, 1)"),
             "weight_decay": (0 <= weight_decay < math.inf, "a finite number >= 0"),
+            "warmup_steps": (warmup_steps >= 0, "at least 0"),
+            "decay_steps": (decay_steps is None or decay_steps >= 1, "at least 1 (unset: trainer.max_steps)"),
         }
         for name, (ok, values) in allowed.items():
             if not ok:
@@ -133,12 +135,20 @@ class GPTModule(L.LightningModule):
         data_vocab = getattr(datamodule, "tokenizer", None) and datamodule.vocab
         if self.model is None:
             if not data_vocab:
-                raise UserError("no vocabulary: pass a corpus (--data.path) or a checkpoint (--ckpt_path)")
+                raise UserError(
+                    "no vocabulary: pass a corpus (--data.path) or a checkpoint (--ckpt_path); from Python, "
+                    "GPTModule.load_from_checkpoint(path) or GPTModule(vocab=...)"
+                )
             self._build(data_vocab)
         elif data_vocab and data_vocab != self.hparams.vocab:
             raise UserError(
                 f"the corpus vocabulary ({len(data_vocab)} characters) differs from the model's "
                 f"({len(self.hparams.vocab)}); use the corpus the checkpoint was trained on"
+            )
+        if getattr(datamodule, "context_length", 0) > self.hparams.context_length:  # linked by the CLI
+            raise UserError(
+                f"the data's windows ({datamodule.context_length} characters) are longer than the model's "
+                f"context_length {self.hparams.context_length}; give CharDataModule the model's"
             )
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
@@ -154,6 +164,12 @@ class GPTModule(L.LightningModule):
             torch.set_float32_matmul_precision("high")
 
     def on_train_start(self) -> None:
+        t = self.trainer  # Lightning validates at epoch ends by default, and the training stream has none
+        if t.val_check_batch == math.inf and t.num_training_batches == math.inf and t.limit_val_batches:
+            rank_zero_warn(
+                "validation never runs: the training data has no epoch end; pass "
+                "Trainer(val_check_interval=N, check_val_every_n_epoch=None) to validate every N batches"
+            )
         # Lightning's LearningRateFinder sets hparams.learning_rate and each group's lr once the schedule is
         # built, which then set the old rate back at the next step: the schedule starts from the new one
         for config in self.trainer.lr_scheduler_configs:
@@ -161,11 +177,16 @@ class GPTModule(L.LightningModule):
 
     def stream_text(self, prompt: str, max_new_tokens: int = 500, **sampling) -> Iterator[list[str]]:
         """Stream characters continuing ``prompt``; see ``lightning_gpt.generation.stream_text``."""
-        return stream_text(self.model, self.tokenizer, prompt, max_new_tokens, **sampling)
+        return stream_text(self._built(), self.tokenizer, prompt, max_new_tokens, **sampling)
 
     def generate_text(self, prompt: str, max_new_tokens: int = 500, **sampling) -> str:
         """``prompt`` and ``max_new_tokens`` sampled characters, e.g. ``generate_text("A:", 200, seed=1)``."""
-        return generate_text(self.model, self.tokenizer, prompt, max_new_tokens, **sampling)
+        return generate_text(self._built(), self.tokenizer, prompt, max_new_tokens, **sampling)
+
+    def _built(self) -> GPT:
+        if self.model is None:
+            raise UserError("no model yet: fit it, load a checkpoint or pass GPTModule(vocab=...)")
+        return self.model
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[str]:
         """One prompt -> ``num_samples`` texts (prompt + continuation), per ``self.generation``."""
@@ -273,7 +294,10 @@ class GPTModule(L.LightningModule):
             optimizer = torch.optim.AdamW(groups, lr=h.learning_rate, betas=(h.beta1, h.beta2), foreach=True)
         decay_steps = h.decay_steps or self.trainer.max_steps
         if decay_steps is None or decay_steps < 0:
-            raise UserError("set --trainer.max_steps or --model.decay_steps for the learning-rate schedule")
+            raise UserError(
+                "set the trainer's max_steps (--trainer.max_steps) or the model's decay_steps "
+                "(--model.decay_steps) for the learning-rate schedule"
+            )
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: warmup_cosine(step, h.warmup_steps, decay_steps, h.min_lr_ratio)
         )

@@ -8,6 +8,7 @@ import re
 import subprocess
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from conftest import ROOT, TINY_MODEL, run_cli, tiny_fit_args
@@ -16,6 +17,7 @@ from lightning.pytorch.callbacks import device_stats_monitor as device_stats
 from lightning_gpt import corpus
 from lightning_gpt.checkpoint_io import check_checkpoint
 from lightning_gpt.corpus import build_token_cache, text_chunks
+from lightning_gpt.data import CharDataModule
 from lightning_gpt.errors import UserError
 from lightning_gpt.module import GPTModule
 
@@ -59,7 +61,7 @@ ROWS = {
         "validation interval not a multiple of the accumulated batches",
         "impossible `--sample` setting",
         "a count below 1 (accumulated batches, validation interval)",
-        "optimizer setting out of range (learning rate, betas, weight decay, final LR ratio)",
+        "optimizer setting out of range (learning rate, betas, weight decay, final LR ratio, warmup, decay)",
         "negative number of dataloader workers",
         "a `--checkpoint` setting Lightning refuses",
         "`--checkpoint.monitor` (or a callback's monitor) not a logged value",
@@ -86,6 +88,10 @@ ROWS = {
     "test_errors.py::test_no_step_count_and_no_vocabulary": [
         "no step count for the schedule (a run limited by `--trainer.max_time`)",
         "no vocabulary to build the model from",
+    ],
+    "test_errors.py::test_python_users_get_one_clear_line": [
+        "from Python: generating before the model is built (no fit, checkpoint or vocabulary)",
+        "from Python: a `CharDataModule` with longer windows than the model's context (the CLI links them)",
     ],
     "test_cli.py::test_non_finite_loss_stops_with_the_step_and_keeps_checkpoints": [
         "training or validation loss NaN or inf"
@@ -265,6 +271,7 @@ def test_help_offers_fit_validate_and_predict_only(tmp_path, cli_main):
         ),
         ("--model.learning_rate=-1", "model.learning_rate must be a finite number >= 0, got -1.0"),
         ("--model.beta1=1.5", "model.beta1 must be in [0, 1), got 1.5"),
+        ("--model.decay_steps=0", "model.decay_steps must be at least 1 (unset: trainer.max_steps), got 0"),
         ("--data.num_workers=-1", "data.num_workers must be 0 (no worker processes) or more, got -1"),
         ("--checkpoint.mode=best", "invalid --checkpoint settings: `mode` can be min, max but got best"),
         (
@@ -506,7 +513,35 @@ def test_no_step_count_and_no_vocabulary(tmp_path, small_corpus, cli_main):
     result = cli_main(
         *args, "--trainer.max_time=00:00:01:00", "--trainer.enable_progress_bar=false", cwd=tmp_path
     )
-    one_line_error(result, "set --trainer.max_steps or --model.decay_steps for the learning-rate schedule")
+    one_line_error(result, "set the trainer's max_steps (--trainer.max_steps) or the model's decay_steps")
+
+
+def test_python_users_get_one_clear_line(tmp_path, small_corpus):
+    """From Python, as Lightning's docs teach: a plain Trainer, GPTModule and CharDataModule."""
+    with pytest.raises(UserError, match="no model yet: fit it, load a checkpoint"):  # an AttributeError
+        GPTModule().generate_text("ROMEO:", 5)
+    for setting, message in {
+        "decay_steps": "model.decay_steps must be at least 1",
+        "warmup_steps": "at least 0",
+    }.items():
+        with pytest.raises(
+            UserError, match=message
+        ):  # -1: a schedule silently ended at max_steps or warmed up
+            GPTModule(**{setting: -1})
+    tiny = dict(d_model=16, num_heads=2, num_blocks=1, context_length=16, dropout=0.0, warmup_steps=1)
+    quiet = dict(
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    data = CharDataModule(path=str(small_corpus), batch_size=4, context_length=32)
+    with pytest.raises(
+        UserError, match=r"windows \(32 characters\) are longer than the model's context_length 16"
+    ):
+        L.Trainer(max_steps=1, **quiet).fit(GPTModule(**tiny), datamodule=data)  # a ValueError 20 frames deep
+    # Lightning's default validates at epoch ends, which the endless training stream never reaches: it
+    # trained without a word, never validating
+    data = CharDataModule(path=str(small_corpus), batch_size=4, context_length=16)
+    with pytest.warns(UserWarning, match="validation never runs: the training data has no epoch end"):
+        L.Trainer(max_steps=2, num_sanity_val_steps=0, **quiet).fit(GPTModule(**tiny), datamodule=data)
 
 
 def test_prompt_file_missing(tmp_path, tiny_checkpoint, cli_main):
