@@ -158,11 +158,19 @@ def fit_args(tmp_path: Path, corpus: Path, steps: int, every: int, *extra: str) 
     ]
 
 
-def test_logging_work_and_host_reads_happen_at_logging_steps_only(tmp_path, small_corpus, monkeypatch):
+@pytest.mark.parametrize("accumulate", [1, 2])  # 2: tokens_per_sec was logged again after a logging step
+def test_logging_work_and_host_reads_happen_at_logging_steps_only(
+    tmp_path, small_corpus, monkeypatch, accumulate
+):
     monkeypatch.undo()  # the CLI reads CharDataModule's real signature
     every, steps = 4, 12
     windows = StepWindows()
-    cli = make_cli(fit_args(tmp_path, small_corpus, steps, every), callbacks=[windows], run=False)
+    accumulated = [
+        f"--trainer.accumulate_grad_batches={accumulate}",
+        f"--trainer.val_check_interval={steps * 4}",
+    ]
+    args = fit_args(tmp_path, small_corpus, steps, every, *accumulated)  # no validation: a multiple of both
+    cli = make_cli(args, callbacks=[windows], run=False)
     memory = MemoryLogger()
     cli.trainer.loggers = [*cli.trainer.loggers, memory]  # beside TensorBoard
     logged_at: list[int] = []
@@ -182,10 +190,11 @@ def test_logging_work_and_host_reads_happen_at_logging_steps_only(tmp_path, smal
     assert sorted(set(logged_at)) == logging_steps  # no logging work between them
     assert sorted(set(reads.steps)) == logging_steps  # the finite-loss check, read at logging steps only
     sent = memory.metrics
-    assert sorted(sent) == logging_steps
+    assert sorted(sent) == logging_steps, sent
     for step in logging_steps:
         assert set(sent[step]) - {"epoch"} == {"train_loss", "lr", "grad_norm", "tokens_per_sec"}
-        assert sent[step]["train_loss"] == pytest.approx(windows.losses[step])  # this step's values
+        # this step's values (Lightning hands callbacks the loss divided by the accumulated batches)
+        assert sent[step]["train_loss"] == pytest.approx(windows.losses[step] * accumulate)
         assert sent[step]["grad_norm"] == pytest.approx(windows.grad_norms[step])
     assert len(set(windows.grad_norms.values())) == steps  # the norms tell the steps apart
     assert set(cli.trainer.progress_bar_metrics) >= {"train_loss", "lr", "tokens_per_sec"}
