@@ -269,7 +269,10 @@ class GPTLightningCLI(LightningCLI):
         if subcommand in ("validate", "predict"):  # no checkpoints, config.yaml or run folder are written
             if not self.config[subcommand].ckpt_path:
                 raise UserError(f"{subcommand} needs a trained model: pass --ckpt_path CHECKPOINT")
-            warnings.filterwarnings("ignore", message=r"The dirpath has changed from")  # where fit saved
+            # where fit saved; and the callbacks it had (a Timer, ...), which matter to a resume only
+            warnings.filterwarnings(
+                "ignore", message=r"The dirpath has changed from|Be aware that when using"
+            )
             if trainer.logger is None:
                 trainer.logger = False  # nothing to chart: no empty lightning_logs/version_N
             self.save_config_callback = None
