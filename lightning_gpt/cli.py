@@ -236,8 +236,10 @@ class GPTLightningCLI(LightningCLI):
             return
         section.ckpt_path = readable_copy(local_path(ckpt_path))
         try:
-            check_checkpoint(Path(section.ckpt_path))
+            vocab = check_checkpoint(Path(section.ckpt_path))["hyper_parameters"]["vocab"]
             super()._parse_ckpt_path()  # its hyperparameters become the model.* settings
+            # as saved: jsonargparse read the string as YAML (a vocabulary " #…" became None)
+            self.config[subcommand].model.vocab = vocab
         except UserError as error:  # name the URL, not the local copy
             raise UserError(str(error).replace(section.ckpt_path, ckpt_path)) from None
         except ArgumentError as error:  # a setting this version does not have, or of another type

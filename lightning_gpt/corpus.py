@@ -72,7 +72,8 @@ def cache_folder(path: str | os.PathLike, cache_dir: str | os.PathLike) -> Path:
     """``cache_dir/tokens-NAME-HASH``: HASH is a short hash of the absolute corpus path."""
     absolute = Path(path).resolve()
     digest = hashlib.sha256(os.fsencode(absolute)).hexdigest()[:12]
-    return Path(cache_dir) / f"tokens-{absolute.stem[:40]}-{digest}"
+    name = os.fsencode(absolute.stem[:40]).decode("utf-8", "replace")  # torch.from_file reads UTF-8 paths
+    return Path(cache_dir) / f"tokens-{name}-{digest}"
 
 
 def text_chunks(

@@ -59,6 +59,14 @@ def test_single_file_corpus_is_the_file_exactly(tmp_path):
     assert decoded(build_token_cache(path, tmp_path / "cache")) == MIXED  # no separator, \r\n kept
 
 
+def test_a_file_name_that_is_not_utf8_trains(tmp_path):
+    """A Latin-1 name (an old archive's): its undecodable bytes went into the cache folder's name, which
+    torch.from_file could not open (a traceback)."""
+    path = tmp_path / os.fsdecode(b"caf\xe9.txt")
+    path.write_text(MIXED, encoding="utf-8", newline="")
+    assert decoded(build_token_cache(path, tmp_path / "cache")) == MIXED
+
+
 def test_cache_is_reused_then_rebuilt_when_the_corpus_changes(tmp_path):
     corpus = make_folder(tmp_path / "corpus", {"a.txt": "alpha\n", "b.txt": "beta\n"})
     cache_dir = tmp_path / "cache"
