@@ -78,7 +78,8 @@ def request_settings(body: object, tokenizer: CharTokenizer, chat: bool = False)
     if n > 1 and body.get("stream"):  # LitServe's stream would carry the first choice only
         raise ValueError("n above 1 cannot be streamed; ask for one choice per stream")
     sampling = {name: body.get(name) for name in ("temperature", "top_p", "seed", "stream")}
-    request = dict(prompt="\n".join(contents), max_new_tokens=body.get(field), **sampling)
+    separator = next((c for c in "\n " if c in tokenizer.vocab), "")  # one the model knows, else none
+    request = dict(prompt=separator.join(contents), max_new_tokens=body.get(field), **sampling)
     defaults = GenerationSettings(seed=None)  # as OpenAI's API: no seed, another continuation each call
     try:
         return _settings(request, tokenizer, defaults)

@@ -21,7 +21,15 @@ from conftest import CLI
 
 from lightning_gpt.errors import UserError
 from lightning_gpt.generation import stream_text
-from lightning_gpt.serve import MAX_BODY_BYTES, MAX_NEW_TOKENS, MAX_PROMPT_CHARS, build_model, check_port
+from lightning_gpt.serve import (
+    MAX_BODY_BYTES,
+    MAX_NEW_TOKENS,
+    MAX_PROMPT_CHARS,
+    build_model,
+    check_port,
+    request_settings,
+)
+from lightning_gpt.tokenizer import CharTokenizer
 
 START_TIMEOUT = 180  # seconds: three Python processes import torch on a possibly busy 2-core machine
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -196,6 +204,14 @@ BAD_CHAT = [
     ),
     ({"messages": [{"role": "user", "content": "\u00e9"}], "stream": True}, "not in the model's vocabulary"),
 ]
+
+
+def test_chat_messages_are_joined_by_a_character_the_model_knows():
+    """A system and a user message were joined by a newline that a model trained without one refused (400:
+    "remove them", though the client had sent none)."""
+    messages = [{"role": "system", "content": "ab"}, {"role": "user", "content": "ba"}]
+    for vocab, prompt in (("\n ab", "ab\nba"), (" ab", "ab ba"), ("ab", "abba")):
+        assert request_settings({"messages": messages}, CharTokenizer(vocab), chat=True)["prompt"] == prompt
 
 
 def test_bad_requests_get_one_message_and_the_server_keeps_serving(server):
