@@ -82,13 +82,18 @@ def test_cache_is_reused_then_rebuilt_when_the_corpus_changes(tmp_path):
     assert changed.built and decoded(changed) == "alpha\n" + SEPARATOR + "beta, changed\n"
     assert changed.tokens_path.stat().st_ino != before.st_ino
 
+    (corpus / "b.txt").write_text("beta, chanced\n")  # a typo mended: the same size, a later mtime
+    os.utime(corpus / "b.txt", ns=(before.st_mtime_ns + 10**9,) * 2)
+    mended = build_token_cache(corpus, cache_dir)
+    assert mended.built and decoded(mended).endswith("beta, chanced\n")
+
     (corpus / "0.txt").write_text("zero\n")
     added = build_token_cache(corpus, cache_dir)
     assert added.built and decoded(added).startswith("zero\n" + SEPARATOR + "alpha")
 
     (corpus / "a.txt").unlink()
     removed = build_token_cache(corpus, cache_dir)
-    assert removed.built and decoded(removed) == "zero\n" + SEPARATOR + "beta, changed\n"
+    assert removed.built and decoded(removed) == "zero\n" + SEPARATOR + "beta, chanced\n"
     assert not build_token_cache(corpus, cache_dir).built
     assert sorted(p.name for p in removed.folder.iterdir()) == ["meta.json", "tokens.bin"]  # no temp files
 

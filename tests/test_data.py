@@ -50,6 +50,22 @@ def test_training_batches_are_shifted_windows(small_corpus):
         assert torch.equal(row_y, data.train_tokens[offset + 1 : offset + 17].long())
 
 
+def test_every_window_start_is_drawn_and_none_past_the_end():
+    tokens = torch.arange(20, dtype=torch.uint8)  # T = 16: windows of 17 tokens start at 0 .. 3
+    x, y = RandomWindows(tokens, 16, batch_size=64, seed=0).batch(0)
+    assert set(x[:, 0].tolist()) == {0, 1, 2, 3} and y[:, -1].max() == 19  # the corpus's last token
+
+
+def test_a_resumed_datamodule_draws_with_the_saved_seed(small_corpus, monkeypatch):
+    monkeypatch.setenv("PL_GLOBAL_SEED", "1")
+    first = setup_module_for(small_corpus, batch_size=4, context_length=16)
+    batch = next(iter(first.train_dataloader()))[0]
+    monkeypatch.setenv("PL_GLOBAL_SEED", "2")  # a resume without the first run's --seed_everything
+    resumed = setup_module_for(small_corpus, batch_size=4, context_length=16)
+    resumed.load_state_dict(first.state_dict())  # as Lightning restores it from the checkpoint
+    assert torch.equal(next(iter(resumed.train_dataloader()))[0], batch)
+
+
 def test_same_seed_same_batches_other_rank_other_batches(small_corpus):
     data = setup_module_for(small_corpus, batch_size=8, context_length=16)
 

@@ -1,10 +1,11 @@
+import math
 from collections.abc import Iterator
 
 import pytest
 import torch
 
 from lightning_gpt import GPT, GPTConfig, preset
-from lightning_gpt.model import KVCache, decode, rotary_table, rotate, split_weights
+from lightning_gpt.model import KVCache, decode, rotary_table, rotate, sinusoidal_table, split_weights
 
 
 def expected_parameters(c: GPTConfig) -> int:
@@ -38,6 +39,28 @@ def test_sinusoidal_and_rotary_positions_have_no_parameters():
     learned = GPT(preset("seed")).num_parameters()
     for positional in ("sinusoidal", "rotary"):
         assert learned - GPT(preset("seed", positional=positional)).num_parameters() == 256 * 256
+
+
+def test_position_tables_hold_the_papers_values():
+    """Not in checkpoints (rebuilt at every load): a changed formula would silently alter every model."""
+    sinusoidal, (cos, sin) = sinusoidal_table(50, 8), rotary_table(50, 8)  # [50, 8]; [50, 4] each
+    for position, i in ((37, 1), (49, 3)):  # pair i: frequency 10000^(-2i/8)
+        angle = position * 10000 ** (-2 * i / 8)
+        assert sinusoidal[position, 2 * i] == pytest.approx(math.sin(angle), abs=1e-5)
+        assert sinusoidal[position, 2 * i + 1] == pytest.approx(math.cos(angle), abs=1e-5)
+        assert (cos[position, i], sin[position, i]) == pytest.approx(
+            (math.cos(angle), math.sin(angle)), abs=1e-5
+        )
+
+
+def test_initial_weights_follow_gpt2():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(d_model=256, num_blocks=8))
+    assert not any(p.any() for name, p in model.named_parameters() if name.endswith("bias"))
+    block = model.blocks[3]
+    assert block.ffn.up.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    for projection in (block.attn.proj, block.ffn.down):  # into the residual stream: 0.02 / sqrt(2N)
+        assert projection.weight.std().item() == pytest.approx(0.02 / math.sqrt(2 * 8), rel=0.05)
 
 
 def test_rotary_attention_scores_depend_only_on_the_distance():
