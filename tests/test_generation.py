@@ -7,6 +7,7 @@ import lightning_gpt.generation as generation
 from lightning_gpt import GPT, preset
 from lightning_gpt.errors import UserError
 from lightning_gpt.generation import filter_logits, generate_tokens, sample_next
+from lightning_gpt.model import decode
 from lightning_gpt.module import GPTModule
 
 
@@ -48,6 +49,19 @@ def test_cached_and_uncached_logits_match_past_the_context(model, monkeypatch, k
     assert len(recorded[True]) == len(recorded[False]) == 60  # 65 tokens: well past context 16
     for cached, uncached in zip(recorded[True], recorded[False], strict=True):
         torch.testing.assert_close(cached, uncached, atol=1e-4, rtol=1e-4)  # logits ~ 1e2
+
+
+def test_the_window_restarts_from_half_the_context_once_it_is_full(model, monkeypatch):
+    calls = []
+
+    def spy(model, ids, cache, start=0, halves=None):
+        calls.append((start, ids.shape[1]))
+        return decode(model, ids, cache, start, halves)
+
+    monkeypatch.setattr(generation, "decode", spy)
+    run(model, torch.zeros(1, 15, dtype=torch.long), 3, temperature=0)  # context 16
+    # the prompt; its 16th token, at position 15; the 17th overflows: a restart from the last 8 (the default)
+    assert calls == [(0, 15), (15, 1), (0, 8)]
 
 
 def test_a_one_token_context_generates_as_the_seed_loop():
@@ -104,6 +118,14 @@ def test_top_p_keeps_the_smallest_set_reaching_p(top_p, allowed):
     draws = {sample_next(crafted_logits(), top_p=top_p, generator=g).item() for _ in range(2000)}
     assert draws <= allowed
     assert len(draws) >= len(allowed) - 1  # the likely members do get drawn
+
+
+def test_the_edges_of_top_k_and_top_p_are_honoured():
+    logits = crafted_logits()  # 6 tokens
+    assert torch.isinf(filter_logits(logits, top_k=5)).nonzero()[:, 1].tolist() == [2]  # the least likely
+    assert torch.equal(filter_logits(logits, top_k=6), logits)
+    assert torch.equal(filter_logits(logits, top_p=1.0), logits)
+    generation.check_sampling(0.8, 6, 1.0, 10)  # top_p 1.0 is "off": allowed (OpenAI clients send it)
 
 
 def test_sampling_draws_what_torch_multinomial_draws():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 
 import pytest
 import torch
@@ -49,6 +50,21 @@ def test_muon_takes_exactly_the_blocks_matrices_and_adamw_the_rest():
 def test_an_unknown_optimizer_is_a_user_error():
     with pytest.raises(UserError, match="model.optimizer must be one of"):
         GPTModule(**TINY, optimizer="sgd")
+
+
+def test_muon_steps_as_written_nesterov_momentum_and_an_rms_like_adamws():
+    weight = torch.nn.Parameter(torch.randn(8, 32, generator=torch.Generator().manual_seed(0)))
+    optimizer = MuonAdamW([{"params": [weight], "muon": True, "weight_decay": 0.0}], lr=0.1)
+    expected, buffer = weight.detach().clone(), torch.zeros(8, 32)
+    for seed in (1, 2):
+        grad = torch.randn(8, 32, generator=torch.Generator().manual_seed(seed))
+        buffer = 0.95 * buffer + grad  # momentum 0.95, the default
+        expected -= (
+            0.1 * 0.2 * math.sqrt(32) * orthogonalize(grad + 0.95 * buffer)
+        )  # scaled by max(rows, cols)
+        weight.grad = grad
+        optimizer.step()
+    torch.testing.assert_close(weight.detach(), expected)
 
 
 def test_zero_gradients_move_the_weights_only_by_weight_decay():

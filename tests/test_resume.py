@@ -448,13 +448,14 @@ def keep_generators():
 def seeded_states(seed: int) -> dict:
     torch.manual_seed(seed)
     random.seed(seed)
+    random.gauss(0, 1)  # makes a pair and keeps the second for the next call: part of the state
     np.random.seed(seed)
     return rng_states()
 
 
 def draws() -> list[float]:
-    """The next number of the torch, Python and NumPy generators."""
-    return [torch.rand(()).item(), random.random(), float(np.random.rand())]
+    """The next number of the torch, Python (and its kept Gaussian) and NumPy generators."""
+    return [torch.rand(()).item(), random.random(), random.gauss(0, 1), float(np.random.rand())]
 
 
 def test_each_rank_gets_its_own_generator_states_back(tmp_path, keep_generators):

@@ -29,6 +29,8 @@ def test_unknown_characters_are_named():
         tokenizer.encode("a café costs 2€")
     # the error names characters once each, including ones beyond the table
     assert tokenizer.unknown_characters("zz😀") == ["z", "😀"]
+    with pytest.raises(UnknownCharacterError, match="'d'"):  # one past the lookup table's end
+        tokenizer.encode("d")
     # a lone surrogate (Python's escape for a byte that is not UTF-8) is one more unknown character
     assert tokenizer.unknown_characters("a\udcff") == ["\udcff"]
     surrogates = CharTokenizer.from_text("ab\udcff")  # a raw UnicodeDecodeError before
