@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -54,6 +55,12 @@ def test_plot_loss_curve_reads_a_real_run(tmp_path, tiny_checkpoint):
     events.Reload()
     logged = [(event.step, f"{event.value:.4f}") for event in events.Scalars("val_loss")]
     assert len(logged) == 2  # validations after steps 15 and 30
+    for loss, bpc, ppl in zip(
+        *(events.Scalars(name) for name in ("val_loss", "val_bpc", "val_ppl")), strict=True
+    ):
+        assert (bpc.value, ppl.value) == pytest.approx(
+            (loss.value / math.log(2), math.exp(loss.value)), rel=1e-5
+        )
 
     for x in ("step", "wall"):
         out = tmp_path / "plots" / f"loss_{x}.png"
