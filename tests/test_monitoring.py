@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -15,7 +16,8 @@ import torch
 from conftest import ROOT
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from lightning_gpt.callbacks import TextSampler
+from lightning_gpt import callbacks
+from lightning_gpt.callbacks import TextSampler, TrainingSpeed
 from lightning_gpt.data import CharDataModule
 from lightning_gpt.module import GPTModule
 
@@ -45,6 +47,17 @@ def table_rows(stdout: str) -> list[tuple[int, float, str]]:
         if len(fields) == 3 and fields[0].isdigit():
             rows.append((int(fields[0]), float(fields[1]), fields[2]))
     return rows
+
+
+def test_tokens_per_sec_counts_the_tokens_of_every_process(monkeypatch):
+    clock, logged = iter([10.0, 11.0]), {}
+    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: next(clock))
+    trainer = SimpleNamespace(world_size=4, log_every_n_steps=2, accumulate_grad_batches=1)
+    module = SimpleNamespace(log=lambda name, value, **kwargs: logged.update({name: float(value)}))
+    speed, batch = TrainingSpeed(), (None, torch.zeros(8, 16))  # targets: 128 tokens on each process
+    for trainer.global_step in (1, 2):  # the end of the first step starts the clock
+        speed.on_train_batch_end(trainer, module, None, batch, trainer.global_step - 1)
+    assert logged == {"tokens_per_sec": 4 * 128 / 1.0}
 
 
 def test_plot_loss_curve_reads_a_real_run(tmp_path, tiny_checkpoint):

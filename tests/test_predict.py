@@ -43,6 +43,12 @@ def test_several_prompts_and_samples(bare_dir, cli_main):
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("==> prompt") == 4
     assert "==> prompt 2, sample 2 <==\nAll:" in result.stdout
+    # prompt i samples with seed + i (modulo 2**63): alone, with seed 0, it gives the same samples
+    alone = cli_main(
+        *result.args[:2], "--generate.prompt=All:", *result.args[3:7], "--generate.seed=0", cwd=bare_dir
+    )
+    second = result.stdout.split("==> prompt 2, sample 1 <==\n")[1].replace("prompt 2,", "prompt 1,")
+    assert alone.stdout == "==> prompt 1, sample 1 <==\n" + second, alone.stderr
 
 
 def test_predict_asked_for_two_processes_prints_and_writes_every_sample_once(bare_dir, cli_main):
