@@ -1,12 +1,14 @@
 """``cli.py`` end to end with a tiny model on a small corpus: in subprocesses where the output of a
 whole process is checked, in-process (``cli_main``) where the process boundary adds nothing."""
 
+import math
 import os
 import shutil
 import sys
 import warnings
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from conftest import TINY_MODEL, main_in_process, run_cli, run_command, tiny_fit_args
@@ -242,6 +244,33 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_checkpoints(
     assert "the training loss became" in last and "at step" in last and "Traceback" not in result.stderr
     kept = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert all(torch.isfinite(t).all() for t in kept["state_dict"].values() if t.is_floating_point())
+
+
+class NanLossAt(L.Callback):
+    """The loss of training step ``step`` (from 0) alone is nan; its gradients stay finite."""
+
+    def __init__(self, step: int = 2):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        model = pl_module.model
+        model.__dict__.pop("forward", None)
+        if trainer.global_step == self.step:
+            plain = model.forward
+
+            def forward(idx, targets):
+                logits, loss = plain(idx, targets)
+                return logits, loss + loss.detach() * math.nan  # the value nan, the gradients finite
+
+            model.forward = forward
+
+
+def test_a_nan_loss_between_logging_steps_still_stops_training(tmp_path, small_corpus, cli_main):
+    """Every loss since the last check counts: a nan at step 3 alone was forgotten by step 4's check."""
+    fit = [*tiny_fit_args(small_corpus, steps=8, val_every=8), "--trainer.log_every_n_steps=4"]
+    result = cli_main(*fit, f"--trainer.callbacks+={__name__}.NanLossAt", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "the training loss became nan or inf at step 4 or earlier" in result.stderr.splitlines()[-1]
 
 
 def test_print_config_runs_as_is(tmp_path, small_corpus, cli_main):
