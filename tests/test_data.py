@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 from lightning import Trainer
+from lightning.pytorch.utilities import rank_zero_only
+from lightning_utilities.core.rank_zero import rank_zero_only as utils_rank_zero_only
 
 from lightning_gpt.corpus import read_corpus
 from lightning_gpt.data import CharDataModule, ConsecutiveWindows, RandomWindows
@@ -130,6 +132,8 @@ def test_fewer_validation_windows_than_processes_is_one_line(small_corpus, monke
     data = setup_module_for(small_corpus, context_length=16)
     windows = len(ConsecutiveWindows(data.val_tokens, 16))
     monkeypatch.setenv("LOCAL_RANK", str(windows))  # this process: the last of windows + 1 ranks
+    for rank_zero in (rank_zero_only, utils_rank_zero_only):  # set by the strategy: put back afterwards
+        monkeypatch.setattr(rank_zero, "rank", rank_zero.rank)  # (else rank_zero_warn is silent later on)
     data.trainer = Trainer(accelerator="cpu", devices=windows + 1, strategy="ddp", logger=False)
     message = f"has {windows} windows of context_length 16, fewer than the {windows + 1} processes"
     with pytest.raises(UserError, match=message):
