@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 
 from lightning.pytorch.callbacks import BasePredictionWriter
@@ -38,6 +39,11 @@ class SampleWriter(BasePredictionWriter):
             block = header + text if self.headers else text
             self.texts.append(block)
             print(block, flush=True)
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        # SIGTERM ends the command at once, as other tools (Lightning's handler only notes it: a long
+        # generation went on until SIGKILL); Lightning puts its handlers back afterwards
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     def on_predict_end(self, trainer, pl_module) -> None:
         if self.output is not None and trainer.is_global_zero:

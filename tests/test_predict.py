@@ -6,8 +6,10 @@ import io
 import os
 import pty
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -129,6 +131,24 @@ def test_a_reader_that_goes_away_ends_predict_quietly(bare_dir):
         p.stdout.close()  # before the process has started generating
         stderr = p.stderr.read().decode()
         assert p.wait(timeout=120) == 1 and "Traceback" not in stderr, stderr[-2000:]
+
+
+def test_sigterm_ends_a_long_predict(bare_dir):
+    """Lightning's SIGTERM handler only noted the signal, and the generation went on to its end."""
+    long = "--generate.max_new_tokens=10000000"  # hours
+    command = [sys.executable, str(CLI), "predict", "--ckpt_path=model.ckpt", long]
+    with subprocess.Popen(
+        command, cwd=bare_dir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    ) as p:
+        next(line for line in p.stderr if "Loaded model weights" in line)  # then Lightning takes SIGTERM
+        time.sleep(1)
+        for _ in range(20):
+            p.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=1)
+                break
+        p.kill()
+    assert p.returncode == -signal.SIGTERM
 
 
 def test_a_stdout_that_cannot_print_the_vocabulary_is_one_line_before_generating(bare_dir, monkeypatch):
