@@ -106,7 +106,10 @@ class GPTModule(L.LightningModule):
             "beta2": (0 <= beta2 < 1, "in [0, 1)"),
             "weight_decay": (0 <= weight_decay < math.inf, "a finite number >= 0"),
             "warmup_steps": (warmup_steps >= 0, "at least 0"),
-            "decay_steps": (decay_steps is None or decay_steps >= 1, "at least 1 (unset: trainer.max_steps)"),
+            "decay_steps": (
+                decay_steps is None or decay_steps >= 0,
+                "at least 0 (0 or unset: trainer.max_steps)",
+            ),
         }
         for name, (ok, values) in allowed.items():
             if not ok:
@@ -145,7 +148,8 @@ class GPTModule(L.LightningModule):
                 f"the corpus vocabulary ({len(data_vocab)} characters) differs from the model's "
                 f"({len(self.hparams.vocab)}); use the corpus the checkpoint was trained on"
             )
-        if getattr(datamodule, "context_length", 0) > self.hparams.context_length:  # linked by the CLI
+        windows = 0 if trainer is None or trainer.predicting else getattr(datamodule, "context_length", 0)
+        if windows > self.hparams.context_length:  # linked by the CLI; predict reads prompts only
             raise UserError(
                 f"the data's windows ({datamodule.context_length} characters) are longer than the model's "
                 f"context_length {self.hparams.context_length}; give CharDataModule the model's"
@@ -165,10 +169,12 @@ class GPTModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         t = self.trainer  # Lightning validates at epoch ends by default, and the training stream has none
-        if t.val_check_batch == math.inf and t.num_training_batches == math.inf and t.limit_val_batches:
+        endless = t.val_check_batch == math.inf and t.num_training_batches == math.inf
+        if endless and t.limit_val_batches and t.datamodule is not None:
             rank_zero_warn(
                 "validation never runs: the training data has no epoch end; pass "
-                "Trainer(val_check_interval=N, check_val_every_n_epoch=None) to validate every N batches"
+                "Trainer(val_check_interval=N, check_val_every_n_epoch=None) (--trainer.val_check_interval N "
+                "--trainer.check_val_every_n_epoch null) to validate every N batches"
             )
         # Lightning's LearningRateFinder sets hparams.learning_rate and each group's lr once the schedule is
         # built, which then set the old rate back at the next step: the schedule starts from the new one

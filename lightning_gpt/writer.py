@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 
 from lightning.pytorch.callbacks import BasePredictionWriter
 
@@ -24,6 +25,10 @@ def check_stdout(vocab: str) -> None:
         ) from None
 
 
+def _exit(signum: int, frame) -> None:
+    raise SystemExit(128 + signum)  # through Lightning's teardown and atexit (a URL checkpoint's copy)
+
+
 class SampleWriter(BasePredictionWriter):
     """Prints each prompt's samples (LightningCLI discards what ``trainer.predict`` returns)."""
 
@@ -41,9 +46,10 @@ class SampleWriter(BasePredictionWriter):
             print(block, flush=True)
 
     def on_predict_start(self, trainer, pl_module) -> None:
-        # SIGTERM ends the command at once, as other tools (Lightning's handler only notes it: a long
+        # SIGTERM ends the command, status 143, as other tools (Lightning's handler only notes it: a long
         # generation went on until SIGKILL); Lightning puts its handlers back afterwards
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _exit)
 
     def on_predict_end(self, trainer, pl_module) -> None:
         if self.output is not None and trainer.is_global_zero:

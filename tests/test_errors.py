@@ -271,7 +271,10 @@ def test_help_offers_fit_validate_and_predict_only(tmp_path, cli_main):
         ),
         ("--model.learning_rate=-1", "model.learning_rate must be a finite number >= 0, got -1.0"),
         ("--model.beta1=1.5", "model.beta1 must be in [0, 1), got 1.5"),
-        ("--model.decay_steps=0", "model.decay_steps must be at least 1 (unset: trainer.max_steps), got 0"),
+        (
+            "--model.decay_steps=-1",
+            "model.decay_steps must be at least 0 (0 or unset: trainer.max_steps), got -1",
+        ),
         ("--data.num_workers=-1", "data.num_workers must be 0 (no worker processes) or more, got -1"),
         ("--checkpoint.mode=best", "invalid --checkpoint settings: `mode` can be min, max but got best"),
         (
@@ -521,7 +524,7 @@ def test_python_users_get_one_clear_line(tmp_path, small_corpus):
     with pytest.raises(UserError, match="no model yet: fit it, load a checkpoint"):  # an AttributeError
         GPTModule().generate_text("ROMEO:", 5)
     for setting, message in {
-        "decay_steps": "model.decay_steps must be at least 1",
+        "decay_steps": "model.decay_steps must be at least 0",
         "warmup_steps": "at least 0",
     }.items():
         with pytest.raises(
@@ -540,8 +543,12 @@ def test_python_users_get_one_clear_line(tmp_path, small_corpus):
     # Lightning's default validates at epoch ends, which the endless training stream never reaches: it
     # trained without a word, never validating
     data = CharDataModule(path=str(small_corpus), batch_size=4, context_length=16)
+    model = GPTModule(**tiny)
     with pytest.warns(UserWarning, match="validation never runs: the training data has no epoch end"):
-        L.Trainer(max_steps=2, num_sanity_val_steps=0, **quiet).fit(GPTModule(**tiny), datamodule=data)
+        L.Trainer(max_steps=2, num_sanity_val_steps=0, **quiet).fit(model, datamodule=data)
+    data = CharDataModule(path=str(small_corpus))  # windows of 256: predict reads its prompts only
+    data.prompts, model.generation.max_new_tokens = ["the"], 5
+    assert [[len(text)] for text in L.Trainer(**quiet).predict(model, datamodule=data)[0]] == [[8]]
 
 
 def test_prompt_file_missing(tmp_path, tiny_checkpoint, cli_main):
