@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from numbers import Integral, Real
 
 import torch
 
@@ -38,6 +39,13 @@ def check_sampling(
 ) -> None:
     """The one check of sampling settings: raise ValueError with a one-line reason for settings that
     cannot sample (``keep`` also against the model's ``context_length`` when given)."""
+    whole = {"top_k": top_k, "max_new_tokens": max_new_tokens, "keep": keep, "seed": seed}
+    for name, value in {**whole, "temperature": temperature, "top_p": top_p}.items():  # e.g. 20.0 from JSON
+        kind = Integral if name in whole else Real
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
+            raise ValueError(
+                f"{name} must be {'an integer' if kind is Integral else 'a number'}, got {value!r}"
+            )
     if seed is not None and not 0 <= seed < 2**63:  # what a torch.Generator takes
         raise ValueError(f"seed must be in [0, 2**63), got {seed}")
     if not 0 <= temperature < math.inf:

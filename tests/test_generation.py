@@ -160,6 +160,9 @@ def test_a_tiny_temperature_samples_the_most_likely_token():
         ({"top_p": 0.0}, "top_p"),
         ({"top_p": 1.5}, "top_p"),
         ({"max_new_tokens": 0}, "max_new_tokens"),
+        ({"top_k": 20.0}, "top_k must be an integer, got 20.0"),  # a TypeError deep in torch.topk
+        ({"seed": 1.5}, "seed must be an integer, got 1.5"),
+        ({"temperature": "0.8"}, "temperature must be a number, got '0.8'"),
     ],
 )
 def test_invalid_sampling_settings(model, kwargs, message):
