@@ -523,13 +523,8 @@ def test_python_users_get_one_clear_line(tmp_path, small_corpus):
     """From Python, as Lightning's docs teach: a plain Trainer, GPTModule and CharDataModule."""
     with pytest.raises(UserError, match="no model yet: fit it, load a checkpoint"):  # an AttributeError
         GPTModule().generate_text("ROMEO:", 5)
-    for setting, message in {
-        "decay_steps": "model.decay_steps must be at least 0",
-        "warmup_steps": "at least 0",
-    }.items():
-        with pytest.raises(
-            UserError, match=message
-        ):  # -1: a schedule silently ended at max_steps or warmed up
+    for setting in ("decay_steps", "warmup_steps"):  # -1: the schedule took it silently
+        with pytest.raises(UserError, match=f"model.{setting} must be at least 0"):
             GPTModule(**{setting: -1})
     tiny = dict(d_model=16, num_heads=2, num_blocks=1, context_length=16, dropout=0.0, warmup_steps=1)
     quiet = dict(
@@ -548,7 +543,8 @@ def test_python_users_get_one_clear_line(tmp_path, small_corpus):
         L.Trainer(max_steps=2, num_sanity_val_steps=0, **quiet).fit(model, datamodule=data)
     data = CharDataModule(path=str(small_corpus))  # windows of 256: predict reads its prompts only
     data.prompts, model.generation.max_new_tokens = ["the"], 5
-    assert [[len(text)] for text in L.Trainer(**quiet).predict(model, datamodule=data)[0]] == [[8]]
+    [[text]] = L.Trainer(**quiet).predict(model, datamodule=data)  # one prompt, one sample
+    assert text.startswith("the") and len(text) == 3 + 5
 
 
 def test_prompt_file_missing(tmp_path, tiny_checkpoint, cli_main):
