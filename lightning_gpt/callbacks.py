@@ -37,11 +37,8 @@ class TrainingSpeed(L.Callback):
             return
         self._tokens += batch[1].numel() * trainer.world_size
         every = trainer.log_every_n_steps  # Lightning's logging steps (0: never), at an optimizer step's end
-        if (
-            every
-            and trainer.global_step % every == 0
-            and (batch_idx + 1) % trainer.accumulate_grad_batches == 0
-        ):
+        step_end = (batch_idx + 1) % trainer.accumulate_grad_batches == 0
+        if every and trainer.global_step % every == 0 and step_end:
             # a host tensor: a number would become a device tensor that the progress bar reads back
             rate = torch.tensor(self._tokens / (now - self._start))
             pl_module.log("tokens_per_sec", rate, prog_bar=True)

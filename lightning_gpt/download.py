@@ -40,10 +40,9 @@ def _fetch_once(url: str, file: BinaryIO, timeout: float, progress: bool, progre
         response.raise_for_status()
         expected = int(response.headers.get("Content-Length") or 0)
         hide = not progress or expected <= progress_min_bytes
-        bar = tqdm(
+        with tqdm(
             total=expected, unit="B", unit_scale=True, desc=f"downloading {Path(url).name}", disable=hide
-        )
-        with bar:
+        ) as bar:
             for chunk in response.iter_content(_CHUNK):
                 file.write(chunk)
                 digest.update(chunk)

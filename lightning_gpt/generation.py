@@ -197,6 +197,11 @@ class GenerationSettings:
     drop_unknown: bool = False
     keep: int | None = None
 
+    def sampling(self, index: int) -> dict:
+        """``stream_text``'s sampling settings for the ``index``-th prompt (its seed: ``nth_seed``)."""
+        sampling = dict(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, keep=self.keep)
+        return {**sampling, "seed": nth_seed(self.seed, index)}
+
     def check(self, context_length: int | None = None) -> None:
         """Raise ValueError with a one-line reason for impossible settings (``keep`` against the
         model's ``context_length`` where it is known)."""

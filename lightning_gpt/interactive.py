@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from lightning_gpt.generation import GenerationSettings, nth_seed, prepare_prompt
+from lightning_gpt.generation import GenerationSettings, prepare_prompt
 from lightning_gpt.tokenizer import UnknownCharacterError
 
 
@@ -20,8 +20,7 @@ def interactive_session(module, settings: GenerationSettings) -> None:
     answered = 0
     while True:
         if interactive:
-            stdout.write("> ")
-            stdout.flush()
+            print("> ", end="", file=stdout, flush=True)
         try:
             line = stdin.readline()
         except KeyboardInterrupt:
@@ -38,15 +37,9 @@ def interactive_session(module, settings: GenerationSettings) -> None:
             continue
         stdout.write(prompt)
         try:
-            s = settings
-            sampling = dict(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, keep=s.keep)
-            for chars in module.stream_text(
-                prompt, s.max_new_tokens, seed=nth_seed(s.seed, answered), **sampling
-            ):
-                stdout.write(chars[0])
-                stdout.flush()
+            for chars in module.stream_text(prompt, settings.max_new_tokens, **settings.sampling(answered)):
+                print(chars[0], end="", file=stdout, flush=True)
         except KeyboardInterrupt:
             stdout.write(" [stopped]")
-        stdout.write("\n")
-        stdout.flush()
+        print(file=stdout, flush=True)
         answered += 1

@@ -12,7 +12,7 @@ from torchmetrics import MeanMetric
 
 from lightning_gpt.config import GPTConfig
 from lightning_gpt.errors import UserError
-from lightning_gpt.generation import GenerationSettings, generate_text, nth_seed, stream_text
+from lightning_gpt.generation import GenerationSettings, generate_text, stream_text
 from lightning_gpt.model import GPT
 from lightning_gpt.muon import MuonAdamW
 from lightning_gpt.precision import auto_compile
@@ -197,8 +197,7 @@ class GPTModule(L.LightningModule):
     def predict_step(self, batch: dict, batch_idx: int) -> list[str]:
         """One prompt -> ``num_samples`` texts (prompt + continuation), per ``self.generation``."""
         g = self.generation
-        sampling = dict(temperature=g.temperature, top_k=g.top_k, top_p=g.top_p, keep=g.keep)
-        sampling.update(seed=nth_seed(g.seed, batch["index"]), num_samples=g.num_samples)
+        sampling = {**g.sampling(batch["index"]), "num_samples": g.num_samples}
         chars = list(self.stream_text(batch["prompt"], g.max_new_tokens, **sampling))
         return [batch["prompt"] + "".join(step[s] for step in chars) for s in range(g.num_samples)]
 

@@ -46,10 +46,12 @@ class SampleWriter(BasePredictionWriter):
             print(block, flush=True)
 
     def on_predict_start(self, trainer, pl_module) -> None:
-        # SIGTERM ends the command, status 143, as other tools (Lightning's handler only notes it: a long
-        # generation went on until SIGKILL); Lightning puts its handlers back afterwards
+        # SIGTERM and Ctrl-C end the command with 143 and 130, as fit and other tools do (Lightning's SIGTERM
+        # handler only noted it, and a long generation went on until SIGKILL; Ctrl-C exited 1). Lightning
+        # puts every signal's handler back when predict ends.
         if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, _exit)
+            for name in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(name, _exit)
 
     def on_predict_end(self, trainer, pl_module) -> None:
         if self.output is not None and trainer.is_global_zero:

@@ -32,6 +32,7 @@ def bare_dir(tmp_path, tiny_checkpoint):
 
 
 def test_several_prompts_and_samples(bare_dir, cli_main):
+    ctrl_c = signal.getsignal(signal.SIGINT)
     result = cli_main(
         "predict",
         "--ckpt_path=model.ckpt",
@@ -44,6 +45,7 @@ def test_several_prompts_and_samples(bare_dir, cli_main):
         cwd=bare_dir,
     )
     assert result.returncode == 0, result.stderr
+    assert signal.getsignal(signal.SIGINT) is ctrl_c  # predict's Ctrl-C handler is gone with it
     assert result.stdout.count("==> prompt") == 4
     assert "==> prompt 2, sample 2 <==\nAll:" in result.stdout
     # prompt i samples with seed + i (modulo 2**63): alone, with seed 0, it gives the same samples
@@ -134,26 +136,31 @@ def test_a_reader_that_goes_away_ends_predict_quietly(bare_dir):
         assert p.wait(timeout=120) == 1 and "Traceback" not in stderr, stderr[-2000:]
 
 
-def test_sigterm_ends_a_long_predict(bare_dir):
-    """Lightning's SIGTERM handler only noted the signal, and the generation went on to its end."""
+def test_sigterm_and_ctrl_c_end_a_long_predict(bare_dir):
+    """Lightning's SIGTERM handler only noted the signal, and the generation went on to its end; Ctrl-C
+    (SIGINT) exited 1. Both end predict as they end fit: 143 and 130."""
     long = "--generate.max_new_tokens=10000000"  # hours
     command = [sys.executable, str(CLI), "predict", "--ckpt_path=model.ckpt", long]
-    with subprocess.Popen(
-        command, cwd=bare_dir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    ) as p:
-        watchdog = threading.Timer(120, p.kill)  # whatever happens, the test ends
-        watchdog.start()
-        next(line for line in p.stderr if "Loaded model weights" in line)  # then Lightning takes SIGTERM
-        time.sleep(1)
-        for _ in range(5):  # again if one came before the generation began (Lightning's handler took it)
-            p.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.wait(timeout=10)
-                break
-        p.kill()
-        watchdog.cancel()
-        stderr = p.stderr.read()
-    assert p.returncode == 143 and "Traceback" not in stderr, stderr[-2000:]
+    status = {}
+    for name in ("SIGTERM", "SIGINT"):  # one after the other, so each waits for its own start-up only
+        with subprocess.Popen(
+            command, cwd=bare_dir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        ) as p:
+            watchdog = threading.Timer(120, p.kill)  # whatever happens, the test ends
+            watchdog.start()
+            next(line for line in p.stderr if "Loaded model weights" in line)  # then predict takes signals
+            time.sleep(1)
+            for _ in range(5):  # again if one came before the generation began (Lightning's handler took it)
+                p.send_signal(getattr(signal, name))
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.wait(timeout=10)
+                    break
+            p.kill()
+            watchdog.cancel()
+            stderr = p.stderr.read()
+        assert "Traceback" not in stderr, stderr[-2000:]
+        status[name] = p.returncode
+    assert status == {"SIGTERM": 143, "SIGINT": 130}
 
 
 def test_a_stdout_that_cannot_print_the_vocabulary_is_one_line_before_generating(bare_dir, monkeypatch):
