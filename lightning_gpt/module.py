@@ -127,7 +127,8 @@ class GPTModule(L.LightningModule):
 
     def _build(self, vocab: str) -> None:
         self.tokenizer = CharTokenizer(vocab)
-        self.hparams.vocab = vocab
+        # saved again, so that the logged hyperparameters (hparams.yaml) hold it too, not None
+        self.save_hyperparameters({**self.hparams, "vocab": vocab})
         self.model = GPT(self.config(len(vocab)))
         self._train_forward = None
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+import yaml
 from conftest import TINY_MODEL, main_in_process, run_cli, run_command, tiny_fit_args
 
 from lightning_gpt.cli import LOGGED
@@ -52,6 +53,8 @@ def test_fit_then_validate_then_predict_quietly(tmp_path, small_corpus):
     saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert saved["global_step"] == 6
     assert saved["hyper_parameters"]["vocab"] == "".join(sorted(set(small_corpus.read_text())))
+    logged = yaml.safe_load((tmp_path / "lightning_logs" / "version_0" / "hparams.yaml").read_text())
+    assert logged["vocab"] == saved["hyper_parameters"]["vocab"]  # was None: read before the corpus was
     # validation scalars are charted at the steps that checkpoints and samples name
     assert scalar_steps(tmp_path, "val_loss") == [3, 6]
 
