@@ -68,7 +68,7 @@ def test_progress_bar_redraws_every_few_steps(tmp_path, small_corpus, monkeypatc
 
 def test_compiled_training_keeps_plain_checkpoints(tmp_path, small_corpus, cli_main, monkeypatch):
     # torch.compile's wrapper (what could leak "_orig_mod." into checkpoints) with Dynamo's eager backend:
-    # inductor's C++ build of the graphs took 30 s of a CPU's suite (the GPU checks compile for real)
+    # inductor's C++ build would be the slowest test of a CPU suite (the GPU checks compile for real)
     compiled = []
     real_compile = torch.compile
     monkeypatch.setattr(
