@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -19,8 +20,10 @@ import requests
 import torch
 from conftest import CLI
 
+from lightning_gpt.config import GPTConfig
 from lightning_gpt.errors import UserError
 from lightning_gpt.generation import stream_text
+from lightning_gpt.model import GPT
 from lightning_gpt.serve import (
     MAX_BODY_BYTES,
     MAX_NEW_TOKENS,
@@ -329,16 +332,31 @@ def test_listens_on_loopback_only(server):
     assert not [a for a in listening if a.endswith(f":{port:04X}") and not a.startswith("0100007F")]
 
 
-def test_page_streams_and_stops_in_a_browser(server):
+@pytest.fixture
+def slow_server(tiny_checkpoint: Path, tmp_path: Path):
+    """A server of the seed's shape with random weights, over the tiny checkpoint's vocabulary: its answers
+    take seconds, where the tiny model's were complete before a browser had read the first characters
+    (the browser then got them at once, whatever the throttle)."""
+    checkpoint = torch.load(tiny_checkpoint, weights_only=True)
+    shape = {key: value for key, value in asdict(GPTConfig()).items() if key != "vocab_size"}
+    hparams = checkpoint["hyper_parameters"] = {**checkpoint["hyper_parameters"], **shape}
+    model = GPT(GPTConfig.from_hparams(hparams, len(hparams["vocab"])))
+    checkpoint["state_dict"] = {f"model.{key}": value for key, value in model.state_dict().items()}
+    torch.save(checkpoint, tmp_path / "seed_shape.ckpt")
+    with serving(tmp_path / "seed_shape.ckpt", tmp_path / "stderr.txt") as (_, url):
+        yield url, tmp_path / "stderr.txt"
+
+
+def test_page_streams_and_stops_in_a_browser(slow_server):
     playwright = pytest.importorskip("playwright.sync_api", reason="Playwright is in the dev extra")
     if CHROMIUM is None:
         pytest.skip("no chromium to drive (Debian: apt-get install chromium; .ci/run installs it)")
-    page_url = server[0] + "/"
+    page_url = slow_server[0] + "/"
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 900, "height": 520})
         page.goto(page_url)
-        # slow the download (2 kB/s, some 14 s for the whole stream) so that it is still coming in at Stop
+        # slow the download (2 kB/s) so that the stream is still coming in at Stop
         network = page.context.new_cdp_session(page)
         network.send("Network.enable")
         conditions = {"offline": False, "latency": 0, "downloadThroughput": 2000, "uploadThroughput": -1}
@@ -352,7 +370,9 @@ def test_page_streams_and_stops_in_a_browser(server):
         assert sent["max_new_tokens"] == MAX_NEW_TOKENS and "temperature" not in sent and "top_k" not in sent
         page.wait_for_function("document.getElementById('output').textContent.length > 'JULIET:'.length + 20")
         assert page.text_content("#status") == "generating…"
-        page.screenshot(path=os.environ.get("SERVE_SCREENSHOT") or str(Path(server[1]).with_name("page.png")))
+        page.screenshot(
+            path=os.environ.get("SERVE_SCREENSHOT") or str(Path(slow_server[1]).with_name("page.png"))
+        )
         page.click("#stop")
         page.wait_for_function("document.getElementById('status').textContent === 'stopped'")
         text = page.text_content("#output")
