@@ -77,6 +77,22 @@ def server(tiny_checkpoint: Path, tmp_path_factory):
         assert "Traceback" not in log.read_text()
 
 
+@pytest.fixture(scope="module")
+def slow_server(tiny_checkpoint: Path, tmp_path_factory):
+    """A server of the seed's shape with random weights, over the tiny checkpoint's vocabulary, for the tests
+    that need an answer still under way: its answers take seconds, where a fast machine made the tiny
+    model's 2,000 characters before a browser had read the first ones (or a client had left)."""
+    folder = tmp_path_factory.mktemp("slow_serve")
+    checkpoint = torch.load(tiny_checkpoint, weights_only=True)
+    shape = {key: value for key, value in asdict(GPTConfig()).items() if key != "vocab_size"}
+    hparams = checkpoint["hyper_parameters"] = {**checkpoint["hyper_parameters"], **shape}
+    model = GPT(GPTConfig.from_hparams(hparams, len(hparams["vocab"])))
+    checkpoint["state_dict"] = {f"model.{key}": value for key, value in model.state_dict().items()}
+    torch.save(checkpoint, folder / "seed_shape.ckpt")
+    with serving(folder / "seed_shape.ckpt", folder / "stderr.txt") as (_, url):
+        yield url, folder / "stderr.txt"
+
+
 def _ready(url: str) -> bool:
     with contextlib.suppress(requests.ConnectionError):
         return requests.get(f"{url}/health", timeout=5).text == "ok"
@@ -247,25 +263,26 @@ def test_other_sites_pages_are_refused(server):
         assert requests.post(f"{url}/predict", data=body, headers=headers, timeout=30).status_code == 200
 
 
-def test_a_stopped_stream_frees_its_work(server):
-    url, log = server
+def test_a_stopped_stream_frees_its_work(slow_server):
+    url, log = slow_server
+    before = log.read_text().count("a request was stopped")
     body = {"prompt": "A", "max_new_tokens": MAX_NEW_TOKENS, "stream": True}
     with requests.post(f"{url}/predict", json=body, stream=True, timeout=30) as response:
         lines = response.iter_lines()
         assert [json.loads(next(lines)) for _ in range(3)]
     deadline = time.monotonic() + 30
-    while "a request was stopped" not in log.read_text() and time.monotonic() < deadline:
+    while log.read_text().count("a request was stopped") == before and time.monotonic() < deadline:
         time.sleep(0.1)
-    stopped = [line for line in log.read_text().splitlines() if "a request was stopped" in line]
+    stopped = [line for line in log.read_text().splitlines() if "a request was stopped" in line][before:]
     assert stopped and int(stopped[-1].split()[5]) < MAX_NEW_TOKENS, log.read_text()[-2000:]
     assert predict(url, prompt="A", max_new_tokens=3)
 
 
-def test_a_client_that_leaves_a_whole_chat_answer_frees_its_work(server):
+def test_a_client_that_leaves_a_whole_chat_answer_frees_its_work(slow_server):
     """LitServe does not listen for a disconnect while a non-streamed chat answer is made: before, the
     worker made all of it, and the requests queued behind it waited; and with n choices, the first one
     removed the stop mark that the others were to read."""
-    url, log = server
+    url, log = slow_server
     before = log.read_text().count("a request was stopped")
     body = {
         "model": "x",
@@ -330,21 +347,6 @@ def test_listens_on_loopback_only(server):
     listening = [line.split()[1] for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
     assert f"0100007F:{port:04X}" in listening  # 127.0.0.1, little-endian hex
     assert not [a for a in listening if a.endswith(f":{port:04X}") and not a.startswith("0100007F")]
-
-
-@pytest.fixture
-def slow_server(tiny_checkpoint: Path, tmp_path: Path):
-    """A server of the seed's shape with random weights, over the tiny checkpoint's vocabulary: its answers
-    take seconds, where the tiny model's were complete before a browser had read the first characters
-    (the browser then got them at once, whatever the throttle)."""
-    checkpoint = torch.load(tiny_checkpoint, weights_only=True)
-    shape = {key: value for key, value in asdict(GPTConfig()).items() if key != "vocab_size"}
-    hparams = checkpoint["hyper_parameters"] = {**checkpoint["hyper_parameters"], **shape}
-    model = GPT(GPTConfig.from_hparams(hparams, len(hparams["vocab"])))
-    checkpoint["state_dict"] = {f"model.{key}": value for key, value in model.state_dict().items()}
-    torch.save(checkpoint, tmp_path / "seed_shape.ckpt")
-    with serving(tmp_path / "seed_shape.ckpt", tmp_path / "stderr.txt") as (_, url):
-        yield url, tmp_path / "stderr.txt"
 
 
 def test_page_streams_and_stops_in_a_browser(slow_server):
