@@ -132,15 +132,16 @@ def test_persistent_server_errors_give_up_clearly(server, tmp_path):
 
 
 def test_timeout_is_retried_then_names_the_url(server, tmp_path):
-    server.plan, server.delay = ["slow"] * 5, 0.6
+    # a timeout of 1 s: with 0.3 s, a busy machine's stall could keep the server's thread from counting
+    server.plan, server.delay = ["slow"] * 5, 2.5
     start = time.monotonic()
     with pytest.raises(
         UserError, match=r"cannot download http://127\.0\.0\.1:\d+/file\.txt after 2 attempts"
     ):
         download(
-            f"{server.url}/file.txt", tmp_path / "x.txt", GOOD_HASH, retries=1, timeout=0.3, backoff=0.01
+            f"{server.url}/file.txt", tmp_path / "x.txt", GOOD_HASH, retries=1, timeout=1.0, backoff=0.01
         )
-    assert time.monotonic() - start < 2.5
+    assert time.monotonic() - start < 2 * 1.0 + 1.5  # two timeouts, not the server's delay
     assert server.requests == 2
     assert list(tmp_path.iterdir()) == []
 
@@ -152,8 +153,11 @@ def test_timeout_message_says_it_timed_out(server, tmp_path):
 
 
 def test_slow_then_fast_server_succeeds_on_retry(server, tmp_path):
-    server.plan, server.delay = ["slow"], 0.6
-    dest = download(f"{server.url}/file.txt", tmp_path / "x.txt", GOOD_HASH, timeout=0.3, backoff=0.01)
+    server.plan, server.delay = (
+        ["slow"],
+        2.5,
+    )  # the retry must answer within the timeout, even on a busy machine
+    dest = download(f"{server.url}/file.txt", tmp_path / "x.txt", GOOD_HASH, timeout=1.0, backoff=0.01)
     assert dest.read_bytes() == BODY and server.requests == 2
     assert list(tmp_path.iterdir()) == [dest]
 
