@@ -7,7 +7,9 @@ import logging
 import os
 import posixpath
 import re
+import signal
 import sys
+import threading
 import warnings
 from argparse import ArgumentError
 from collections.abc import Sequence
@@ -54,6 +56,10 @@ LOGGED = ("train_loss", "lr", "grad_norm", "tokens_per_sec", "val_loss", "val_bp
 def _settings_error(group: str, error: Exception, hint: str = "") -> UserError:
     """Lightning's refusal of a ``--trainer`` or ``--checkpoint`` setting, in one line."""
     return UserError(f"invalid --{group} settings: {' '.join(str(error).split())}{hint}")
+
+
+def _exit(signum: int, frame) -> None:
+    raise SystemExit(128 + signum)  # through Lightning's teardown and atexit (a URL checkpoint's copy)
 
 
 def _as_list(callbacks: object) -> list:
@@ -342,6 +348,12 @@ class GPTLightningCLI(LightningCLI):
             self.model.to(self.trainer.strategy.root_device)  # --trainer.accelerator's, as predict's
             interactive_session(self.model, self.generation)
             return
+        handlers = {}
+        if subcommand == "predict" and threading.current_thread() is threading.main_thread():
+            # SIGTERM and Ctrl-C end predict at once with 143 and 130, as they end fit (Lightning's SIGTERM
+            # handler only notes the signal, and a long generation went on until SIGKILL; Ctrl-C exited 1).
+            # Lightning adds its SIGTERM handler to this one while predict runs.
+            handlers = {signum: signal.signal(signum, _exit) for signum in (signal.SIGTERM, signal.SIGINT)}
         try:
             super()._run_subcommand(subcommand)
         except MisconfigurationException as error:  # settings Lightning checks only once it runs
@@ -350,6 +362,8 @@ class GPTLightningCLI(LightningCLI):
             hint = f" (pip install {error.name})" if error.name else ""  # Lightning's own messages say how
             raise UserError(" ".join(str(error).split()) + hint) from None
         finally:
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
             if self.lock is not None:
                 unlock(self.lock)
 

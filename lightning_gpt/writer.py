@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import signal
 import sys
-import threading
 
 from lightning.pytorch.callbacks import BasePredictionWriter
 
@@ -25,10 +23,6 @@ def check_stdout(vocab: str) -> None:
         ) from None
 
 
-def _exit(signum: int, frame) -> None:
-    raise SystemExit(128 + signum)  # through Lightning's teardown and atexit (a URL checkpoint's copy)
-
-
 class SampleWriter(BasePredictionWriter):
     """Prints each prompt's samples (LightningCLI discards what ``trainer.predict`` returns)."""
 
@@ -44,14 +38,6 @@ class SampleWriter(BasePredictionWriter):
             block = header + text if self.headers else text
             self.texts.append(block)
             print(block, flush=True)
-
-    def on_predict_start(self, trainer, pl_module) -> None:
-        # SIGTERM and Ctrl-C end the command with 143 and 130, as fit and other tools do (Lightning's SIGTERM
-        # handler only noted it, and a long generation went on until SIGKILL; Ctrl-C exited 1). Lightning
-        # puts every signal's handler back when predict ends.
-        if threading.current_thread() is threading.main_thread():
-            for name in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(name, _exit)
 
     def on_predict_end(self, trainer, pl_module) -> None:
         if self.output is not None and trainer.is_global_zero:

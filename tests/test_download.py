@@ -147,16 +147,14 @@ def test_timeout_is_retried_then_names_the_url(server, tmp_path):
 
 
 def test_timeout_message_says_it_timed_out(server, tmp_path):
-    server.plan, server.delay = ["slow"], 0.6
+    server.plan, server.delay = ["slow"], 0.6  # no retry: a busy machine can only make the answer later
     with pytest.raises(UserError, match=r"no answer within the 0\.3 s timeout"):
         download(f"{server.url}/file.txt", tmp_path / "x.txt", retries=0, timeout=0.3)
 
 
 def test_slow_then_fast_server_succeeds_on_retry(server, tmp_path):
-    server.plan, server.delay = (
-        ["slow"],
-        2.5,
-    )  # the retry must answer within the timeout, even on a busy machine
+    # a timeout of 1 s: the retry's quick answer must come within it, even on a busy machine
+    server.plan, server.delay = ["slow"], 2.5
     dest = download(f"{server.url}/file.txt", tmp_path / "x.txt", GOOD_HASH, timeout=1.0, backoff=0.01)
     assert dest.read_bytes() == BODY and server.requests == 2
     assert list(tmp_path.iterdir()) == [dest]
