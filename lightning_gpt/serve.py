@@ -166,6 +166,13 @@ class Gate:
                 raise ValueError("the request body is not UTF-8; send JSON in UTF-8") from None
             except (json.JSONDecodeError, RecursionError) as error:
                 raise ValueError(f"the request body is not JSON ({error})") from None
+            try:  # "\ud800" is valid JSON but no character: echoed (a chat's "model"), it failed with a 500
+                json.dumps(request, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError as error:
+                lone = ascii(error.object[error.start])
+                raise ValueError(
+                    f"the request body holds {lone}, half of a surrogate pair; send whole characters"
+                ) from None
             stream = request_settings(request, self.tokenizer, chat=route[1] == CHAT)["stream"]
         except ValueError as error:
             answer = JSONResponse({"error": {"message": str(error)}}, status_code=400)  # OpenAI's shape

@@ -161,6 +161,7 @@ ROWS = {
     "test_serve.py::test_bad_requests_get_one_message_and_the_server_keeps_serving": [
         "request body not JSON, or not an object",
         "request body not UTF-8",
+        "request string with half of a surrogate pair",
         "request body over 1 MB",
         "`/predict` without a prompt string",
         "`/predict` with a field it does not know",

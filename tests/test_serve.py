@@ -229,6 +229,10 @@ BAD_CHAT = [
         "n above 1 cannot be streamed",
     ),
     ({"messages": [{"role": "user", "content": "\u00e9"}], "stream": True}, "not in the model's vocabulary"),
+    (  # echoed in the answer, where it could not be encoded: a 500
+        {"model": "\ud800", "messages": [{"role": "user", "content": "A"}]},
+        "the request body holds '\\ud800', half of a surrogate pair; send whole characters",
+    ),
 ]
 
 
