@@ -100,6 +100,19 @@ def slow_server(slow_checkpoint: Path):
         yield url, log
 
 
+def stops(log: Path) -> list[str]:
+    """The server's "a request was stopped after N of M characters" lines so far."""
+    return [line for line in log.read_text().splitlines() if "a request was stopped" in line]
+
+
+def new_stops(log: Path, before: int, count: int) -> list[str]:
+    """The stop lines after the first ``before``, once there are ``count`` of them (or after 30 s)."""
+    deadline = time.monotonic() + 30
+    while len(stops(log)) < before + count and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return stops(log)[before:]
+
+
 def _ready(url: str) -> bool:
     with contextlib.suppress(requests.RequestException):  # not listening yet, or too busy to answer
         return requests.get(f"{url}/health", timeout=5).text == "ok"
@@ -276,15 +289,12 @@ def test_other_sites_pages_are_refused(server):
 
 def test_a_stopped_stream_frees_its_work(slow_server):
     url, log = slow_server
-    before = log.read_text().count("a request was stopped")
+    before = len(stops(log))
     body = {"prompt": "A", "max_new_tokens": MAX_NEW_TOKENS, "stream": True}
     with requests.post(f"{url}/predict", json=body, stream=True, timeout=30) as response:
         lines = response.iter_lines()
         assert [json.loads(next(lines)) for _ in range(3)]
-    deadline = time.monotonic() + 30
-    while log.read_text().count("a request was stopped") == before and time.monotonic() < deadline:
-        time.sleep(0.1)
-    stopped = [line for line in log.read_text().splitlines() if "a request was stopped" in line][before:]
+    stopped = new_stops(log, before, 1)
     assert stopped and int(stopped[-1].split()[5]) < MAX_NEW_TOKENS, log.read_text()[-2000:]
     assert predict(url, prompt="A", max_new_tokens=3)
 
@@ -294,7 +304,7 @@ def test_a_client_that_leaves_a_whole_chat_answer_frees_its_work(slow_server):
     worker made all of it, and the requests queued behind it waited; and with n choices, the first one
     removed the stop mark that the others were to read."""
     url, log = slow_server
-    before = log.read_text().count("a request was stopped")
+    before = len(stops(log))
     body = {
         "model": "x",
         "messages": [{"role": "user", "content": "A"}],
@@ -303,10 +313,7 @@ def test_a_client_that_leaves_a_whole_chat_answer_frees_its_work(slow_server):
     }
     with pytest.raises(requests.Timeout):
         requests.post(f"{url}/v1/chat/completions", json=body, timeout=0.5)
-    deadline = time.monotonic() + 30
-    while log.read_text().count("a request was stopped") < before + 3 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    stopped = [line for line in log.read_text().splitlines() if "a request was stopped" in line][before:]
+    stopped = new_stops(log, before, 3)
     assert len(stopped) == 3, log.read_text()[-2000:]
     assert all(int(line.split()[5]) < MAX_NEW_TOKENS for line in stopped), stopped
     assert predict(url, prompt="A", max_new_tokens=3)
@@ -386,17 +393,15 @@ def test_page_streams_and_stops_in_a_browser(slow_server):
         assert page.text_content("#status") == "generating…"
         if os.environ.get("SERVE_SCREENSHOT"):  # docs/serve_page.png (docs/serving.md)
             page.screenshot(path=os.environ["SERVE_SCREENSHOT"])
-        before = log.read_text().count("a request was stopped")
+        before = len(stops(log))
         page.click("#stop")
         page.wait_for_function("document.getElementById('status').textContent === 'stopped'")
         text = page.text_content("#output")
         assert text.startswith("JULIET:") and len(text) < len("JULIET:") + MAX_NEW_TOKENS
         assert page.is_enabled("#generate") and not page.is_enabled("#stop")
         browser.close()
-    deadline = time.monotonic() + 30  # the server stopped too (and logged it before the next test reads)
-    while log.read_text().count("a request was stopped") == before and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert log.read_text().count("a request was stopped") == before + 1, log.read_text()[-2000:]
+    # the server stopped too (and logged it before the next test reads its log)
+    assert len(new_stops(log, before, 1)) == 1, log.read_text()[-2000:]
 
 
 def test_serve_refuses_bad_arguments_in_one_line(cli_main, tiny_checkpoint: Path, tmp_path: Path):
