@@ -17,7 +17,7 @@ from numbers import Integral, Real
 import torch
 
 from lightning_gpt.errors import UserError
-from lightning_gpt.model import GPT, KVCache, decode, split_weights
+from lightning_gpt.model import GPT, KVCache, decode
 from lightning_gpt.tokenizer import CharTokenizer, UnknownCharacterError
 
 FLOAT32_TINY = torch.finfo(torch.float32).tiny  # the smallest normal float32: the least temperature
@@ -134,12 +134,11 @@ def generate_tokens(
     device = next(model.parameters()).device
     window = idx.cpu()[:, -context:]  # [B, T], the last context tokens: what the model sees
     cache = KVCache(model.config) if use_cache else None
-    halves = split_weights(model)  # views of the weights for batch-1 decoding on a CPU
 
     def next_logits(ids: torch.Tensor, position: int = 0) -> torch.Tensor:
         """Next-token logits [B, V] after ids [B, T], the first of them at ``position`` in the window."""
         ids = ids.to(device)
-        return (decode(model, ids, cache, position, halves) if use_cache else model(ids)[0])[:, -1]
+        return (decode(model, ids, cache, position) if use_cache else model(ids)[0])[:, -1]
 
     logits = next_logits(window)  # the prompt (prefill)
     if not torch.isfinite(logits).all():  # checked once: sampling would turn NaN into a token

@@ -207,15 +207,12 @@ class KVCache:
         return stored[:, :, :, :end].unbind(0)
 
 
-def decode(
-    model: GPT, idx: torch.Tensor, cache: KVCache, start: int = 0, halves: Halves | None = None
-) -> torch.Tensor:
+def decode(model: GPT, idx: torch.Tensor, cache: KVCache, start: int = 0) -> torch.Tensor:
     """``model(idx)`` in eval mode for tokens at positions start .. start+T-1, the keys and values of
     the positions before ``start`` taken from ``cache``: idx [B, T] -> logits [B, T, V].
 
     ``start`` 0 fills the cache with a prompt; then each call adds one token (T = 1) at the next
-    position. The computation of ``GPT.forward`` without dropout; single rows are multiplied by the
-    weight ``halves`` of ``split_weights(model)``, if given (see ``linear``).
+    position. The computation of ``GPT.forward`` without dropout.
     """
     B, T = idx.shape
     H, C, context = model.config.num_heads, model.config.d_model, model.config.context_length
@@ -225,51 +222,17 @@ def decode(
         raise ValueError(f"positions {start} .. {start + T - 1} exceed context_length {context}")
     if start > 0 and T > 1:
         raise ValueError("decode() fills the cache from position 0, then adds one token per call")
-    halves = halves or {}
     added, rotary = model.positions(start, T)
     x = model.token_embedding(idx) + added  # [B, T, C]
     for i, block in enumerate(model.blocks):
         attn, ffn = block.attn, block.ffn
-        qkv = linear(attn.qkv, block.ln1(x), halves)  # [B, T, 3C]
+        qkv = attn.qkv(block.ln1(x))  # [B, T, 3C]
         qkv = qkv.view(B, T, 3, H, C // H).permute(2, 0, 3, 1, 4)  # [3, B, H, T, hs]
         q, kv = qkv[0], qkv[1:]  # [B, H, T, hs], [2, B, H, T, hs]
         if rotary is not None:
             q, kv = rotate(q, rotary), torch.stack((rotate(kv[0], rotary), kv[1]))
         k, v = cache.update(i, start, kv)  # positions 0 .. start+T-1: 2 x [B, H, start+T, hs]
         y = attn.attend(q, k, v, is_causal=T > 1)  # one new query sees every position: [B, H, T, hs]
-        x = x + linear(attn.proj, y.transpose(1, 2).reshape(B, T, C), halves)  # [B, T, C]
-        x = x + linear(ffn.down, F.relu(linear(ffn.up, block.ln2(x), halves)), halves)  # [B, T, C]
-    return linear(model.head, model.ln_final(x), halves)  # [B, T, V]
-
-
-Halves = dict[nn.Linear, tuple[torch.Tensor, torch.Tensor | None]]
-
-
-def split_weights(model: nn.Module) -> Halves:
-    """The weight [out, in] and bias [out] of every Linear of even width in ``model`` viewed as two
-    halves, [2, in, out/2] and [2, 1, out/2], for ``linear``; none on a GPU or with one CPU thread.
-    Views: they follow in-place changes of the weights, not new weight tensors."""
-    if torch.get_num_threads() < 2:
-        return {}
-    return {
-        layer: (
-            layer.weight.view(2, layer.out_features // 2, layer.in_features).transpose(1, 2),
-            None if layer.bias is None else layer.bias.view(2, 1, layer.out_features // 2),
-        )
-        for layer in model.modules()
-        if isinstance(layer, nn.Linear) and layer.out_features % 2 == 0 and layer.weight.is_cpu
-    }
-
-
-def linear(layer: nn.Linear, x: torch.Tensor, halves: Halves) -> torch.Tensor:
-    """``layer(x)``: [..., in] -> [..., out]. A single row with the layer in ``halves`` (batch-1
-    decoding on a multi-core CPU) is multiplied by the two halves of the weight in one batched matmul,
-    which two cores share (PyTorch computes a one-row product on one core); the same numbers up to
-    float rounding."""
-    split = halves.get(layer) if x.numel() == layer.in_features else None
-    if split is None:
-        return F.linear(x, layer.weight, layer.bias)
-    weight, bias = split  # [2, in, out/2], [2, 1, out/2]
-    rows = x.reshape(1, 1, -1).expand(2, 1, -1)  # the row once per half: [2, 1, in]
-    y = torch.bmm(rows, weight) if bias is None else torch.baddbmm(bias, rows, weight)  # [2, 1, out/2]
-    return y.view(*x.shape[:-1], -1)  # [..., out]
+        x = x + attn.proj(y.transpose(1, 2).reshape(B, T, C))  # [B, T, C]
+        x = x + ffn.down(F.relu(ffn.up(block.ln2(x))))  # [B, T, C]
+    return model.head(model.ln_final(x))  # [B, T, V]

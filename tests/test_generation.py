@@ -34,7 +34,7 @@ def seed_loop(model, idx, steps) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("keep", [None, 1, 16])
-@pytest.mark.parametrize("batch", [1, 2])  # batch 1: one-row products by weight halves on a multi-core CPU
+@pytest.mark.parametrize("batch", [1, 2])
 def test_cached_and_uncached_logits_match_past_the_context(model, monkeypatch, keep, batch):
     recorded = {True: [], False: []}
     idx = torch.randint(0, 65, (batch, 5))
@@ -54,9 +54,9 @@ def test_cached_and_uncached_logits_match_past_the_context(model, monkeypatch, k
 def test_the_window_restarts_from_half_the_context_once_it_is_full(model, monkeypatch):
     calls = []
 
-    def spy(model, ids, cache, start=0, halves=None):
+    def spy(model, ids, cache, start=0):
         calls.append((start, ids.shape[1]))
-        return decode(model, ids, cache, start, halves)
+        return decode(model, ids, cache, start)
 
     monkeypatch.setattr(generation, "decode", spy)
     run(model, torch.zeros(1, 15, dtype=torch.long), 3, temperature=0)  # context 16

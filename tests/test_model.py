@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lightning_gpt import GPT, GPTConfig, preset
-from lightning_gpt.model import KVCache, decode, rotary_table, rotate, sinusoidal_table, split_weights
+from lightning_gpt.model import KVCache, decode, rotary_table, rotate, sinusoidal_table
 
 
 def expected_parameters(c: GPTConfig) -> int:
@@ -127,31 +127,18 @@ def test_attention_dropout_is_separate_from_dropout():
         GPTConfig(attention_dropout=1.0)
 
 
-@pytest.fixture
-def two_threads():
-    """Weights are split in halves for one-row products only with two or more threads."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
-
-
 def decoded(model: GPT, idx: torch.Tensor, prompt: int, cache: KVCache) -> Iterator[torch.Tensor]:
     """Logits of a cached decoding of idx [B, T]: the first ``prompt`` positions at once, [B, prompt, V],
-    then one position per call, [B, V] each (batch 1: one-row products by weight halves)."""
-    halves = split_weights(model)
-    assert halves  # two threads
-    yield decode(model, idx[:, :prompt], cache, halves=halves)
+    then one position per call, [B, V] each."""
+    yield decode(model, idx[:, :prompt], cache)
     for t in range(prompt, idx.shape[1]):
-        yield decode(model, idx[:, t : t + 1], cache, t, halves)[:, -1]
+        yield decode(model, idx[:, t : t + 1], cache, t)[:, -1]
 
 
 @pytest.mark.parametrize("positional", ["learned", "sinusoidal", "rotary"])
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
-def test_cached_decoding_gives_the_logits_of_a_full_forward_at_every_position(
-    positional, batch, autocast, two_threads
-):
+def test_cached_decoding_gives_the_logits_of_a_full_forward_at_every_position(positional, batch, autocast):
     torch.manual_seed(0)
     model = GPT(preset("tiny", positional=positional)).eval()
     idx = torch.randint(0, 65, (batch, 32))
@@ -168,7 +155,7 @@ def test_cached_decoding_gives_the_logits_of_a_full_forward_at_every_position(
             decode(model, idx[:, :1], cache, start=32)  # the window is full
 
 
-def test_a_refilled_cache_takes_another_batch_dtype_and_weights(two_threads):
+def test_a_refilled_cache_takes_another_batch_dtype_and_weights():
     torch.manual_seed(0)
     model = GPT(preset("tiny")).eval()
     cache = KVCache(model.config)

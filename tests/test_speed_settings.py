@@ -1,6 +1,5 @@
-"""Settings that make training and decoding fast: precision choice, two-core decoding, the
-progress bar's refresh rate, torch.compile (checkpoints must stay plain), and logging work and host
-reads only at logging steps."""
+"""Settings that make training fast: precision choice, the progress bar's refresh rate,
+torch.compile (checkpoints must stay plain), and logging work and host reads only at logging steps."""
 
 import os
 import traceback
@@ -12,42 +11,11 @@ import torch
 from conftest import TINY_MODEL, tiny_fit_args
 from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from lightning.pytorch.loggers import Logger
-from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import lightning_gpt
 from lightning_gpt.cli import PROGRESS_REFRESH_STEPS, make_cli
-from lightning_gpt.model import linear, split_weights
 from lightning_gpt.module import GPTModule
-
-
-def test_linear_multiplies_one_row_by_two_halves_with_the_same_result(monkeypatch):
-    torch.manual_seed(0)
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # the route needs two cores
-    split = []  # batched matmuls over the two halves
-    for name in ("bmm", "baddbmm"):
-        original = getattr(torch, name)
-        monkeypatch.setattr(torch, name, lambda *args, f=original: split.append(f) or f(*args))
-    model = nn.Sequential(nn.Linear(16, 24), nn.Linear(16, 24, bias=False), nn.Linear(16, 7))
-    halves = split_weights(model)
-    assert set(halves) == {model[0], model[1]}  # an odd width cannot be halved
-    with torch.inference_mode():
-        for layer in model:
-            for row in (torch.randn(1, 16), torch.randn(1, 1, 16)):  # [1, in] and [B, T, in] = [1, 1, in]
-                split.clear()
-                y = linear(layer, row, halves)
-                assert y.shape == (*row.shape[:-1], layer.out_features)
-                assert len(split) == (layer in halves)
-                torch.testing.assert_close(y, layer(row), atol=1e-6, rtol=1e-6)
-        layer, row = model[0], torch.randn(1, 16)
-        layer.weight.mul_(2)  # in place: the halves are views, so they show it
-        torch.testing.assert_close(linear(layer, row, halves), layer(row), atol=1e-6, rtol=1e-6)
-        split.clear()
-        rows = torch.randn(3, 16)
-        assert torch.equal(linear(layer, rows, halves), layer(rows))  # a batch of rows: the plain Linear
-        assert not split
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
-    assert split_weights(model) == {}  # one thread: nothing to share
 
 
 def test_progress_bar_redraws_every_few_steps(tmp_path, small_corpus, monkeypatch):
