@@ -206,10 +206,15 @@ def test_missing_corpus_and_bad_values(tmp_path, cli_main):
 
 def test_resuming_on_a_corpus_with_another_vocabulary_is_refused(tmp_path, small_corpus, cli_main):
     assert cli_main(*tiny_fit_args(small_corpus, steps=2, val_every=2), cwd=tmp_path).returncode == 0
-    other = tmp_path / "other.txt"
-    other.write_text("0123456789 " * 500)
-    result = cli_main("validate", f"--data.path={other}", "--ckpt_path=checkpoints/last.ckpt", cwd=tmp_path)
-    assert result.returncode == 2 and "differs from the model's" in result.stderr.strip().splitlines()[-1]
+    text = small_corpus.read_text()
+    assert "z" in text and "§" not in text
+    # another size; and as many characters, one of them another (ids would then name other characters)
+    for name, other_text in (("other.txt", "0123456789 " * 500), ("same_size.txt", text.replace("z", "§"))):
+        other = tmp_path / name
+        other.write_text(other_text, encoding="utf-8")
+        args = ("validate", f"--data.path={other}", "--ckpt_path=checkpoints/last.ckpt")
+        result = cli_main(*args, cwd=tmp_path)
+        assert result.returncode == 2 and "differs from the model's" in result.stderr.strip().splitlines()[-1]
 
 
 def test_a_corpus_without_newlines_trains_and_generates(tmp_path, small_corpus, cli_main):

@@ -38,7 +38,8 @@ def test_chunks_split_only_between_characters(tmp_path, chunk_bytes):
 def test_folder_files_are_joined_in_sorted_order(tmp_path):
     corpus = make_folder(
         tmp_path / "corpus",
-        {"b.txt": "second file\n", "a.txt": MIXED, "sub/c.txt": "third", "notes.md": "not a .txt file"},
+        # by name alone sub/0.txt would come first; by its path in the folder it comes last
+        {"b.txt": "second file\n", "a.txt": MIXED, "sub/0.txt": "third", "notes.md": "not a .txt file"},
     )
     cache = build_token_cache(corpus, tmp_path / "cache", chunk_bytes=5)
     expected = MIXED + SEPARATOR + "second file\n" + SEPARATOR + "third"
@@ -117,15 +118,17 @@ def test_two_corpora_never_share_a_cache(tmp_path):
     assert cache_folder(tmp_path / "x" / ".." / "x" / "corpus.txt", tmp_path / "cache") == x.folder
 
 
-def test_a_vocabulary_beyond_256_characters_gets_uint16(tmp_path):
-    text = "".join(chr(0x100 + i) for i in range(300)) * 3
+@pytest.mark.parametrize(("size", "dtype"), [(256, torch.uint8), (257, torch.uint16), (300, torch.uint16)])
+def test_a_vocabulary_beyond_256_characters_gets_uint16(tmp_path, size, dtype):
+    text = "".join(chr(0x100 + i) for i in range(size)) * 3
     make_folder(tmp_path / "corpus", {"wide.txt": text})
     data = CharDataModule(path=str(tmp_path / "corpus"), cache_dir=str(tmp_path / "cache"), context_length=8)
     data.setup("fit")
-    assert len(data.vocab) == 300 and data.train_tokens.dtype == torch.uint16
-    assert data.tokenizer.decode(data.train_tokens[:300].long().numpy()) == text[:300]
+    assert len(data.vocab) == size and data.train_tokens.dtype == dtype
+    tokens = torch.cat([data.train_tokens, data.val_tokens]).long().numpy()
+    assert data.tokenizer.decode(tokens) == text  # the largest id too (257 in uint8 would wrap to 0)
     x, y = next(iter(RandomWindows(data.train_tokens, 8, 4, seed=0)))
-    assert x.dtype == torch.long and int(x.max()) < 300 and torch.equal(x[:, 1:], y[:, :-1])
+    assert x.dtype == torch.long and int(x.max()) < size and torch.equal(x[:, 1:], y[:, :-1])
 
 
 def test_empty_folders_and_empty_files_are_user_errors(tmp_path):

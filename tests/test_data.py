@@ -119,6 +119,20 @@ def test_bad_corpora_give_clear_errors(tmp_path):
         setup_module_for(short, context_length=64)
 
 
+def test_a_split_needs_one_window_of_context_length_plus_one_characters(tmp_path):
+    """A 16-character validation split of a 160-character corpus has no window of 16 + 1: refused at
+    setup (it gave an empty validation); 17 characters make one window."""
+    for size, windows in ((160, 0), (170, 1)):
+        corpus = tmp_path / f"corpus{size}.txt"
+        corpus.write_text("abcdefghij" * (size // 10))
+        if not windows:
+            with pytest.raises(UserError, match=r"validation split .* has 16 characters, fewer than"):
+                setup_module_for(corpus, context_length=16, cache_dir=str(tmp_path / "cache"))
+            continue
+        data = setup_module_for(corpus, context_length=16, cache_dir=str(tmp_path / "cache"))
+        assert len(data.val_tokens) == 17 and len(ConsecutiveWindows(data.val_tokens, 16)) == windows
+
+
 def test_memory_is_pinned_for_cuda_runs_only(small_corpus, monkeypatch):
     """Before, a CPU run on a machine with a GPU pinned its batches: a CUDA context in every rank."""
     data = setup_module_for(small_corpus, context_length=16)

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 import lightning_gpt.generation as generation
-from lightning_gpt import GPT, preset
+from lightning_gpt import GPT, CharTokenizer, preset
 from lightning_gpt.errors import UserError
-from lightning_gpt.generation import filter_logits, generate_tokens, sample_next
+from lightning_gpt.generation import filter_logits, generate_tokens, prepare_prompt, sample_next
 from lightning_gpt.model import decode
 from lightning_gpt.module import GPTModule
 
@@ -114,6 +114,8 @@ def test_top_k_masks_with_minus_infinity_and_never_leaves_the_set():
     [(1e-300, {1}), (0.5, {1}), (0.8, {1, 3}), (0.81, {1, 3, 4}), (1.0, set(range(6)))],
 )
 def test_top_p_keeps_the_smallest_set_reaching_p(top_p, allowed):
+    kept = torch.isfinite(filter_logits(crafted_logits(), top_p=top_p))[0].nonzero()[:, 0].tolist()
+    assert set(kept) == allowed  # the token whose probability reaches p is kept, no more
     g = torch.Generator().manual_seed(0)
     draws = {sample_next(crafted_logits(), top_p=top_p, generator=g).item() for _ in range(2000)}
     assert draws <= allowed
@@ -203,3 +205,11 @@ def test_python_api_from_checkpoint(tiny_checkpoint):
         list(module.stream_text("ROMEO:", 5, num_samples=0))
     with pytest.raises(TypeError, match="num_samples"):  # one text: it returned the first of two, silently
         module.generate_text("ROMEO:", 5, num_samples=2)
+
+
+def test_an_empty_prompt_starts_a_line_even_where_a_character_sorts_before_the_newline():
+    """A tab (a TSV or code corpus) is the vocabulary's first character, but a sample starts a line."""
+    assert prepare_prompt("", CharTokenizer("\t\nab")) == "\n"
+    assert prepare_prompt("", CharTokenizer("ab")) == "a"  # no newline in the vocabulary: its first
+    module = GPTModule(vocab="\t\nab", d_model=16, num_heads=2, num_blocks=1, context_length=8)
+    assert module.generate_text("", 3, seed=0)[0] == "\n"

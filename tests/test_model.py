@@ -3,6 +3,7 @@ from collections.abc import Iterator
 
 import pytest
 import torch
+from torch import nn
 
 from lightning_gpt import GPT, GPTConfig, preset
 from lightning_gpt.model import KVCache, decode, rotary_table, rotate, sinusoidal_table
@@ -108,6 +109,20 @@ def test_dropout_only_in_training():
     assert torch.equal(model(idx)[0], model(idx)[0])
     model.train()
     assert not torch.equal(model(idx)[0], model(idx)[0])
+
+
+def test_every_dropout_site_drops_in_training():
+    """--model.dropout reaches each site (embeddings, attention output, feed-forward) on its own."""
+    model = GPT(preset("tiny", dropout=0.5, attention_dropout=0.0)).train()
+    idx = torch.randint(0, 65, (2, 16))
+    sites = [module for module in model.modules() if isinstance(module, nn.Dropout)]
+    assert len(sites) == 1 + 2 * model.config.num_blocks  # after the embeddings; two per block
+    for site in sites:
+        for other in sites:
+            other.p = 0.5 if other is site else 0.0
+        assert not torch.equal(model(idx)[0], model(idx)[0]), site
+    site.p = 0.0
+    assert torch.equal(model(idx)[0], model(idx)[0])  # none left: training forwards agree
 
 
 def test_attention_dropout_is_separate_from_dropout():

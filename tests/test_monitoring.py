@@ -50,12 +50,17 @@ def table_rows(stdout: str) -> list[tuple[int, float, str]]:
 
 
 def test_tokens_per_sec_counts_the_tokens_of_every_process(monkeypatch):
-    clock, logged = iter([10.0, 11.0]), {}
+    clock, logged = iter([10.0, 11.0, 50.0, 51.0]), {}
     monkeypatch.setattr(callbacks.time, "perf_counter", lambda: next(clock))
     trainer = SimpleNamespace(world_size=4, log_every_n_steps=2, accumulate_grad_batches=1)
     module = SimpleNamespace(log=lambda name, value, **kwargs: logged.update({name: float(value)}))
     speed, batch = TrainingSpeed(), (None, torch.zeros(8, 16))  # targets: 128 tokens on each process
     for trainer.global_step in (1, 2):  # the end of the first step starts the clock
+        speed.on_train_batch_end(trainer, module, None, batch, trainer.global_step - 1)
+    assert logged == {"tokens_per_sec": 4 * 128 / 1.0}
+    speed.on_validation_end(trainer, module)  # 39 s of validation: not training time
+    logged.clear()
+    for trainer.global_step in (3, 4):  # the first step after it starts the clock again
         speed.on_train_batch_end(trainer, module, None, batch, trainer.global_step - 1)
     assert logged == {"tokens_per_sec": 4 * 128 / 1.0}
 
@@ -142,6 +147,25 @@ def test_text_sampler_keeps_a_uniform_mode(training: bool):
     text = TextSampler(prompt="ROMEO:", max_new_tokens=12, seed=0).sample(module)
     assert text.startswith("ROMEO:") and len(text) == len("ROMEO:") + 12
     assert modes(module) == before
+
+
+def test_text_sampler_logs_at_every_nth_validation(tmp_path, monkeypatch):
+    steps = []  # of the samples sent to TensorBoard
+
+    class Recording(TensorBoardLogger):
+        @property
+        def experiment(self):
+            return SimpleNamespace(add_text=lambda tag, text, global_step: steps.append(global_step))
+
+    state = SimpleNamespace(fn="fit")
+    trainer = SimpleNamespace(
+        sanity_checking=False, is_global_zero=True, state=state, loggers=[Recording(tmp_path)]
+    )
+    sampler = TextSampler(every_n_validations=3)
+    monkeypatch.setattr(sampler, "sample", lambda module: "text")
+    for trainer.global_step in range(1, 8):  # validations 1 .. 7
+        sampler.on_validation_end(trainer, None)
+    assert steps == [3, 6]
 
 
 def test_text_sampler_passes_keep_to_generation():

@@ -35,6 +35,9 @@ def test_unknown_characters_are_named():
     assert tokenizer.unknown_characters("a\udcff") == ["\udcff"]
     surrogates = CharTokenizer.from_text("ab\udcff")  # a raw UnicodeDecodeError before
     assert surrogates.decode(surrogates.encode("\udcffa")) == "\udcffa"
+    for ids in ([4], [-1]):  # past the end; and negative, which NumPy would read from the end
+        with pytest.raises(ValueError, match=r"token ids must be in \[0, 4\)"):
+            tokenizer.decode(ids)
 
 
 def test_non_ascii_vocabulary_and_compact_dtype():

@@ -79,7 +79,7 @@ def test_warmup_cosine_at_chosen_steps():
 class Recorder(L.Callback):
     """At every optimizer step: the learning rate of each parameter group, the total gradient norm
     before clipping (``on_before_optimizer_step`` runs before Lightning clips) and after it (a step
-    post-hook: the gradients the update used, still in ``.grad``).
+    post-hook: the gradients the update used, still in ``.grad``), and the ``grad_norm`` fit logged.
 
     Not a step pre-hook: Lightning passes its closure to ``optimizer.step``, which runs the pre-hooks
     before the closure computes this step's gradients.
@@ -89,6 +89,7 @@ class Recorder(L.Callback):
         self.lrs: list[list[float]] = []
         self.before: list[float] = []
         self.after: list[float] = []
+        self.logged: list[float] = []
 
     def on_train_start(self, trainer, pl_module) -> None:
         (optimizer,) = trainer.optimizers
@@ -103,6 +104,9 @@ class Recorder(L.Callback):
         self.lrs.append([group["lr"] for group in optimizer.param_groups])
         grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
         self.before.append(torch.nn.utils.get_total_norm(grads).item())
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        self.logged.append(float(trainer.callback_metrics["grad_norm"]))
 
 
 FIT_STEPS = 10
@@ -126,6 +130,7 @@ def recorded_cli_fit(tmp_path_factory, shakespeare: str) -> tuple[Recorder, floa
         f"--trainer.max_steps={FIT_STEPS}",  # decay_steps unset: the cosine ends at max_steps
         "--trainer.num_sanity_val_steps=0",
         "--trainer.precision=32-true",
+        "--trainer.log_every_n_steps=1",  # grad_norm at every step
         f"--trainer.default_root_dir={root}",
         f"--checkpoint.dirpath={root / 'checkpoints'}",
         *QUIET,
@@ -224,6 +229,8 @@ def test_gradients_are_clipped_in_a_real_fit(recorded_cli_fit):
             assert after == pytest.approx(clip, rel=1e-4), f"step {step}: {before} -> {after}"
         else:  # below the threshold: untouched
             assert after == pytest.approx(before, rel=1e-5), f"step {step}: {before} -> {after}"
+    # the logged norm is the one before clipping: a chart shows how large the gradients really were
+    assert recorder.logged == pytest.approx(recorder.before, rel=1e-5)
 
 
 def test_the_learning_rate_finder_sets_the_schedules_rate(tmp_path, small_corpus, cli_main):
