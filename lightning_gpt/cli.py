@@ -17,7 +17,6 @@ from enum import Enum
 from pathlib import Path
 
 import lightning as L
-import torch
 from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
@@ -343,7 +342,7 @@ class GPTLightningCLI(LightningCLI):
                     f"ignoring {', '.join(ignored)}",
                     file=sys.stderr,
                 )
-            checkpoint = torch.load(self.config.predict.ckpt_path, map_location="cpu", weights_only=True)
+            checkpoint = self.trainer.strategy.load_checkpoint(self.config.predict.ckpt_path)  # weights only
             self.model.load_state_dict(checkpoint["state_dict"])
             self.model.to(self.trainer.strategy.root_device)  # --trainer.accelerator's, as predict's
             interactive_session(self.model, self.generation)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from lightning_gpt import precision
+from lightning_gpt.cli import make_cli
 
 
 @pytest.fixture
@@ -70,10 +71,24 @@ def test_cpus_get_bf16_only_when_native(machine, native, expected):
 
 
 def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch, tmp_path):
-    flags = {"avx2": False, "avx2 avx512_bf16": True, "amx_bf16 avx2": True}
+    # AVX-512 alone (Skylake-X, Ice Lake) emulates bf16: slower than fp32
+    flags = {"avx2": False, "avx2 avx512f avx512bw": False, "avx2 avx512_bf16": True, "amx_bf16 avx2": True}
     for line, native in flags.items():
         cpuinfo = tmp_path / "cpuinfo"
         cpuinfo.write_text(f"processor\t: 0\nflags\t\t: fpu {line}\n")
         monkeypatch.setattr(precision, "Path", lambda _path, cpuinfo=cpuinfo: cpuinfo)
         monkeypatch.setattr(precision.platform, "system", lambda: "Linux")
         assert precision.cpu_has_native_bf16() is native, line
+
+
+@pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
+@pytest.mark.filterwarnings("ignore:.*infer the batch indices")  # as cli.py's main() does
+def test_predict_decodes_in_fp32_on_a_cpu_where_fit_would_take_bf16(machine, tiny_checkpoint, small_corpus):
+    """Decoding one position at a time gains nothing from CPU autocast: predict stays fp32."""
+    machine(cpu_bf16=True)
+    fit = make_cli(
+        [f"--data.path={small_corpus}", f"--trainer.default_root_dir={small_corpus.parent}"], run=False
+    )
+    assert fit.trainer.precision == "bf16-mixed"
+    predict = make_cli(["predict", f"--ckpt_path={tiny_checkpoint}", "--generate.max_new_tokens=3"])
+    assert predict.trainer.precision == "32-true"

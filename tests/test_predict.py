@@ -19,8 +19,10 @@ from lightning import Trainer
 
 from lightning_gpt.callbacks import TextSampler
 from lightning_gpt.cli import main
-from lightning_gpt.generation import sample_next
+from lightning_gpt.generation import GenerationSettings, sample_next
+from lightning_gpt.interactive import interactive_session
 from lightning_gpt.module import GPTModule
+from lightning_gpt.writer import SampleWriter
 
 
 @pytest.fixture
@@ -218,6 +220,16 @@ def test_interactive_mode_with_piped_stdin(bare_dir, cli_main, monkeypatch):
     assert result.stdout.startswith("ROMEO:") and "\nJULIET:" in result.stdout
     assert len(result.stdout) == len("ROMEO:") + 15 + 1 + len("JULIET:") + 15 + 1
     assert "error: prompt characters not in the model's vocabulary: '\\udcff'" in result.stderr
+    # the second answer (the refused line is none) samples with seed + 1 = 0, as predict's second prompt
+    alone = cli_main(
+        "predict",
+        "--ckpt_path=model.ckpt",
+        "--generate.max_new_tokens=15",
+        "--generate.prompt=JULIET:",
+        "--generate.seed=0",
+        cwd=bare_dir,
+    )
+    assert alone.returncode == 0 and result.stdout.endswith(alone.stdout), (result.stdout, alone.stdout)
 
 
 def test_interactive_mode_generates_on_the_accelerator_asked_for(bare_dir, cli_main, monkeypatch):
@@ -243,6 +255,56 @@ def test_interactive_mode_in_a_terminal_ends_its_line_at_ctrl_d(bare_dir, cli_ma
     first, second, end = result.stdout.split("> ")
     assert first == "" and second.startswith("ROMEO:") and len(second) == len("ROMEO:") + 5 + 1
     assert end == "\n"
+
+
+class Events(io.StringIO):
+    """A stream that notes its writes, flushes and reads, in order, in ``events``."""
+
+    def __init__(self, events: list, text: str = "", tty: bool = False):
+        super().__init__(text)
+        self.events, self.tty = events, tty
+
+    def write(self, text: str) -> int:
+        self.events.append(("write", text))
+        return super().write(text)
+
+    def flush(self) -> None:
+        self.events.append(("flush",))
+
+    def readline(self, *args) -> str:
+        self.events.append(("read",))
+        return super().readline(*args)
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def test_interactive_mode_flushes_its_prompt_and_each_character(monkeypatch):
+    """A terminal's stdout is line-buffered: "> " must be flushed before stdin is read, and each new
+    character as it comes, else nothing shows until the line ends."""
+    events = []
+    monkeypatch.setattr(sys, "stdout", Events(events))
+    monkeypatch.setattr(sys, "stdin", Events(events, "ROMEO:\n", tty=True))
+    module = GPTModule(vocab="\n :EMORabc", d_model=16, num_heads=2, num_blocks=1, context_length=8)
+    interactive_session(module, GenerationSettings(max_new_tokens=5))
+    reads = [i for i, event in enumerate(events) if event == ("read",)]
+    assert len(reads) == 2  # the prompt, then the end of input
+    for read in reads:
+        marker = max(i for i in range(read) if events[i] == ("write", "> "))
+        assert ("flush",) in events[marker:read]
+    start = events.index(("write", "ROMEO:"))
+    end = events.index(("write", "\n"), start)  # the answer's end
+    written = [event[1] for event in events[start + 1 : end] if event[0] == "write" and event[1]]
+    flushes = [i for i in range(start, end) if events[i] == ("flush",)]
+    assert len(written) == 5 and len(flushes) == 5  # each character as it comes
+
+
+def test_each_prompts_samples_are_flushed_when_they_are_done(monkeypatch):
+    """``predict | tee log`` shows each prompt's samples as they finish, not at the end of the run."""
+    events = []
+    monkeypatch.setattr(sys, "stdout", Events(events))
+    SampleWriter().write_on_batch_end(None, None, ["ROMEO: a sample"], None, {"index": 0})
+    assert events[0] == ("write", "ROMEO: a sample") and events[-1] == ("flush",)
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
 """Exact resume after a kill, and checkpoints that survive kills during saves."""
 
 import contextlib
+import errno
 import os
 import random
 import re
@@ -18,7 +19,8 @@ import torch
 from conftest import CLI, TINY_MODEL, main_in_process, run_command
 
 from lightning_gpt.atomic import write_atomically
-from lightning_gpt.checkpoint_io import lock_folder, unlock
+from lightning_gpt.checkpoint_io import AtomicCheckpointIO, lock_folder, unlock
+from lightning_gpt.errors import UserError
 from lightning_gpt.rng import restore_rng_states, rng_states, set_rng_states
 
 # Dropout on and two dataloader workers: both must be resumed exactly.
@@ -142,6 +144,8 @@ def test_a_stopped_or_killed_run_resumes_bit_for_bit(tmp_path, small_corpus, who
     assert step_of(tmp_path / "split" / "last.ckpt") == 27
     fit(small_corpus, tmp_path, "--trainer.max_steps=60", "--checkpoint.dirpath=split", "--ckpt_path=last")
     assert_same_weights(whole / "whole" / "last.ckpt", tmp_path / "split" / "last.ckpt")
+    # another cadence than the first leg's: last.ckpt is still the one written (not a last-v1.ckpt beside it)
+    assert not list((tmp_path / "split").glob("last-v*.ckpt"))
     # resuming into the run's own folder is the point: Lightning's "is not empty" warning is not shown
     assert not [w for w in recwarn if "exists and is not empty" in str(w.message)]
     # killed (SIGKILL) part-way, then resumed
@@ -209,9 +213,23 @@ SAVED = re.compile(
 )
 
 
+LAUNCHED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def no_run_left_behind():
+    """A test that fails midway leaves no run (stopped, perhaps, with its dataloader workers) behind."""
+    yield
+    while LAUNCHED:
+        process = LAUNCHED.pop()
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+
+
 def launch(corpus: Path, cwd: Path, env: dict | None = None) -> subprocess.Popen:
     """Start (or resume) the 60-step run in ``cwd/split`` (``LEG``)."""
-    return subprocess.Popen(
+    process = subprocess.Popen(
         [sys.executable, str(CLI), "fit", f"--data.path={corpus}", *RUN, *LEG],
         cwd=cwd,
         env=dict(os.environ, PYTHONWARNINGS="ignore", **(env or {})),
@@ -220,6 +238,8 @@ def launch(corpus: Path, cwd: Path, env: dict | None = None) -> subprocess.Popen
         text=True,
         start_new_session=True,
     )
+    LAUNCHED.append(process)
+    return process
 
 
 def wait_for_step(process: subprocess.Popen, last: Path, step: int) -> None:
@@ -500,6 +520,38 @@ def test_unlock_closes_only_what_this_process_locked(tmp_path):
     unlock(held)
     with pytest.raises(OSError):
         os.fstat(held)
+
+
+def test_a_file_is_on_disk_before_it_takes_the_name(tmp_path, monkeypatch):
+    """fsync before the rename: after a power cut the name holds the old file or all of the new one."""
+    events = []
+    fsync, replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append(("fsync", os.fstat(fd).st_ino)) or fsync(fd))
+    monkeypatch.setattr(
+        os, "replace", lambda a, b: events.append(("replace", os.stat(a).st_ino)) or replace(a, b)
+    )
+    write_atomically(tmp_path / "last.ckpt", lambda file: file.write(b"weights"))
+    (kind, inode), *_ = [event for event in events if event[0] == "replace"]
+    assert ("fsync", inode) in events[: events.index((kind, inode))]
+    assert (tmp_path / "last.ckpt").read_bytes() == b"weights"
+
+
+def test_a_failed_save_is_one_line_whatever_torch_raises(tmp_path, monkeypatch):
+    """torch 2.6's writer raises a RuntimeError over the OSError (later ones pass the OSError on)."""
+
+    def save(checkpoint, file):
+        try:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0") from None
+
+    monkeypatch.setattr(torch, "save", save)
+    message = (
+        rf"cannot save checkpoint .*: {os.strerror(errno.ENOSPC)}; the checkpoints saved before are unchanged"
+    )
+    with pytest.raises(UserError, match=message):
+        AtomicCheckpointIO().save_checkpoint({}, tmp_path / "last.ckpt")
+    assert not list(tmp_path.iterdir())  # no temporary file left behind
 
 
 def test_saved_files_are_not_private(tmp_path):

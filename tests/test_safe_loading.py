@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import pytest
 import torch
 
 from lightning_gpt.checkpoint_io import check_checkpoint
+from lightning_gpt.cli import make_cli
 from lightning_gpt.errors import UserError
 
 
@@ -63,4 +65,16 @@ def test_cli_refuses_a_pickle_payload(tmp_path, subcommand, cli_main):
     assert result.stderr.strip().splitlines()[-1].startswith("error: "), result.stderr
     assert "evil.ckpt" in result.stderr.strip().splitlines()[-1]
     assert "Traceback" not in result.stderr
+    assert not marker.exists()
+
+
+@pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
+def test_the_trainers_checkpoint_loading_refuses_a_pickle_payload(tmp_path, small_corpus):
+    """What a resume and interactive predict load with, whatever was checked before."""
+    marker = tmp_path / "marker"
+    path = evil_checkpoint(tmp_path / "evil.ckpt", marker)
+    args = [f"--data.path={small_corpus}", f"--trainer.default_root_dir={tmp_path}"]
+    trainer = make_cli(args, run=False).trainer
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        trainer.strategy.load_checkpoint(path)
     assert not marker.exists()
