@@ -342,7 +342,8 @@ class GPTLightningCLI(LightningCLI):
                     f"ignoring {', '.join(ignored)}",
                     file=sys.stderr,
                 )
-            checkpoint = self.trainer.strategy.load_checkpoint(self.config.predict.ckpt_path)  # weights only
+            # as predict loads it (AtomicCheckpointIO: weights only, to the CPU)
+            checkpoint = self.trainer.strategy.load_checkpoint(self.config.predict.ckpt_path)
             self.model.load_state_dict(checkpoint["state_dict"])
             self.model.to(self.trainer.strategy.root_device)  # --trainer.accelerator's, as predict's
             interactive_session(self.model, self.generation)

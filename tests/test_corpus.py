@@ -119,7 +119,7 @@ def test_two_corpora_never_share_a_cache(tmp_path):
 
 
 @pytest.mark.parametrize(("size", "dtype"), [(256, torch.uint8), (257, torch.uint16), (300, torch.uint16)])
-def test_a_vocabulary_beyond_256_characters_gets_uint16(tmp_path, size, dtype):
+def test_the_token_dtype_is_the_smallest_that_holds_the_vocabulary(tmp_path, size, dtype):
     text = "".join(chr(0x100 + i) for i in range(size)) * 3
     make_folder(tmp_path / "corpus", {"wide.txt": text})
     data = CharDataModule(path=str(tmp_path / "corpus"), cache_dir=str(tmp_path / "cache"), context_length=8)

@@ -117,6 +117,7 @@ def test_every_dropout_site_drops_in_training():
     idx = torch.randint(0, 65, (2, 16))
     sites = [module for module in model.modules() if isinstance(module, nn.Dropout)]
     assert len(sites) == 1 + 2 * model.config.num_blocks  # after the embeddings; two per block
+    assert all(site.p == 0.5 for site in sites)
     for site in sites:
         for other in sites:
             other.p = 0.5 if other is site else 0.0

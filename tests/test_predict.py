@@ -285,7 +285,7 @@ def test_interactive_mode_flushes_its_prompt_and_each_character(monkeypatch):
     events = []
     monkeypatch.setattr(sys, "stdout", Events(events))
     monkeypatch.setattr(sys, "stdin", Events(events, "ROMEO:\n", tty=True))
-    module = GPTModule(vocab="\n :EMORabc", d_model=16, num_heads=2, num_blocks=1, context_length=8)
+    module = GPTModule(vocab=" :EMORabc", d_model=16, num_heads=2, num_blocks=1, context_length=8)
     interactive_session(module, GenerationSettings(max_new_tokens=5))
     reads = [i for i, event in enumerate(events) if event == ("read",)]
     assert len(reads) == 2  # the prompt, then the end of input

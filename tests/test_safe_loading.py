@@ -76,5 +76,7 @@ def test_the_trainers_checkpoint_loading_refuses_a_pickle_payload(tmp_path, smal
     args = [f"--data.path={small_corpus}", f"--trainer.default_root_dir={tmp_path}"]
     trainer = make_cli(args, run=False).trainer
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        trainer.strategy.checkpoint_io.load_checkpoint(path, weights_only=False)  # even when asked
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         trainer.strategy.load_checkpoint(path)
     assert not marker.exists()
