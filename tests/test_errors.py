@@ -272,6 +272,8 @@ def test_help_offers_fit_validate_and_predict_only(tmp_path, cli_main):
         ),
         ("--model.learning_rate=-1", "model.learning_rate must be a finite number >= 0, got -1.0"),
         ("--model.beta1=1.5", "model.beta1 must be in [0, 1), got 1.5"),
+        ("--model.beta2=1", "model.beta2 must be in [0, 1), got 1.0"),  # the bound itself (AdamW's traceback)
+        ("--model.min_lr_ratio=1.5", "model.min_lr_ratio must be in [0, 1], got 1.5"),  # the LR would climb
         (
             "--model.decay_steps=-1",
             "model.decay_steps must be at least 0 (0 or unset: trainer.max_steps), got -1",

@@ -238,6 +238,10 @@ BAD_CHAT = [
     ({"messages": [{"role": "user", "content": "A"}], "temperature": -2}, "temperature must be a finite"),
     ({"messages": [{"role": "user", "content": "A"}], "n": 9}, "n must be an integer from 1 to 8, got 9"),
     (
+        {"messages": [{"role": "user", "content": "A"}], "n": True},
+        "n must be an integer from 1 to 8, got true",
+    ),
+    (
         {"messages": [{"role": "user", "content": "A"}], "n": 2, "stream": True},
         "n above 1 cannot be streamed",
     ),
