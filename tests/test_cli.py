@@ -281,6 +281,33 @@ def test_a_nan_loss_between_logging_steps_still_stops_training(tmp_path, small_c
     assert "the training loss became nan or inf at step 4 or earlier" in result.stderr.splitlines()[-1]
 
 
+class InfValidationLoss(L.Callback):
+    """Every validation loss is inf (as an overflow in half precision makes it)."""
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        model = pl_module.model
+        plain = type(model).forward.__get__(model)
+
+        def forward(idx, targets):
+            logits, loss = plain(idx, targets)
+            return logits, loss * math.inf
+
+        model.forward = forward
+
+    def on_validation_end(self, trainer, pl_module):
+        pl_module.model.__dict__.pop("forward", None)
+
+
+def test_an_infinite_validation_loss_stops_training(tmp_path, small_corpus, cli_main):
+    fit = [
+        *tiny_fit_args(small_corpus, steps=4, val_every=2),
+        f"--trainer.callbacks+={__name__}.InfValidationLoss",
+    ]
+    result = cli_main(*fit, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "the validation loss became inf at step" in result.stderr.splitlines()[-1]
+
+
 def test_print_config_runs_as_is(tmp_path, small_corpus, cli_main):
     printed = cli_main(*tiny_fit_args(small_corpus), "--print_config", cwd=tmp_path)
     assert printed.returncode == 0, printed.stderr
