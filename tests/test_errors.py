@@ -252,7 +252,9 @@ def test_help_offers_fit_validate_and_predict_only(tmp_path, cli_main):
             "--trainer.val_check_interval counts batches: it must be >= 1, got 0",
         ),
         (  # before: a run that never ended (epochs of an endless stream)
-            "--trainer.max_steps=-1 --trainer.max_epochs=1 --model.decay_steps=100",
+            # max_time: without the check this run would not end (a hung suite, not a failure)
+            "--trainer.max_steps=-1 --trainer.max_epochs=1 --model.decay_steps=100 "
+            "--trainer.max_time=00:00:00:20",
             "--trainer.max_epochs 1 cannot end this run: training draws random windows without end, so its "
             "epoch never ends; set --trainer.max_steps instead",
         ),
