@@ -10,6 +10,7 @@ import posixpath
 import re
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,9 @@ def check_checkpoint(path: Path) -> dict:
     if not head:
         raise UserError(f"checkpoint {path} is empty (0 bytes): its save never finished; use another")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's note on a pickle protocol it did not write: noise here
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # an unsafe pickle, a damaged file, or not a torch file at all
         unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", re.sub(r"\x1b\[[0-9;]*m", "", str(error)))
         if unsafe:
@@ -105,6 +108,15 @@ def filesystem(url: str) -> tuple[AbstractFileSystem, str]:
         return url_to_fs(url)
     except (ImportError, ValueError) as error:  # e.g. "Install s3fs to access S3"
         raise UserError(f"cannot use {url}: {error}") from None
+
+
+def in_folder(path: str, folder: str) -> bool:
+    """Whether the file ``path`` (a path or URL) is in ``folder``."""
+    (fs, file), (fs_folder, root) = filesystem(path), filesystem(folder)
+    if isinstance(fs, LocalFileSystem) and isinstance(fs_folder, LocalFileSystem):  # links, "..", "//"
+        return os.path.realpath(os.path.dirname(file)) == os.path.realpath(root)
+    same_kind = type(fs) is type(fs_folder)
+    return same_kind and posixpath.normpath(posixpath.dirname(file)) == posixpath.normpath(root)
 
 
 def readable_copy(path: str) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import difflib
 import logging
 import os
-import posixpath
 import re
 import signal
 import sys
@@ -17,7 +16,6 @@ from enum import Enum
 from pathlib import Path
 
 import lightning as L
-from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -30,13 +28,14 @@ from lightning_gpt.checkpoint_io import (
     AtomicCheckpointIO,
     check_checkpoint,
     filesystem,
+    in_folder,
     local_path,
     lock_folder,
     readable_copy,
     unlock,
 )
-from lightning_gpt.config import GPTConfig
-from lightning_gpt.corpus import corpus_files, read_corpus
+from lightning_gpt.checks import as_list, check_settings
+from lightning_gpt.corpus import read_corpus
 from lightning_gpt.data import CharDataModule
 from lightning_gpt.errors import UserError
 from lightning_gpt.generation import GenerationSettings, check_sampling, prepare_prompt
@@ -48,8 +47,6 @@ from lightning_gpt.writer import SampleWriter, check_stdout
 # `fit` without --config trains the seed recipe; a --config file overrides what it sets.
 SEED_RECIPE = Path(__file__).resolve().parent.parent / "configs" / "shakespeare_char.yaml"
 PROGRESS_REFRESH_STEPS = 10  # the progress bar redraws every this many steps
-# What fit logs, which --checkpoint.monitor may name
-LOGGED = ("train_loss", "lr", "grad_norm", "tokens_per_sec", "val_loss", "val_bpc", "val_ppl")
 
 
 def _settings_error(group: str, error: Exception, hint: str = "") -> UserError:
@@ -59,11 +56,6 @@ def _settings_error(group: str, error: Exception, hint: str = "") -> UserError:
 
 def _exit(signum: int, frame) -> None:
     raise SystemExit(128 + signum)  # through Lightning's teardown and atexit (a URL checkpoint's copy)
-
-
-def _as_list(callbacks: object) -> list:
-    """Callbacks as a list: one (``--trainer.callbacks EarlyStopping``) is given alone."""
-    return callbacks if isinstance(callbacks, list) else [callbacks] if callbacks else []
 
 
 class GPTLightningCLI(LightningCLI):
@@ -113,7 +105,7 @@ class GPTLightningCLI(LightningCLI):
         callbacks, subcommand = trainer.callbacks, self.config.get("subcommand")
         given = self.config_init[subcommand] if subcommand else self.config_init  # the instances parsed
         best = given.get("checkpoint")
-        mine = [*_as_list(given.trainer.callbacks), *_as_list(self.trainer_defaults.get("callbacks"))]
+        mine = [*as_list(given.trainer.callbacks), *as_list(self.trainer_defaults.get("callbacks"))]
         if best in callbacks and best.monitor and best.save_last is True:  # --checkpoint's, not a user's
             # Lightning >= 2.6 writes last.ckpt only beside a new best, so a run would resume from its
             # best step, not its last: a second checkpoint, with no metric, keeps last.ckpt at the
@@ -143,12 +135,13 @@ class GPTLightningCLI(LightningCLI):
             raise _settings_error("trainer", error.__cause__) from None
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Sequence[str] | None) -> None:
-        """A mistake in the arguments is one line (the usage is left to --help), then inputs are checked."""
+        """A mistake in the arguments is one line (the usage is left to --help), then settings are checked."""
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as error:  # exit_on_error=False: the parser raises instead of printing its usage
             raise UserError(self._argument_error(str(error), args or sys.argv[1:])) from None
-        self.check_inputs()
+        subcommand = self.config.get("subcommand")
+        check_settings(subcommand, self.config[subcommand] if subcommand else self.config)
 
     def _argument_error(self, error: str, args: Sequence[str]) -> str:
         """jsonargparse's message in one line, with the closest option to a misspelt one."""
@@ -164,59 +157,6 @@ class GPTLightningCLI(LightningCLI):
                 close = difflib.get_close_matches(unknown.group(1), options, n=1)
                 message += f"; did you mean {close[0]}?" if close else ""
         return f"{message} (options: cli.py {subcommand or ''} --help)".replace("  ", " ")
-
-    def check_inputs(self) -> None:
-        """Report every input mistake at once, before any state (earlier checkpoints) is looked at."""
-        subcommand = self.config.get("subcommand")
-        section = self.config[subcommand] if subcommand else self.config
-        problems = []
-        try:
-            GPTConfig.from_hparams(section.model, vocab_size=1)
-        except ValueError as error:
-            problems.append(f"invalid model settings: {error}")
-        if section.data.path and subcommand != "predict":
-            try:
-                corpus_files(section.data.path)
-            except UserError as error:
-                problems.append(str(error))
-        interval, accumulate = section.trainer.val_check_interval, section.trainer.accumulate_grad_batches
-        if isinstance(accumulate, int) and accumulate < 1:
-            problems.append(f"--trainer.accumulate_grad_batches must be at least 1, got {accumulate}")
-        elif isinstance(interval, int) and interval < 1:
-            problems.append(f"--trainer.val_check_interval counts batches: it must be >= 1, got {interval}")
-        elif isinstance(interval, int) and isinstance(accumulate, int) and interval % accumulate:
-            problems.append(
-                f"--trainer.val_check_interval counts batches: {interval} is not a multiple of "
-                f"--trainer.accumulate_grad_batches {accumulate}, so validations and their checkpoints "
-                "would fall inside an optimizer step; pass a multiple, e.g. "
-                f"{interval * accumulate} (every {interval} steps)"
-            )
-        t = section.trainer
-        epochs_end = isinstance(t.limit_train_batches, int) or t.overfit_batches or t.fast_dev_run
-        endless = t.max_steps in (None, -1) and not epochs_end
-        if subcommand == "fit" and endless and t.max_epochs not in (None, -1):
-            problems.append(
-                f"--trainer.max_epochs {t.max_epochs} cannot end this run: training draws random windows "
-                "without end, so its epoch never ends; set --trainer.max_steps instead"
-            )
-        if subcommand == "fit" and t.enable_checkpointing is False:  # Lightning: "but found ModelCheckpoint"
-            problems.append(
-                "--trainer.enable_checkpointing false: fit always has its ModelCheckpoint (--checkpoint.*); "
-                "to save no checkpoints pass --checkpoint.save_top_k 0 --checkpoint.save_last false instead"
-            )
-        known = (*LOGGED, "step", "epoch")  # and the two ModelCheckpoint always knows
-        monitors = {"--checkpoint.monitor": section.checkpoint.monitor} if subcommand == "fit" else {}
-        for callback in _as_list(t.callbacks) if monitors else []:  # EarlyStopping, ...
-            name = f"--trainer.callbacks {callback.class_path.rsplit('.', 1)[-1]}'s monitor"
-            monitors[name] = callback.init_args.get("monitor") if "init_args" in callback else None
-        for name, monitor in monitors.items():
-            if isinstance(monitor, str) and monitor not in known:
-                problems.append(f"{name} {monitor} is not a logged value; use one of {', '.join(known)}")
-        ckpt = section.get("ckpt_path")
-        if ckpt and ckpt != "last" and "://" not in ckpt and not Path(ckpt).exists():
-            problems.append(f"checkpoint {ckpt} does not exist; pass the path of a .ckpt file")
-        if problems:
-            raise UserError("\n".join(problems))
 
     def _parse_ckpt_path(self) -> None:
         """Resolve ``last`` and URLs, refuse bad checkpoints in one line, then let Lightning merge hparams."""
@@ -257,7 +197,7 @@ class GPTLightningCLI(LightningCLI):
         """``trainer.precision: null`` (the default) means: the fastest safe precision here."""
         subcommand = self.config.get("subcommand")
         trainer = self.config[subcommand].trainer if subcommand else self.config.trainer
-        for callback in _as_list(trainer.callbacks):  # an Enum (Timer's interval) breaks the config's dump
+        for callback in as_list(trainer.callbacks):  # an Enum (Timer's interval) breaks the config's dump
             for name, value in callback.get("init_args", {}).items():
                 callback.init_args[name] = value.value if isinstance(value, Enum) else value
         if trainer.precision is None:
@@ -377,7 +317,7 @@ class GPTLightningCLI(LightningCLI):
                 f"{last} exists from an earlier run; resume it with --ckpt_path last, or start anew with "
                 "another --checkpoint.dirpath (or move the old checkpoints away)"
             )
-        if resumed is not None and has_last and not _in_folder(resumed, folder):
+        if resumed is not None and has_last and not in_folder(resumed, folder):
             raise UserError(
                 f"{last} is another run's, and resuming {resumed} would write over it; pass "
                 f"--checkpoint.dirpath {os.path.dirname(resumed) or '.'} (its folder) or a new one"
@@ -394,15 +334,6 @@ class GPTLightningCLI(LightningCLI):
             warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
         if self.trainer.global_rank == 0:
             self.lock = lock_folder(folder)
-
-
-def _in_folder(path: str, folder: str) -> bool:
-    """Whether the file ``path`` (a path or URL) is in ``folder``."""
-    (fs, file), (fs_folder, root) = filesystem(path), filesystem(folder)
-    if isinstance(fs, LocalFileSystem) and isinstance(fs_folder, LocalFileSystem):  # links, "..", "//"
-        return os.path.realpath(os.path.dirname(file)) == os.path.realpath(root)
-    same_kind = type(fs) is type(fs_folder)
-    return same_kind and posixpath.normpath(posixpath.dirname(file)) == posixpath.normpath(root)
 
 
 def make_cli(

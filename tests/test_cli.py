@@ -14,7 +14,7 @@ import torch
 import yaml
 from conftest import TINY_MODEL, main_in_process, run_cli, run_command, tiny_fit_args
 
-from lightning_gpt.cli import LOGGED
+from lightning_gpt.checks import LOGGED
 
 
 def event_files(root):

@@ -418,12 +418,13 @@ def forged_shape(**shape):
         "string",
     ],
 )
-def test_files_that_are_not_sound_checkpoints(tiny_checkpoint, damaged, edit, message):
+def test_files_that_are_not_sound_checkpoints(tiny_checkpoint, damaged, edit, message, recwarn):
     assert check_checkpoint(tiny_checkpoint)["global_step"] == 30  # the original is sound
     if edit == "half":
         edit = tiny_checkpoint.read_bytes()[: tiny_checkpoint.stat().st_size // 2]
     with pytest.raises(UserError, match=re.escape(message)):
         check_checkpoint(damaged(edit))
+    assert [str(w.message) for w in recwarn] == []  # the one line alone (a pickle drew torch's note)
 
 
 @pytest.mark.parametrize(
