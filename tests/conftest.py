@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -204,14 +205,20 @@ def tiny_checkpoint(tmp_path_factory, shakespeare: str) -> Path:
 
 def main_in_process(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """``python cli.py ARGS`` run in ``cwd`` in this process (where a subprocess would add only its
-    start-up time): the exit code and what it printed to ``sys.stdout`` and ``sys.stderr``."""
+    start-up time): the exit code and what it printed to ``sys.stdout`` and ``sys.stderr``, Python
+    warnings included, as a new process shows them."""
     from lightning_gpt.cli import main
 
     here, argv, out, err = Path.cwd(), sys.argv, io.StringIO(), io.StringIO()
     os.chdir(cwd)
     sys.argv = [str(CLI)]  # as if run as cli.py: no pytest arguments
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+            warnings.resetwarnings()  # Python's own filters, not pytest's: what a user would see
+            warnings.simplefilter("default")
+            for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+                warnings.simplefilter("ignore", category)
+            warnings.showwarning = _show_on_stderr  # not into pytest's record (restored on exit)
             main(list(args))
         code = 0
     except SystemExit as exit_:
@@ -220,6 +227,10 @@ def main_in_process(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         os.chdir(here)
         sys.argv = argv
     return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
+def _show_on_stderr(message, category, filename, lineno, file=None, line=None) -> None:
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
 @pytest.fixture(scope="session", autouse=True)

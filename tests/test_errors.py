@@ -194,7 +194,7 @@ def one_line_error(result, message: str) -> None:
     assert result.returncode == 2, result.stderr[-2000:]
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and message in last, result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
+    assert "Traceback" not in result.stderr and "Warning" not in result.stderr, result.stderr[-2000:]
 
 
 @pytest.mark.parametrize(

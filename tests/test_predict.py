@@ -331,6 +331,7 @@ def test_bad_generation_input(bare_dir, args, message, cli_main):
     assert result.returncode == 2, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and message in last and "Traceback" not in result.stderr
+    assert "Warning" not in result.stderr, result.stderr
 
 
 def test_keep_the_whole_window_gives_the_seed_loop(bare_dir, cli_main, monkeypatch):

@@ -426,7 +426,8 @@ def test_serve_refuses_bad_arguments_in_one_line(cli_main, tiny_checkpoint: Path
     torch.save(broken, tmp_path / "broken.ckpt")
     nan = cli_main("serve", "--ckpt_path", str(tmp_path / "broken.ckpt"), cwd=tmp_path)
     assert nan.returncode == 2 and "has nan or inf weights" in nan.stderr.strip().splitlines()[-1]
-    assert "Traceback" not in missing.stderr + host.stderr + busy.stderr + low.stderr + nan.stderr
+    everything = missing.stderr + host.stderr + busy.stderr + low.stderr + nan.stderr
+    assert "Traceback" not in everything and "Warning" not in everything, everything
     for args, message in [  # argparse printed its usage, then a line of its own
         (["--port", "abc"], "argument --port: invalid int value: 'abc'"),
         ([], "the following arguments are required: --ckpt_path"),
