@@ -11,7 +11,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning_utilities.core.rank_zero import rank_zero_only as utils_rank_zero_only
 
 from lightning_gpt.corpus import read_corpus
-from lightning_gpt.data import CharDataModule, ConsecutiveWindows, RandomWindows
+from lightning_gpt.data import CharDataModule, ConsecutiveWindows, RandomWindows, batch_seed
 from lightning_gpt.errors import UserError
 
 
@@ -152,6 +152,26 @@ def test_fewer_validation_windows_than_processes_is_one_line(small_corpus, monke
     message = f"has {windows} windows of context_length 16, fewer than the {windows + 1} processes"
     with pytest.raises(UserError, match=message):
         data.val_dataloader()
+
+
+def test_no_two_seed_rank_batch_triples_share_a_batch_seed():
+    """Else in a sweep of seeds on several devices, a rank of one run would draw another run's windows."""
+    triples = itertools.product(range(20), range(8), range(50))
+    assert len({batch_seed(seed, rank, batch) for seed, rank, batch in triples}) == 20 * 8 * 50
+
+
+def test_each_node_draws_and_validates_by_its_global_rank(small_corpus, monkeypatch):
+    """Two nodes of two devices: the second node's second process is rank 3, not its local rank 1 (the
+    nodes would draw the same windows and validate the same quarter twice)."""
+    data = setup_module_for(small_corpus, context_length=16)
+    monkeypatch.setenv("NODE_RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    for rank_zero in (rank_zero_only, utils_rank_zero_only):  # set by the strategy: put back afterwards
+        monkeypatch.setattr(rank_zero, "rank", rank_zero.rank)
+    data.trainer = Trainer(accelerator="cpu", devices=2, num_nodes=2, strategy="ddp", logger=False)
+    assert data.trainer.global_rank == 3
+    assert data.train_dataloader().dataset.rank == 3
+    assert data.val_dataloader().sampler.rank == 3
 
 
 def test_a_reused_datamodule_draws_with_each_new_seed(small_corpus, tmp_path):

@@ -124,6 +124,14 @@ def test_server_errors_are_retried(server, tmp_path):
     assert dest.read_bytes() == BODY and server.requests == 3
 
 
+def test_retries_wait_the_backoff_then_twice_as_long_each_time(server, tmp_path, monkeypatch):
+    waits = []
+    monkeypatch.setattr(time, "sleep", waits.append)  # no slow answers planned: every wait is a retry's
+    server.plan = [503, 503, 503]
+    download(f"{server.url}/file.txt", tmp_path / "x.txt", GOOD_HASH, retries=3, backoff=1.5)
+    assert waits == [1.5, 3.0, 6.0] and server.requests == 4
+
+
 def test_persistent_server_errors_give_up_clearly(server, tmp_path):
     server.plan = [500] * 10
     with pytest.raises(UserError, match="after 3 attempts"):

@@ -100,6 +100,25 @@ def crafted_logits() -> torch.Tensor:
     return probs.log()
 
 
+def test_a_top_k_of_the_whole_vocabulary_or_more_keeps_every_token():
+    """nanoGPT's default top_k is 200: on a 65-character vocabulary torch.topk would fail."""
+    for top_k in (6, 7, 200):
+        assert torch.equal(filter_logits(crafted_logits(), top_k=top_k), crafted_logits())
+
+
+def test_top_k_keeps_tokens_tied_with_the_kth():
+    filtered = filter_logits(torch.tensor([[1.0, 2.0, 2.0, 0.5]]), top_k=1)
+    assert torch.isfinite(filtered).tolist() == [[False, True, True, False]]
+
+
+def test_top_p_applies_to_the_distribution_after_the_temperature():
+    """At temperature 2, probabilities go as sqrt(p): [.106, .335, .067, .260, .150, .082]; the nucleus
+    of 0.8 is then {1, 3, 4, 0}. Taken before the temperature it would be {1, 3} (0.5 + 0.3)."""
+    g = torch.Generator().manual_seed(0)
+    draws = {sample_next(crafted_logits(), 2.0, top_p=0.8, generator=g).item() for _ in range(2000)}
+    assert draws == {0, 1, 3, 4}
+
+
 def test_top_k_masks_with_minus_infinity_and_never_leaves_the_set():
     filtered = filter_logits(crafted_logits(), top_k=2)
     assert torch.isinf(filtered[0, [0, 2, 4, 5]]).all() and (filtered[0, [0, 2, 4, 5]] < 0).all()
@@ -211,5 +230,6 @@ def test_an_empty_prompt_starts_a_line_even_where_a_character_sorts_before_the_n
     """A tab (a TSV or code corpus) is the vocabulary's first character, but a sample starts a line."""
     assert prepare_prompt("", CharTokenizer("\t\nab")) == "\n"
     assert prepare_prompt("", CharTokenizer("ab")) == "a"  # no newline in the vocabulary: its first
+    assert prepare_prompt("é", CharTokenizer("\t\nab"), drop_unknown=True) == "\n"  # nothing left: a line
     module = GPTModule(vocab="\t\nab", d_model=16, num_heads=2, num_blocks=1, context_length=8)
     assert module.generate_text("", 3, seed=0)[0] == "\n"

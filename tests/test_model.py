@@ -54,6 +54,24 @@ def test_position_tables_hold_the_papers_values():
         )
 
 
+def test_rotate_turns_each_pair_by_its_positions_angle():
+    """RoFormer's rotation, counter-clockwise: (a, b) at position m -> (a cos mf - b sin mf, a sin mf +
+    b cos mf), pairing dimension i with i + hs/2. A turn the other way also depends only on the distance,
+    but every rotary checkpoint saved before would then compute something else."""
+    hs, m = 8, 3
+    table = rotary_table(m + 1, hs)[:, m : m + 1]  # position m alone: [2, 1, hs/2]
+    frequencies = 10000.0 ** (-torch.arange(0, hs, 2) / hs)  # [hs/2]
+    x = torch.randn(1, 1, 1, hs)  # [B, H, T, hs]
+    a, b = x[..., : hs // 2], x[..., hs // 2 :]
+    cos, sin = torch.cos(m * frequencies), torch.sin(m * frequencies)
+    turned = torch.cat((a * cos - b * sin, a * sin + b * cos), dim=-1)
+    assert torch.allclose(rotate(x, table), turned, atol=1e-6)
+    first = torch.zeros(1, 1, 1, hs)
+    first[..., 0] = 1.0  # the pair (1, 0) at position 3, frequency 1: (cos 3, sin 3)
+    out = rotate(first, table)[0, 0, 0]
+    assert torch.allclose(out[[0, hs // 2]], torch.tensor([math.cos(3), math.sin(3)]), atol=1e-6)
+
+
 def test_initial_weights_follow_gpt2():
     torch.manual_seed(0)
     model = GPT(GPTConfig(d_model=256, num_blocks=8))

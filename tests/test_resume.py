@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import fsspec
 import lightning as L
 import numpy as np
 import pytest
@@ -567,3 +568,32 @@ def test_saved_files_are_not_private(tmp_path):
     umask = os.umask(0o022)
     os.umask(umask)
     assert (tmp_path / "shared" / "last.ckpt").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, SystemExit], ids=["ctrl-c", "exit"])
+def test_an_interrupted_write_leaves_the_old_file_and_no_temporary_one(tmp_path, stop):
+    """Ctrl-C while a token cache or a prediction file is written (outside fit's signal handling)."""
+    write_atomically(tmp_path / "tokens.bin", lambda file: file.write(b"old"))
+
+    def interrupted(file):
+        file.write(b"half")
+        raise stop
+
+    with pytest.raises(stop):
+        write_atomically(tmp_path / "tokens.bin", interrupted)
+    assert [p.name for p in tmp_path.iterdir()] == ["tokens.bin"]
+    assert (tmp_path / "tokens.bin").read_bytes() == b"old"
+
+
+def test_a_failed_write_to_a_url_leaves_the_old_object(tmp_path):
+    """fsspec writes in a transaction: a save that fails half-way does not publish half a checkpoint."""
+    url = f"memory://{tmp_path.name}/last.ckpt"  # tmp_path's name: a bucket of this test's own
+    write_atomically(url, lambda file: file.write(b"old checkpoint"))
+
+    def failing(file):
+        file.write(b"half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(OSError):
+        write_atomically(url, failing)
+    assert fsspec.filesystem("memory").cat(url) == b"old checkpoint"
