@@ -25,6 +25,13 @@ def machine(monkeypatch):
     return configure
 
 
+def test_asking_for_cuda_without_it_leaves_the_refusal_to_lightning(machine):
+    """--trainer.accelerator cuda where CUDA is missing: no capability is read (an AssertionError
+    traceback); Lightning then refuses the accelerator in one line."""
+    machine(cuda=None, cpu_bf16=False)
+    assert precision.auto_precision("cuda") == "32-true"
+
+
 @pytest.mark.parametrize(
     ("capability", "expected"),
     [((7, 0), "16-mixed"), ((7, 5), "16-mixed"), ((8, 0), "bf16-mixed"), ((9, 0), "bf16-mixed")],

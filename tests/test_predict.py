@@ -185,6 +185,12 @@ def test_a_stdout_that_cannot_print_the_vocabulary_is_one_line_before_generating
         TextSampler(prompt="é", max_new_tokens=5).on_fit_end(trainer, module)
         ascii_stdout.flush()
     assert ascii_stdout.buffer.getvalue().startswith(b"\\xe9")
+    # a stdout set to escape what it cannot print (PYTHONIOENCODING=ascii:backslashreplace) is fine
+    escaping = io.TextIOWrapper(io.BytesIO(), encoding="ascii", errors="backslashreplace")
+    with contextlib.redirect_stdout(escaping), contextlib.redirect_stderr(io.StringIO()):
+        main(["predict", "--ckpt_path=accents.ckpt", "--generate.prompt=é", "--generate.max_new_tokens=5"])
+        escaping.flush()
+    assert escaping.buffer.getvalue().startswith(b"\\xe9")
 
 
 def test_output_to_a_url(bare_dir, cli_main):

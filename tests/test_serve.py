@@ -30,6 +30,7 @@ from lightning_gpt.serve import (
     MAX_PROMPT_CHARS,
     build_model,
     check_port,
+    foreign,
     request_settings,
 )
 from lightning_gpt.tokenizer import CharTokenizer
@@ -188,6 +189,12 @@ def test_openai_client_whole_and_streamed(server, expected):
     assert [choice.message.content for choice in answer.choices] == texts and len(set(texts)) == 3
     usage = (answer.usage.prompt_tokens, answer.usage.completion_tokens, answer.usage.total_tokens)
     assert usage == (14, 60, 74)  # the prompt once (before: once per choice)
+    # the last seed's next choice wraps to 0, as predict's seed + index does
+    answer = client.chat.completions.create(
+        model="tiny", messages=messages, max_tokens=20, seed=2**63 - 1, n=2
+    )
+    texts = [expected("ROMEO:\nJULIET:", 20, temperature=0.8, seed=seed) for seed in (2**63 - 1, 0)]
+    assert [choice.message.content for choice in answer.choices] == texts
     # null n and model, which OpenAI's API allows, are the defaults (before: a 500)
     body = {"model": None, "n": None, "messages": messages, "max_tokens": 3}
     answer = requests.post(f"{server[0]}/v1/chat/completions", json=body, timeout=30)
@@ -259,6 +266,29 @@ def test_chat_messages_are_joined_by_a_character_the_model_knows():
     messages = [{"role": "system", "content": "ab"}, {"role": "user", "content": "ba"}]
     for vocab, prompt in (("\n ab", "ab\nba"), (" ab", "ab ba"), ("ab", "abba")):
         assert request_settings({"messages": messages}, CharTokenizer(vocab), chat=True)["prompt"] == prompt
+
+
+def test_request_limits_and_defaults():
+    tokenizer = CharTokenizer("\n AB")
+    at_limit = request_settings({"prompt": "A" * MAX_PROMPT_CHARS}, tokenizer)
+    assert len(at_limit["prompt"]) == MAX_PROMPT_CHARS and at_limit["seed"] == 1337  # predict's default seed
+    assert request_settings({"prompt": "A", "seed": None}, tokenizer)["seed"] is None  # null: another text
+    assert request_settings({"prompt": "A", "max_new_tokens": MAX_NEW_TOKENS}, tokenizer)["max_new_tokens"]
+    chat = {"messages": [{"role": "user", "content": "A"}], "n": 8, "max_tokens": 10}
+    assert request_settings(chat, tokenizer, chat=True)["max_new_tokens"] == 10
+    both = {**chat, "max_completion_tokens": 20}  # the newer name wins, as in OpenAI's API
+    assert request_settings(both, tokenizer, chat=True)["max_new_tokens"] == 20
+    assert request_settings(chat, tokenizer, chat=True)["seed"] is None  # chat: OpenAI's default, no seed
+
+
+def test_pages_of_other_origins_are_refused_even_on_this_machine():
+    """A page on another local port (a dev server, Jupyter) is another site: it may not use the server."""
+    host = b"127.0.0.1:8000"
+    assert foreign({b"host": host, b"origin": b"http://127.0.0.1:8000"}, loopback=True) is None
+    for origin in (b"http://127.0.0.1:3000", b"http://127.0.0.1", b"http://localhost:8000"):
+        assert "refused" in foreign({b"host": host, b"origin": origin}, loopback=True), origin
+    assert foreign({b"host": b"[::1]:8000"}, loopback=False) is None  # --host :: answers any name
+    assert "not this machine" in foreign({b"host": b"192.168.1.5:8000"}, loopback=True)
 
 
 def test_bad_requests_get_one_message_and_the_server_keeps_serving(server):
