@@ -204,8 +204,10 @@ def test_output_to_a_url(bare_dir, cli_main):
 
 
 def test_interactive_mode_with_piped_stdin(bare_dir, cli_main, monkeypatch):
-    # \xff: not UTF-8 (a traceback that ended the session: stdin's strict decoder, or later \udcff)
-    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"ROMEO:\nAB\xff\nJULIET:\n"), "utf-8"))
+    # \xff: not UTF-8 (a traceback that ended the session: stdin's strict decoder, or later \udcff).
+    # Lines of a Windows file (\r\n), read as Python reads stdin on Linux (newline="\n": the \r stays).
+    lines = io.BytesIO(b"ROMEO: \r\nAB\xff\r\nJULIET:\r\n")
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(lines, "utf-8", newline="\n"))
     result = cli_main(
         "predict",
         "--ckpt_path=model.ckpt",
@@ -222,9 +224,9 @@ def test_interactive_mode_with_piped_stdin(bare_dir, cli_main, monkeypatch):
         "--generate.num_samples, --generate.output"
     ) in result.stderr
     assert not (bare_dir / "samples.txt").exists()
-    # each answer: the prompt, the whole continuation and a newline
-    assert result.stdout.startswith("ROMEO:") and "\nJULIET:" in result.stdout
-    assert len(result.stdout) == len("ROMEO:") + 15 + 1 + len("JULIET:") + 15 + 1
+    # each answer: the prompt (its last space kept), the whole continuation and a newline
+    assert result.stdout.startswith("ROMEO: ") and "\nJULIET:" in result.stdout
+    assert len(result.stdout) == len("ROMEO: ") + 15 + 1 + len("JULIET:") + 15 + 1
     assert "error: prompt characters not in the model's vocabulary: '\\udcff'" in result.stderr
     # the second answer (the refused line is none) samples with seed + 1 = 0, as predict's second prompt
     alone = cli_main(
