@@ -322,8 +322,8 @@ class GPTLightningCLI(LightningCLI):
                 f"{last} is another run's, and resuming {resumed} would write over it; pass "
                 f"--checkpoint.dirpath {os.path.dirname(resumed) or '.'} (its folder) or a new one"
             )
-        root = self.trainer.default_root_dir
-        hpc = sorted(Path(root).glob("hpc_ckpt_*.ckpt")) if SLURMEnvironment.detect() else []
+        hpc = Path(self.trainer.default_root_dir).glob("hpc_ckpt_*.ckpt") if SLURMEnvironment.detect() else []
+        hpc = sorted(hpc, key=lambda path: int("0" + re.sub(r"\D", "", path.stem)))  # by number, as Lightning
         if resumed is None and hpc:  # Lightning would resume it, silently
             raise UserError(
                 f"{hpc[-1]} (Lightning's checkpoint of a SLURM requeue) would be resumed instead of a new "

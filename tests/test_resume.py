@@ -385,6 +385,13 @@ def test_signals_a_full_disk_and_a_second_fit_lose_nothing(
         "instead of a new run; continue that run with --ckpt_path last and its --checkpoint.dirpath, or "
         "delete the hpc_ckpt_*.ckpt files"
     )
+    copies = [tmp_path / f"hpc_ckpt_{number}.ckpt" for number in (9, 10)]  # Lightning resumes the highest
+    for copy in copies:
+        copy.write_bytes((tmp_path / "hpc_ckpt_1.ckpt").read_bytes())
+    fresh = cli_main("fit", f"--data.path={small_corpus}", *RUN, "--checkpoint.dirpath=fresh", cwd=tmp_path)
+    assert fresh.stderr.strip().splitlines()[-1].startswith(f"error: {copies[1]} (Lightning's checkpoint")
+    for copy in copies:
+        copy.unlink()
     for name in slurm:
         monkeypatch.delenv(name)
     # 4. the requeued job: --ckpt_path last wins over Lightning's hpc checkpoint, and the run ends
