@@ -604,3 +604,21 @@ def test_a_failed_write_to_a_url_leaves_the_old_object(tmp_path):
     with pytest.raises(OSError):
         write_atomically(url, failing)
     assert fsspec.filesystem("memory").cat(url) == b"old checkpoint"
+
+
+@pytest.mark.parametrize("subcommand", ["validate", "predict"])
+def test_validate_and_predict_leave_the_callers_generators_alone(
+    tiny_checkpoint, tmp_path, cli_main, keep_generators, subcommand
+):
+    """Only a resumed fit takes the saved generator states back: a notebook's validate or predict of a
+    checkpoint must not reset the caller's torch, Python and NumPy streams to the training run's."""
+    checkpoint = torch.load(tiny_checkpoint, weights_only=True)
+    checkpoint["rng_states"] = [seeded_states(99)]  # states of their own, easy to tell
+    torch.save(checkpoint, tmp_path / "model.ckpt")
+    saved_draws = (set_rng_states(checkpoint["rng_states"][0]), draws())[1]
+    corpus = f"--data.path={tiny_checkpoint.parent.parent / 'corpus.txt'}"
+    args = [corpus, "--trainer.limit_val_batches=2"] if subcommand == "validate" else []
+    args += ["--generate.max_new_tokens=5"] if subcommand == "predict" else []
+    result = cli_main(subcommand, "--ckpt_path=model.ckpt", *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert all(after != saved for after, saved in zip(draws(), saved_draws, strict=True))  # every stream
