@@ -18,7 +18,7 @@ from conftest import CLI
 from lightning import Trainer
 
 from lightning_gpt.callbacks import TextSampler
-from lightning_gpt.cli import main
+from lightning_gpt.cli import main, make_cli
 from lightning_gpt.generation import GenerationSettings, sample_next
 from lightning_gpt.interactive import interactive_session
 from lightning_gpt.module import GPTModule
@@ -55,6 +55,25 @@ def test_several_prompts_and_samples(bare_dir, cli_main):
     )
     second = result.stdout.split("==> prompt 2, sample 1 <==\n")[1].replace("prompt 2,", "prompt 1,")
     assert alone.stdout == "==> prompt 1, sample 1 <==\n" + second, alone.stderr
+
+
+@pytest.mark.filterwarnings("ignore:.*infer the batch indices")  # as main() filters it
+def test_predict_takes_one_device_where_lightning_would_take_them_all(bare_dir, monkeypatch):
+    """--trainer.devices defaults to "auto": every GPU of the machine, each printing its share."""
+    monkeypatch.chdir(bare_dir)
+    monkeypatch.setattr(sys, "argv", [str(CLI)])  # as if run as cli.py: no pytest arguments
+    cli = make_cli(["predict", "--ckpt_path=model.ckpt", "--generate.max_new_tokens=2"])
+    assert cli.config.predict.trainer.devices == 1 and cli.trainer.num_devices == 1
+
+
+def test_a_prompt_file_is_one_more_prompt_after_the_others(bare_dir, cli_main):
+    (bare_dir / "prompt.txt").write_text("JULIET:", encoding="utf-8")
+    args = ["--ckpt_path=model.ckpt", "--generate.max_new_tokens=5", "--generate.prompt_file=prompt.txt"]
+    result = cli_main("predict", *args, "--generate.prompt=ROMEO:", cwd=bare_dir)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("==> prompt 1, sample 1 <==\nROMEO:")
+    assert "\n==> prompt 2, sample 1 <==\nJULIET:" in result.stdout
+    assert result.stdout.count("==> prompt") == 2
 
 
 def test_predict_asked_for_two_processes_prints_and_writes_every_sample_once(bare_dir, cli_main):
