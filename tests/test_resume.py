@@ -622,3 +622,25 @@ def test_validate_and_predict_leave_the_callers_generators_alone(
     result = cli_main(subcommand, "--ckpt_path=model.ckpt", *args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert all(after != saved for after, saved in zip(draws(), saved_draws, strict=True))  # every stream
+
+
+def test_a_signal_before_the_first_step_saves_nothing(tmp_path, small_corpus, cli_main, monkeypatch):
+    """SIGTERM after Lightning's own handler is set but before SaveLastStep takes over (here: while the
+    training data loader is made): Lightning stops after the first batch, which with two accumulated
+    batches finished no step. Writing last.ckpt then would make the same command refuse to start."""
+    from lightning_gpt.data import CharDataModule
+
+    make_loader = CharDataModule.train_dataloader
+
+    def signalled(self):
+        os.kill(os.getpid(), signal.SIGTERM)  # to Lightning's handler, which only notes it
+        return make_loader(self)
+
+    monkeypatch.setattr(CharDataModule, "train_dataloader", signalled)
+    args = [*TINY_MODEL, "--trainer.accumulate_grad_batches=2", "--trainer.num_sanity_val_steps=0"]
+    args += ["--trainer.max_steps=10", "--trainer.enable_progress_bar=false", "--sample.print_at_end=false"]
+    result = cli_main("fit", f"--data.path={small_corpus}", *args, cwd=tmp_path)
+    assert result.returncode == 143, result.stderr[-2000:]
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line == "SIGTERM: stopped before a training step of this run; nothing new to save"
+    assert not (tmp_path / "checkpoints" / "last.ckpt").exists()
