@@ -235,6 +235,11 @@ def test_help_offers_fit_validate_and_predict_only(tmp_path, cli_main):
             "--trainer.accelerator=gpuu",
             "invalid --trainer settings: You selected an invalid accelerator name",
         ),
+        pytest.param(  # the automatic precision read no capability first (an AssertionError before)
+            "--trainer.accelerator=cuda",
+            "invalid --trainer settings: `CUDAAccelerator` can not run on your system",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here"),
+        ),
         (
             "--trainer.devices=0",
             "invalid --trainer settings: `Trainer(devices='0')` value is not a valid input",

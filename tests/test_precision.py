@@ -25,9 +25,9 @@ def machine(monkeypatch):
     return configure
 
 
-def test_asking_for_cuda_without_it_leaves_the_refusal_to_lightning(machine):
-    """--trainer.accelerator cuda where CUDA is missing: no capability is read (an AssertionError
-    traceback); Lightning then refuses the accelerator in one line."""
+def test_asking_for_cuda_without_it_reads_no_capability(machine):
+    """--trainer.accelerator cuda where CUDA is missing: reading the capability was an AssertionError
+    traceback (Lightning refuses the accelerator in one line afterwards: test_errors)."""
     machine(cuda=None, cpu_bf16=False)
     assert precision.auto_precision("cuda") == "32-true"
 

@@ -63,7 +63,7 @@ def test_predict_takes_one_device_where_lightning_would_take_them_all(bare_dir, 
     monkeypatch.chdir(bare_dir)
     monkeypatch.setattr(sys, "argv", [str(CLI)])  # as if run as cli.py: no pytest arguments
     cli = make_cli(["predict", "--ckpt_path=model.ckpt", "--generate.max_new_tokens=2"])
-    assert cli.config.predict.trainer.devices == 1 and cli.trainer.num_devices == 1
+    assert cli.config.predict.trainer.devices == 1  # on a CPU "auto" is one device too: the setting tells
 
 
 def test_a_prompt_file_is_one_more_prompt_after_the_others(bare_dir, cli_main):

@@ -273,7 +273,8 @@ def test_request_limits_and_defaults():
     at_limit = request_settings({"prompt": "A" * MAX_PROMPT_CHARS}, tokenizer)
     assert len(at_limit["prompt"]) == MAX_PROMPT_CHARS and at_limit["seed"] == 1337  # predict's default seed
     assert request_settings({"prompt": "A", "seed": None}, tokenizer)["seed"] is None  # null: another text
-    assert request_settings({"prompt": "A", "max_new_tokens": MAX_NEW_TOKENS}, tokenizer)["max_new_tokens"]
+    most = request_settings({"prompt": "A", "max_new_tokens": MAX_NEW_TOKENS}, tokenizer)
+    assert most["max_new_tokens"] == MAX_NEW_TOKENS
     chat = {"messages": [{"role": "user", "content": "A"}], "n": 8, "max_tokens": 10}
     assert request_settings(chat, tokenizer, chat=True)["max_new_tokens"] == 10
     both = {**chat, "max_completion_tokens": 20}  # the newer name wins, as in OpenAI's API
