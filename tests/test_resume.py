@@ -1,9 +1,7 @@
 """Exact resume after a kill, and checkpoints that survive kills during saves."""
 
 import contextlib
-import errno
 import os
-import random
 import re
 import resource
 import signal
@@ -12,17 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-import fsspec
 import lightning as L
-import numpy as np
 import pytest
 import torch
 from conftest import CLI, TINY_MODEL, main_in_process, run_command
-
-from lightning_gpt.atomic import write_atomically
-from lightning_gpt.checkpoint_io import AtomicCheckpointIO, lock_folder, unlock
-from lightning_gpt.errors import UserError
-from lightning_gpt.rng import restore_rng_states, rng_states, set_rng_states
 
 # Dropout on and two dataloader workers: both must be resumed exactly.
 RUN = [
@@ -463,165 +454,6 @@ def test_kills_during_saves_never_corrupt_checkpoints(tmp_path, small_corpus):
     assert len(checkpoints) >= 4 and (folder / "last.ckpt").exists()
     for path in checkpoints:
         assert step_of(path) >= 1, f"{path.name} does not load"
-
-
-@pytest.fixture
-def keep_generators():
-    """Give the other tests the generator states these tests found."""
-    states = rng_states()
-    yield
-    set_rng_states(states)
-
-
-def seeded_states(seed: int) -> dict:
-    torch.manual_seed(seed)
-    random.seed(seed)
-    random.gauss(0, 1)  # makes a pair and keeps the second for the next call: part of the state
-    np.random.seed(seed)
-    return rng_states()
-
-
-def draws() -> list[float]:
-    """The next number of the torch, Python (and its kept Gaussian) and NumPy generators."""
-    return [torch.rand(()).item(), random.random(), random.gauss(0, 1), float(np.random.rand())]
-
-
-def test_each_rank_gets_its_own_generator_states_back(tmp_path, keep_generators):
-    per_rank = [seeded_states(1), seeded_states(2)]
-    expected = [(seeded_states(seed), draws())[1] for seed in (1, 2)]
-    torch.save({"rng_states": per_rank}, tmp_path / "states.pt")
-    saved = torch.load(tmp_path / "states.pt", weights_only=True)["rng_states"]
-    for rank in (0, 1):
-        seeded_states(99)
-        assert restore_rng_states(saved, rank, world_size=2) is None
-        assert draws() == expected[rank]
-
-
-def test_old_checkpoints_and_other_world_sizes(keep_generators):
-    one, two = seeded_states(1), seeded_states(2)
-    expected_one = (seeded_states(1), draws())[1]
-    fresh = (seeded_states(99), draws())[1]
-    # older checkpoints hold one state, read as rank 0's
-    seeded_states(99)
-    assert restore_rng_states(one, rank=0, world_size=1) is None
-    assert draws() == expected_one
-    # two saved, one running: rank 0 restores its own, and a line says what happened
-    seeded_states(99)
-    note = restore_rng_states([one, two], rank=0, world_size=1)
-    assert draws() == expected_one
-    assert "of 2 process(es) and this run has 1: a resume with another number" in note
-    # two saved, three running: rank 2 has no entry and keeps its fresh streams
-    seeded_states(99)
-    note = restore_rng_states([one, two], rank=2, world_size=3)
-    assert draws() == fresh
-    assert "of 2 process(es) and this run has 3" in note
-
-
-def test_unlock_closes_only_what_this_process_locked(tmp_path):
-    # A rank that ddp_spawn or ddp_fork starts gets a copy of the callback that holds the lock's
-    # descriptor number, which in that process may name another file (a pipe of multiprocessing)
-    other = os.open(tmp_path, os.O_RDONLY)
-    unlock(other)
-    os.fstat(other)  # still open
-    os.close(other)
-    held = lock_folder(str(tmp_path / "checkpoints"))
-    unlock(held)
-    with pytest.raises(OSError):
-        os.fstat(held)
-
-
-def test_a_file_is_on_disk_before_it_takes_the_name(tmp_path, monkeypatch):
-    """fsync before the rename: after a power cut the name holds the old file or all of the new one."""
-    events = []
-    fsync, replace = os.fsync, os.replace
-    monkeypatch.setattr(os, "fsync", lambda fd: events.append(("fsync", os.fstat(fd).st_ino)) or fsync(fd))
-    monkeypatch.setattr(
-        os, "replace", lambda a, b: events.append(("replace", os.stat(a).st_ino)) or replace(a, b)
-    )
-    write_atomically(tmp_path / "last.ckpt", lambda file: file.write(b"weights"))
-    (kind, inode), *_ = [event for event in events if event[0] == "replace"]
-    assert ("fsync", inode) in events[: events.index((kind, inode))]
-    assert (tmp_path / "last.ckpt").read_bytes() == b"weights"
-
-
-def test_a_failed_save_is_one_line_whatever_torch_raises(tmp_path, monkeypatch):
-    """torch 2.6's writer raises a RuntimeError over the OSError (later ones pass the OSError on)."""
-
-    def save(checkpoint, file):
-        try:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        except OSError:
-            raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0") from None
-
-    monkeypatch.setattr(torch, "save", save)
-    message = (
-        rf"cannot save checkpoint .*: {os.strerror(errno.ENOSPC)}; the checkpoints saved before are unchanged"
-    )
-    with pytest.raises(UserError, match=message):
-        AtomicCheckpointIO().save_checkpoint({}, tmp_path / "last.ckpt")
-    assert not list(tmp_path.iterdir())  # no temporary file left behind
-
-    def save_without_reason(checkpoint, file):
-        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0")
-
-    monkeypatch.setattr(torch, "save", save_without_reason)  # no system error to name: torch's first line
-    with pytest.raises(UserError, match=r"cannot save checkpoint .*: the write failed \(\[enforce fail"):
-        AtomicCheckpointIO().save_checkpoint({}, tmp_path / "last.ckpt")
-
-
-def test_saved_files_are_not_private(tmp_path):
-    # mkstemp creates 0600 files: a checkpoint in a shared folder was unreadable to other users
-    write_atomically(tmp_path / "shared" / "last.ckpt", lambda file: file.write(b"weights"))
-    umask = os.umask(0o022)
-    os.umask(umask)
-    assert (tmp_path / "shared" / "last.ckpt").stat().st_mode & 0o777 == 0o666 & ~umask
-
-
-@pytest.mark.parametrize("stop", [KeyboardInterrupt, SystemExit], ids=["ctrl-c", "exit"])
-def test_an_interrupted_write_leaves_the_old_file_and_no_temporary_one(tmp_path, stop):
-    """Ctrl-C while a token cache or a prediction file is written (outside fit's signal handling)."""
-    write_atomically(tmp_path / "tokens.bin", lambda file: file.write(b"old"))
-
-    def interrupted(file):
-        file.write(b"half")
-        raise stop
-
-    with pytest.raises(stop):
-        write_atomically(tmp_path / "tokens.bin", interrupted)
-    assert [p.name for p in tmp_path.iterdir()] == ["tokens.bin"]
-    assert (tmp_path / "tokens.bin").read_bytes() == b"old"
-
-
-def test_a_failed_write_to_a_url_leaves_the_old_object(tmp_path):
-    """fsspec writes in a transaction: a save that fails half-way does not publish half a checkpoint."""
-    url = f"memory://{tmp_path.name}/last.ckpt"  # tmp_path's name: a bucket of this test's own
-    write_atomically(url, lambda file: file.write(b"old checkpoint"))
-
-    def failing(file):
-        file.write(b"half")
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    with pytest.raises(OSError):
-        write_atomically(url, failing)
-    assert fsspec.filesystem("memory").cat(url) == b"old checkpoint"
-
-
-@pytest.mark.parametrize("subcommand", ["validate", "predict"])
-def test_validate_and_predict_do_not_restore_the_saved_generator_states(
-    tiny_checkpoint, tmp_path, cli_main, keep_generators, subcommand
-):
-    """Only a resumed fit takes the saved generator states back: a notebook's validate or predict of a
-    checkpoint must not reset the caller's torch, Python and NumPy streams to the training run's."""
-    checkpoint = torch.load(tiny_checkpoint, weights_only=True)
-    checkpoint["rng_states"] = [seeded_states(99)]  # states of their own, easy to tell
-    torch.save(checkpoint, tmp_path / "model.ckpt")
-    saved_draws = (set_rng_states(checkpoint["rng_states"][0]), draws())[1]
-    corpus = f"--data.path={tiny_checkpoint.parent.parent / 'corpus.txt'}"
-    args = [corpus, "--trainer.limit_val_batches=2"] if subcommand == "validate" else []
-    args += ["--generate.max_new_tokens=5"] if subcommand == "predict" else []
-    result = cli_main(subcommand, "--ckpt_path=model.ckpt", *args, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert all(after != saved for after, saved in zip(draws(), saved_draws, strict=True))  # every stream
 
 
 def test_a_signal_before_the_first_step_saves_nothing(tmp_path, small_corpus, cli_main, monkeypatch):

@@ -1,0 +1,102 @@
+"""Checkpoint files: a kill, Ctrl-C or a failed save leaves the old file or the new one, whole; one
+fit per folder (its lock)."""
+
+import errno
+import os
+
+import fsspec
+import pytest
+import torch
+
+from lightning_gpt.atomic import write_atomically
+from lightning_gpt.checkpoint_io import AtomicCheckpointIO, lock_folder, unlock
+from lightning_gpt.errors import UserError
+
+
+def test_unlock_closes_only_what_this_process_locked(tmp_path):
+    # A rank that ddp_spawn or ddp_fork starts gets a copy of the callback that holds the lock's
+    # descriptor number, which in that process may name another file (a pipe of multiprocessing)
+    other = os.open(tmp_path, os.O_RDONLY)
+    unlock(other)
+    os.fstat(other)  # still open
+    os.close(other)
+    held = lock_folder(str(tmp_path / "checkpoints"))
+    unlock(held)
+    with pytest.raises(OSError):
+        os.fstat(held)
+
+
+def test_a_file_is_on_disk_before_it_takes_the_name(tmp_path, monkeypatch):
+    """fsync before the rename: after a power cut the name holds the old file or all of the new one."""
+    events = []
+    fsync, replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append(("fsync", os.fstat(fd).st_ino)) or fsync(fd))
+    monkeypatch.setattr(
+        os, "replace", lambda a, b: events.append(("replace", os.stat(a).st_ino)) or replace(a, b)
+    )
+    write_atomically(tmp_path / "last.ckpt", lambda file: file.write(b"weights"))
+    (kind, inode), *_ = [event for event in events if event[0] == "replace"]
+    assert ("fsync", inode) in events[: events.index((kind, inode))]
+    assert (tmp_path / "last.ckpt").read_bytes() == b"weights"
+
+
+def test_a_failed_save_is_one_line_whatever_torch_raises(tmp_path, monkeypatch):
+    """torch 2.6's writer raises a RuntimeError over the OSError (later ones pass the OSError on)."""
+
+    def save(checkpoint, file):
+        try:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0") from None
+
+    monkeypatch.setattr(torch, "save", save)
+    message = (
+        rf"cannot save checkpoint .*: {os.strerror(errno.ENOSPC)}; the checkpoints saved before are unchanged"
+    )
+    with pytest.raises(UserError, match=message):
+        AtomicCheckpointIO().save_checkpoint({}, tmp_path / "last.ckpt")
+    assert not list(tmp_path.iterdir())  # no temporary file left behind
+
+    def save_without_reason(checkpoint, file):
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(torch, "save", save_without_reason)  # no system error to name: torch's first line
+    with pytest.raises(UserError, match=r"cannot save checkpoint .*: the write failed \(\[enforce fail"):
+        AtomicCheckpointIO().save_checkpoint({}, tmp_path / "last.ckpt")
+
+
+def test_saved_files_are_not_private(tmp_path):
+    # mkstemp creates 0600 files: a checkpoint in a shared folder was unreadable to other users
+    write_atomically(tmp_path / "shared" / "last.ckpt", lambda file: file.write(b"weights"))
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (tmp_path / "shared" / "last.ckpt").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, SystemExit], ids=["ctrl-c", "exit"])
+def test_an_interrupted_write_leaves_the_old_file_and_no_temporary_one(tmp_path, stop):
+    """Ctrl-C while a token cache or a prediction file is written (outside fit's signal handling)."""
+    write_atomically(tmp_path / "tokens.bin", lambda file: file.write(b"old"))
+
+    def interrupted(file):
+        file.write(b"half")
+        raise stop
+
+    with pytest.raises(stop):
+        write_atomically(tmp_path / "tokens.bin", interrupted)
+    assert [p.name for p in tmp_path.iterdir()] == ["tokens.bin"]
+    assert (tmp_path / "tokens.bin").read_bytes() == b"old"
+
+
+def test_a_failed_write_to_a_url_leaves_the_old_object(tmp_path):
+    """fsspec writes in a transaction: a save that fails half-way does not publish half a checkpoint."""
+    url = f"memory://{tmp_path.name}/last.ckpt"  # tmp_path's name: a bucket of this test's own
+    write_atomically(url, lambda file: file.write(b"old checkpoint"))
+
+    def failing(file):
+        file.write(b"half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(OSError):
+        write_atomically(url, failing)
+    assert fsspec.filesystem("memory").cat(url) == b"old checkpoint"
