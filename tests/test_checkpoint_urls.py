@@ -29,6 +29,9 @@ def test_checkpoint_folders_at_urls(tmp_path, small_corpus, cli_main):
         assert resumed.returncode == 0, resumed.stderr
         with memory.open(f"/{tmp_path.name}/last.ckpt", "rb") as file:
             assert torch.load(file, weights_only=True)["global_step"] == 4
+        args = [f"--ckpt_path={url}/last.ckpt", "--generate.prompt=A", "--generate.max_new_tokens=3"]
+        predicted = cli_main("predict", *args, cwd=tmp_path)  # a URL is not a missing file
+        assert predicted.returncode == 0 and len(predicted.stdout) == 1 + 3 + 1, predicted.stderr
         assert not memory.glob(f"/{tmp_path.name}/*.tmp")
     finally:
         memory.rm(f"/{tmp_path.name}", recursive=True)

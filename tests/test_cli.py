@@ -47,6 +47,9 @@ AS_A_USER = {"PYTHONWARNINGS": None}
 def test_fit_then_validate_then_predict_quietly(tmp_path, small_corpus):
     fit = run_cli(*tiny_fit_args(small_corpus), cwd=tmp_path, env=AS_A_USER)
     assert fit.returncode == 0, fit.stderr
+    # 58 characters: embeddings 58*32 + 32*32, two blocks of 12,704, the final LayerNorm 64
+    shape = "2 blocks, d_model 32, 2 heads, context 32, vocabulary 58"
+    assert f"GPT: 28,352 parameters ({shape}), precision" in fit.stderr, fit.stderr
     checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert checkpoints == ["best-step000006-val" + checkpoints[0][-11:], "last.ckpt"]
     saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)

@@ -66,6 +66,14 @@ def test_predict_takes_one_device_where_lightning_would_take_them_all(bare_dir, 
     assert cli.config.predict.trainer.devices == 1  # on a CPU "auto" is one device too: the setting tells
 
 
+def test_predict_reads_no_corpus_even_where_a_recipe_names_one(bare_dir, cli_main):
+    """A recipe's --config on a machine without its corpus: predict needs the checkpoint alone."""
+    args = ["--ckpt_path=model.ckpt", "--data.path=not/here.txt", "--generate.max_new_tokens=3"]
+    result = cli_main("predict", *args, "--generate.prompt=A", cwd=bare_dir)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("A") and len(result.stdout) == len("A") + 3 + 1  # and a newline
+
+
 def test_a_prompt_file_is_one_more_prompt_after_the_others(bare_dir, cli_main):
     (bare_dir / "prompt.txt").write_text("JULIET:", encoding="utf-8")
     args = ["--ckpt_path=model.ckpt", "--generate.max_new_tokens=5", "--generate.prompt_file=prompt.txt"]

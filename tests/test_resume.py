@@ -36,6 +36,7 @@ def fit(corpus: Path, cwd: Path, *extra: str) -> None:
     assert result.returncode == 0, result.stderr
     # resuming into the run's own folder is the point: Lightning's "is not empty" warning is not shown
     assert "exists and is not empty" not in result.stderr, result.stderr
+    assert result.stdout == ""  # --sample.print_at_end false: no closing sample
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
@@ -477,3 +478,23 @@ def test_a_signal_before_the_first_step_saves_nothing(tmp_path, small_corpus, cl
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line == "SIGTERM: stopped before a training step of this run; nothing new to save"
     assert not (tmp_path / "checkpoints" / "last.ckpt").exists()
+
+
+class InterruptAtStep3(L.Callback):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == 3:
+            assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler  # SaveLastStep's
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_ctrl_c_finishes_the_step_saves_it_and_exits_130(tmp_path, small_corpus, cli_main):
+    callback = f"--trainer.callbacks+={__name__}.InterruptAtStep3"
+    args = [*TINY_MODEL, "--trainer.max_steps=10", "--trainer.enable_progress_bar=false", callback]
+    args += ["--sample.print_at_end=false"]
+    result = cli_main("fit", f"--data.path={small_corpus}", *args, cwd=tmp_path)
+    assert result.returncode == 130, result.stderr[-2000:]
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"SIGINT: saved step 4 to {last}; continue: the same command with --ckpt_path last"
+    )
+    assert step_of(last) == 4

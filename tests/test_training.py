@@ -76,6 +76,28 @@ def test_warmup_cosine_at_chosen_steps():
     assert all(a > b for a, b in zip(after_warmup, after_warmup[1:], strict=False)), "not strictly decreasing"
 
 
+def test_decay_steps_0_or_unset_means_the_trainers_max_steps():
+    trainer = L.Trainer(max_steps=12, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    for decay_steps in (0, None, 12):
+        module = GPTModule(**TINY, vocab="abcdefgh", warmup_steps=4, decay_steps=decay_steps)
+        module.trainer = trainer
+        schedule = module.configure_optimizers()["lr_scheduler"]["scheduler"].lr_lambdas[0]
+        assert [schedule(step) for step in (8, 12)] == [pytest.approx(0.55), pytest.approx(0.1)], decay_steps
+
+
+def test_compile_false_is_never_compiled_where_auto_would(monkeypatch):
+    import lightning_gpt.module as module_file
+
+    monkeypatch.setattr(module_file, "auto_compile", lambda device: True)  # a GPU where auto compiles
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: compiled.append(model) or model)
+    GPTModule(**TINY, vocab="abcdefgh", compile=False)(torch.zeros(1, 4, dtype=torch.long))
+    assert compiled == []
+    auto = GPTModule(**TINY, vocab="abcdefgh")
+    auto(torch.zeros(1, 4, dtype=torch.long))
+    assert compiled == [auto.model]
+
+
 class Recorder(L.Callback):
     """At every optimizer step: the learning rate of each parameter group, the total gradient norm
     before clipping (``on_before_optimizer_step`` runs before Lightning clips) and after it (a step
