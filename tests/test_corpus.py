@@ -109,6 +109,22 @@ def test_an_incomplete_cache_is_rebuilt(tmp_path):
     assert rebuilt.built and decoded(rebuilt) == "some text to cache\n"
 
 
+@pytest.mark.parametrize("meta", ["[]", "null", '{"version": 2}'], ids=["list", "null", "no-vocab"])
+def test_a_cache_description_of_another_shape_is_rebuilt(tmp_path, meta):
+    path = tmp_path / "text.txt"
+    path.write_text("some text to cache\n")
+    cache = build_token_cache(path, tmp_path / "cache")
+    (cache.tokens_path.parent / "meta.json").write_text(meta)  # hand-edited, or another program's
+    rebuilt = build_token_cache(path, tmp_path / "cache")
+    assert rebuilt.built and decoded(rebuilt) == "some text to cache\n"
+
+
+def test_a_folder_named_like_a_text_file_is_not_read(tmp_path):
+    make_folder(tmp_path / "corpus", {"a.txt": "first\n", "notes.txt/b.txt": "second\n"})
+    cache = build_token_cache(tmp_path / "corpus", tmp_path / "cache")
+    assert decoded(cache) == "first\n" + SEPARATOR + "second\n"
+
+
 def test_two_corpora_never_share_a_cache(tmp_path):
     for name in ("x", "y"):
         make_folder(tmp_path / name, {"corpus.txt": f"text of {name}\n"})

@@ -235,6 +235,9 @@ def test_invalid_config():
         GPTConfig(positional="alibi")
     with pytest.raises(ValueError, match="even head size"):
         GPTConfig(positional="rotary", d_model=12, num_heads=4)
+    for dropout in ("dropout", "attention_dropout"):  # 1 would zero every activation it touches
+        with pytest.raises(ValueError, match=f"{dropout} must be in"):
+            GPTConfig(**{dropout: 1.0})
 
 
 def test_tiny_model_overfits_tiny_text():

@@ -112,6 +112,15 @@ def test_under_torchrun_only_rank_0_predicts(bare_dir, cli_main, monkeypatch):
     assert first.returncode == 0 and len(first.stdout.rstrip("\n")) == 6 and (bare_dir / "out.txt").exists()
 
 
+def test_an_empty_output_writes_no_file(bare_dir, cli_main):
+    """``--generate.output="$OUT"`` with OUT unset: the samples go to stdout alone (it ended in an error)."""
+    result = cli_main(
+        "predict", "--ckpt_path=model.ckpt", "--generate.max_new_tokens=3", "--generate.output=", cwd=bare_dir
+    )
+    assert result.returncode == 0 and len(result.stdout) == 1 + 3 + 1, result.stderr
+    assert sorted(path.name for path in bare_dir.iterdir()) == ["model.ckpt"]
+
+
 def test_an_output_that_cannot_be_written_is_one_line(bare_dir, cli_main):
     args = ["predict", "--ckpt_path=model.ckpt", "--generate.max_new_tokens=8"]
     (bare_dir / "folder").mkdir()

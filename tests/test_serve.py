@@ -199,6 +199,12 @@ def test_openai_client_whole_and_streamed(server, expected):
     body = {"model": None, "n": None, "messages": messages, "max_tokens": 3}
     answer = requests.post(f"{server[0]}/v1/chat/completions", json=body, timeout=30)
     assert answer.status_code == 200 and len(answer.json()["choices"][0]["message"]["content"]) == 3
+    assert answer.headers["content-type"] == "application/json"  # one type: /predict's is added alone
+    streamed = requests.post(f"{server[0]}/v1/chat/completions", json={**body, "stream": True}, timeout=30)
+    assert streamed.headers["content-type"].startswith("text/event-stream")
+    assert "," not in streamed.headers["content-type"]
+    page = requests.get(f"{server[0]}/", timeout=30)  # the page, without a browser
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     # a seed gives predict's text for the same settings (before, chat requests dropped it)
     settings = dict(max_tokens=40, temperature=1.2, seed=11)
     seeded = [client.chat.completions.create(model="tiny", messages=messages, **settings) for _ in "12"]
@@ -452,6 +458,10 @@ def test_serve_refuses_bad_arguments_in_one_line(cli_main, tiny_checkpoint: Path
     assert busy.returncode == 2 and f"error: cannot listen on 127.0.0.1 port {port}" in busy.stderr
     low = cli_main("serve", "--ckpt_path", str(tiny_checkpoint), "--port", "70000", cwd=tmp_path)
     assert low.returncode == 2 and low.stderr.strip() == "error: --port must be from 1024 to 65535, got 70000"
+    root = cli_main("serve", "--ckpt_path", str(tiny_checkpoint), "--port", "1023", cwd=tmp_path)
+    assert (
+        root.returncode == 2 and root.stderr.strip() == "error: --port must be from 1024 to 65535, got 1023"
+    )
     broken = torch.load(tiny_checkpoint, weights_only=True)
     next(iter(broken["state_dict"].values())).fill_(float("nan"))
     torch.save(broken, tmp_path / "broken.ckpt")
@@ -485,6 +495,8 @@ def test_a_port_that_a_stopped_server_left_in_time_wait_can_be_served_again():
             check_port("127.0.0.1", port)  # while a server listens there, the port is busy
     time.sleep(0.1)
     check_port("127.0.0.1", port)
+    if socket.has_ipv6:
+        check_port("::", port)  # --host :: binds an IPv6 socket (an IPv4 one refused every port)
 
 
 def test_a_killed_servers_processes_end_with_its_group(tiny_checkpoint: Path, tmp_path: Path):

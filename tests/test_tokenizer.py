@@ -50,6 +50,11 @@ def test_non_ascii_vocabulary_and_compact_dtype():
         tokenizer.decode([tokenizer.vocab_size])
 
 
+def test_an_empty_vocabulary_is_refused():
+    with pytest.raises(ValueError, match="empty"):
+        CharTokenizer("")
+
+
 def test_vocabulary_must_be_sorted_and_unique():
     with pytest.raises(ValueError, match="sorted"):
         CharTokenizer("ba")

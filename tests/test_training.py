@@ -72,6 +72,8 @@ def test_warmup_cosine_at_chosen_steps():
     }
     for step, value in expected.items():
         assert warmup_cosine(step, 4, 12, 0.1) == pytest.approx(value, abs=1e-9), step
+    # decay_steps before the warmup's end: the warmup finishes, then the floor
+    assert [warmup_cosine(step, 4, 2, 0.1) for step in range(6)] == [0.25, 0.5, 0.75, 1.0, 0.1, 0.1]
     after_warmup = [warmup_cosine(step, 4, 12, 0.1) for step in range(4, 13)]
     assert all(a > b for a, b in zip(after_warmup, after_warmup[1:], strict=False)), "not strictly decreasing"
 
