@@ -36,11 +36,18 @@ def test_checkpoint_folders_at_urls(tmp_path, small_corpus, cli_main):
     finally:
         memory.rm(f"/{tmp_path.name}", recursive=True)
 
-    # what cannot be used is one line
-    for extra, message in {
-        "--checkpoint.dirpath=nosuchfs://b/runs": "cannot use nosuchfs://b/runs: Protocol not known",
-        "--ckpt_path=memory://nothing/here.ckpt": "checkpoint memory://nothing/here.ckpt does not exist",
-    }.items():
-        result = fit(extra)
-        assert result.returncode == 2 and "Traceback" not in result.stderr
-        assert result.stderr.strip().splitlines()[-1].startswith(f"error: {message}"), result.stderr
+    # what cannot be used is one line, naming the URL (not the local copy read from it)
+    junk = f"memory://{tmp_path.name}-junk/bad.ckpt"
+    with fsspec.open(junk, "wb") as file:
+        file.write(b"not a checkpoint")
+    try:
+        for extra, message in {
+            "--checkpoint.dirpath=nosuchfs://b/runs": "cannot use nosuchfs://b/runs: Protocol not known",
+            "--ckpt_path=memory://nothing/here.ckpt": "checkpoint memory://nothing/here.ckpt does not exist",
+            f"--ckpt_path={junk}": f"{junk} is not a checkpoint (not saved by PyTorch)",
+        }.items():
+            result = fit(extra)
+            assert result.returncode == 2 and "Traceback" not in result.stderr
+            assert result.stderr.strip().splitlines()[-1].startswith(f"error: {message}"), result.stderr
+    finally:
+        fsspec.filesystem("memory").rm(f"/{tmp_path.name}-junk", recursive=True)
