@@ -343,6 +343,40 @@ def test_interactive_mode_flushes_its_prompt_and_each_character(monkeypatch):
     assert len(written) == 5 and len(flushes) == 5  # each character as it comes
 
 
+def test_ctrl_c_stops_an_answer_or_a_prompt_and_the_session_goes_on(monkeypatch, capsys):
+    lines = iter([KeyboardInterrupt, "ab\n", "ba\n", ""])  # Ctrl-C at the prompt, two prompts, EOF
+
+    class Keyboard:
+        def readline(self) -> str:
+            line = next(lines)
+            if line is KeyboardInterrupt:
+                raise KeyboardInterrupt
+            return line
+
+        def isatty(self) -> bool:
+            return False
+
+    module = GPTModule(vocab=" ab", d_model=16, num_heads=2, num_blocks=1, context_length=8)  # no newline
+    stream = module.stream_text
+
+    def ctrl_c_in_the_first_answer(prompt, *args, **kwargs):
+        for i, chars in enumerate(stream(prompt, *args, **kwargs)):
+            if prompt == "ab" and i == 2:
+                raise KeyboardInterrupt
+            yield chars
+
+    monkeypatch.setattr(module, "stream_text", ctrl_c_in_the_first_answer)
+    monkeypatch.setattr(sys, "stdin", Keyboard())
+    try:
+        interactive_session(module, GenerationSettings(max_new_tokens=5))
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C ended the session")
+    empty, stopped, whole = capsys.readouterr().out.split("\n")[:3]
+    assert empty == "" and stopped.startswith("ab") and stopped.endswith(" [stopped]")
+    assert len(stopped) == len("ab") + 2 + len(" [stopped]")
+    assert whole.startswith("ba") and len(whole) == len("ba") + 5
+
+
 def test_each_prompts_samples_are_flushed_when_they_are_done(monkeypatch):
     """``predict | tee log`` shows each prompt's samples as they finish, not at the end of the run."""
     events = []
