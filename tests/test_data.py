@@ -122,15 +122,13 @@ def test_bad_corpora_give_clear_errors(tmp_path):
 def test_a_split_needs_one_window_of_context_length_plus_one_characters(tmp_path):
     """A 16-character validation split of a 160-character corpus has no window of 16 + 1: refused at
     setup (it gave an empty validation); 17 characters make one window."""
-    for size, windows in ((160, 0), (170, 1)):
-        corpus = tmp_path / f"corpus{size}.txt"
-        corpus.write_text("abcdefghij" * (size // 10))
-        if not windows:
-            with pytest.raises(UserError, match=r"validation split .* has 16 characters, fewer than"):
-                setup_module_for(corpus, context_length=16, cache_dir=str(tmp_path / "cache"))
-            continue
-        data = setup_module_for(corpus, context_length=16, cache_dir=str(tmp_path / "cache"))
-        assert len(data.val_tokens) == 17 and len(ConsecutiveWindows(data.val_tokens, 16)) == windows
+    short, enough = tmp_path / "corpus160.txt", tmp_path / "corpus170.txt"
+    short.write_text("abcdefghij" * 16)
+    enough.write_text("abcdefghij" * 17)
+    with pytest.raises(UserError, match=r"validation split .* has 16 characters, fewer than"):
+        setup_module_for(short, context_length=16, cache_dir=str(tmp_path / "cache"))
+    data = setup_module_for(enough, context_length=16, cache_dir=str(tmp_path / "cache"))
+    assert len(data.val_tokens) == 17 and len(ConsecutiveWindows(data.val_tokens, 16)) == 1
 
 
 def test_memory_is_pinned_for_cuda_runs_only(small_corpus, monkeypatch):
