@@ -5,6 +5,7 @@ folder at a time."""
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import posixpath
 import re
@@ -134,7 +135,8 @@ def readable_copy(path: str) -> str:
     return copy
 
 
-_locks: set[int] = set()  # descriptors that hold folder locks in this process
+# descriptors that hold folder locks in this process -> the folder, where lock_folder made it
+_locks: dict[int, str | None] = {}
 
 
 def _drop_locks_in_child() -> None:
@@ -153,8 +155,11 @@ def unlock(descriptor: int) -> None:
     """Release a lock taken by ``lock_folder`` in this process. Elsewhere (a rank that ``ddp_spawn``
     or ``ddp_fork`` started with a copy of the callback) the number may name another file: left alone."""
     if descriptor in _locks:
-        _locks.remove(descriptor)
+        made = _locks.pop(descriptor)
         os.close(descriptor)
+        if made:  # a fit that saved nothing (refused at the start) leaves no empty folder behind
+            with contextlib.suppress(OSError):  # not empty
+                os.rmdir(made)
 
 
 def lock_folder(folder: str) -> int | None:
@@ -164,6 +169,7 @@ def lock_folder(folder: str) -> int | None:
     folder = local_path(folder)
     if fcntl is None or split_protocol(folder)[0] is not None:
         return None
+    made = None if os.path.isdir(folder) else folder
     try:
         os.makedirs(folder, exist_ok=True)
         descriptor = os.open(folder, os.O_RDONLY)
@@ -179,5 +185,5 @@ def lock_folder(folder: str) -> int | None:
             f"another fit is writing checkpoints to {folder}; wait for it to end, or pass another "
             "--checkpoint.dirpath"
         ) from None
-    _locks.add(descriptor)
+    _locks[descriptor] = made
     return descriptor

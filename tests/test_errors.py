@@ -318,6 +318,21 @@ def test_bad_settings_are_refused_before_anything_is_built(tmp_path, small_corpu
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "lightning_logs").exists()
 
 
+@pytest.mark.parametrize("text", ["", "too short for one window"])
+def test_a_fit_refused_for_its_corpus_leaves_no_folders(tmp_path, cli_main, text):
+    """Before, it left an empty checkpoints/ and, for a short corpus, a run folder without data, which
+    TensorBoard lists as a run."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(text)
+    result = cli_main("fit", f"--data.path={corpus}", *TINY_MODEL, "--data.cache_dir=cache", cwd=tmp_path)
+    one_line_error(result, "is empty; pass" if not text else "fewer than context_length + 1 = 33")
+    assert {path.name for path in tmp_path.iterdir()} <= {"corpus.txt", "cache"}
+    # an existing folder stays, empty or not
+    (tmp_path / "kept").mkdir()
+    one_line_error(cli_main("fit", f"--data.path={corpus}", "--checkpoint.dirpath=kept", cwd=tmp_path), "")
+    assert (tmp_path / "kept").is_dir()
+
+
 def test_automatic_precision_is_refused_with_a_strategy_that_forks_on_cuda(
     tmp_path, small_corpus, cli_main, monkeypatch
 ):
