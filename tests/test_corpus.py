@@ -1,7 +1,10 @@
 """The corpus reader and token cache: folders, chunked UTF-8, cache reuse and rebuilds, errors."""
 
+import json
 import os
 import pickle
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -204,3 +207,65 @@ def test_a_run_hashes_its_token_cache_once(tmp_path, monkeypatch):
     data.prepare_data()  # checks the cache (one hash of tokens.bin) ...
     data.setup("fit")  # ... and setup, in the same process, reuses that check
     assert len(hashed) == 1 and len(data.train_tokens) + len(data.val_tokens) == len(MIXED) * 100
+
+
+def cache_files(corpus_path: Path, cache_dir: Path) -> tuple[Path, Path]:
+    cache = build_token_cache(corpus_path, cache_dir)
+    return cache.folder / "meta.json", cache.tokens_path
+
+
+def swap_two_vocabulary_characters(meta: Path, tokens: Path) -> None:
+    data = json.loads(meta.read_text())
+    data["vocab"] = data["vocab"][1] + data["vocab"][0] + data["vocab"][2:]  # same length, other order
+    meta.write_text(json.dumps(data, indent=1))
+
+
+def change_one_token(meta: Path, tokens: Path) -> None:
+    with open(tokens, "r+b") as file:
+        file.seek(100)
+        byte = file.read(1)
+        file.seek(100)
+        file.write(bytes([(byte[0] + 1) % 20]))
+
+
+def shorten_both(meta: Path, tokens: Path) -> None:
+    data = json.loads(meta.read_text())
+    data["length"] -= 1000
+    meta.write_text(json.dumps(data, indent=1))
+    os.truncate(tokens, data["length"])
+
+
+@pytest.mark.parametrize("edit", [swap_two_vocabulary_characters, change_one_token, shorten_both])
+def test_an_edited_token_cache_is_rebuilt_never_used(tmp_path, small_corpus, capsys, edit):
+    meta, tokens = cache_files(small_corpus, tmp_path / "cache")
+    original = tokens.read_bytes()
+    edit(meta, tokens)
+    capsys.readouterr()
+    cache = build_token_cache(small_corpus, tmp_path / "cache")
+    assert cache.built and "was edited after it was built; rebuilding it" in capsys.readouterr().err
+    assert tokens.read_bytes() == original
+    text = small_corpus.read_text(encoding="utf-8")
+    assert "".join(cache.vocab[i] for i in cache.tokens(0, 500).tolist()) == text[:500]
+    assert not build_token_cache(small_corpus, tmp_path / "cache").built  # and is trusted again
+
+
+def test_unreadable_corpus_and_unwritable_cache(tmp_path, small_corpus):
+    with pytest.raises(UserError, match=f"cannot read corpus {re.escape(str(tmp_path))}: Is a directory"):
+        "".join(text_chunks(tmp_path))
+    (tmp_path / "file").write_text("a file where the cache folder should be")
+    with pytest.raises(UserError, match=r"cannot write the token cache .*: Not a directory; free some space"):
+        build_token_cache(small_corpus, tmp_path / "file")
+
+
+def test_corpus_changed_during_the_build(tmp_path, small_corpus, monkeypatch):
+    scan = corpus._scan
+
+    def scan_then_append(files, chunk_bytes):
+        result = scan(files, chunk_bytes)
+        with open(small_corpus, "a", encoding="utf-8") as file:
+            file.write("more text")
+        return result
+
+    monkeypatch.setattr(corpus, "_scan", scan_then_append)
+    with pytest.raises(UserError, match="changed while its token cache was being built; run again"):
+        build_token_cache(small_corpus, tmp_path / "cache")

@@ -1,8 +1,8 @@
-"""Every row of docs/errors.md has a test (ROWS names it); the mistakes no other file covers are here."""
+"""Mistakes that end a command with one line: the ones no other file covers (test_errors_md.py maps each
+row of docs/errors.md to its test)."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -14,179 +14,10 @@ import torch
 from conftest import ROOT, TINY_MODEL, run_cli, tiny_fit_args
 from lightning.pytorch.callbacks import device_stats_monitor as device_stats
 
-from lightning_gpt import corpus
 from lightning_gpt.checkpoint_io import check_checkpoint
-from lightning_gpt.corpus import build_token_cache, text_chunks
 from lightning_gpt.data import CharDataModule
 from lightning_gpt.errors import UserError
 from lightning_gpt.module import GPTModule
-
-# the test -> the cases (first column) of docs/errors.md that it checks
-ROWS = {
-    "test_corpus.py::test_empty_folders_and_empty_files_are_user_errors": [
-        "corpus path does not exist",
-        "corpus folder without `.txt` files",
-        "corpus file empty",
-    ],
-    "test_corpus.py::test_a_non_utf8_file_in_a_folder_is_named_with_the_byte_offset": ["corpus not UTF-8"],
-    "test_errors.py::test_unreadable_corpus_and_unwritable_cache": [
-        "corpus unreadable",
-        "token cache cannot be written",
-    ],
-    "test_errors.py::test_corpus_changed_during_the_build": [
-        "corpus changed while its token cache was built"
-    ],
-    "test_errors.py::test_an_edited_token_cache_is_rebuilt_never_used": [
-        "token cache edited after it was built"
-    ],
-    "test_data.py::test_bad_corpora_give_clear_errors": ["a split shorter than the context + 1"],
-    "test_errors.py::test_a_package_a_callback_needs_is_one_line": [
-        "a package that a callback or logger needs is not installed"
-    ],
-    "test_errors.py::test_automatic_precision_is_refused_with_a_strategy_that_forks_on_cuda": [
-        "automatic precision with `ddp_fork` or `ddp_notebook` on CUDA"
-    ],
-    "test_data.py::test_fewer_validation_windows_than_processes_is_one_line": [
-        "fewer validation windows than processes (a small corpus on many devices)"
-    ],
-    "test_errors.py::test_a_checkpoint_folder_that_cannot_be_made_is_one_line": [
-        "checkpoint folder that cannot be made (read-only, a file in the way)"
-    ],
-    "test_errors.py::test_trainer_settings_lightning_checks_while_running_are_one_line": [
-        "a Trainer setting Lightning checks once fit runs"
-    ],
-    "test_errors.py::test_bad_settings_are_refused_before_anything_is_built": [
-        "batch size below 1",
-        "validation fraction outside (0, 1)",
-        "validation interval not a multiple of the accumulated batches",
-        "impossible `--sample` setting",
-        "a count below 1 (accumulated batches, validation interval)",
-        "optimizer setting out of range (learning rate, betas, weight decay, final LR ratio, warmup, decay)",
-        "negative number of dataloader workers",
-        "a `--checkpoint` setting Lightning refuses",
-        "`--checkpoint.monitor` (or a callback's monitor) not a logged value",
-        "a Trainer setting Lightning refuses (accelerator, devices)",
-        "impossible model shape or setting",
-        "model too big (a typo in a size)",
-        "`--trainer.max_epochs` without `--trainer.max_steps`",
-        "a callback setting Lightning refuses",
-        "`--trainer.enable_checkpointing false`",
-        "a ModelCheckpoint of yours that Lightning cannot tell from fit's",
-    ],
-    "test_errors.py::test_checkpoint_settings_this_version_lacks_are_one_line": [
-        "a checkpoint with settings this version does not have"
-    ],
-    "test_cli.py::test_a_resumed_run_never_writes_over_another_runs_checkpoints": [
-        "resuming into a folder that holds another run's `last.ckpt`"
-    ],
-    "test_download.py::test_404_names_the_url_and_the_manual_way": ["HTTP error 4xx"],
-    "test_download.py::test_persistent_server_errors_give_up_clearly": [
-        "still failing after the retries (timeouts, dropped connections, 5xx)"
-    ],
-    "test_download.py::test_wrong_hash_leaves_nothing": ["file with the wrong sha256"],
-    "test_download.py::test_unsupported_url_is_a_user_error": ["malformed URL, too many redirects"],
-    "test_errors.py::test_no_step_count_and_no_vocabulary": [
-        "no step count for the schedule (a run limited by `--trainer.max_time`)",
-        "no vocabulary to build the model from",
-    ],
-    "test_errors.py::test_python_users_get_one_clear_line": [
-        "from Python: generating before the model is built (no fit, checkpoint or vocabulary)",
-        "from Python: a `CharDataModule` with longer windows than the model's context (the CLI links them)",
-    ],
-    "test_cli.py::test_non_finite_loss_stops_with_the_step_and_keeps_checkpoints": [
-        "training or validation loss NaN or inf"
-    ],
-    "test_cli.py::test_resuming_on_a_corpus_with_another_vocabulary_is_refused": [
-        "corpus vocabulary differs from the checkpoint's"
-    ],
-    "test_errors.py::test_argument_mistakes_are_one_line_without_the_usage": [
-        "misspelt option",
-        "value of the wrong type",
-        "unknown subcommand (also `test`)",
-        "`--config` file missing",
-    ],
-    "test_errors.py::test_inputs_are_checked_before_state_and_all_at_once": ["several input mistakes"],
-    "test_cli.py::test_new_fit_never_overwrites_earlier_checkpoints": ["new `fit` over an earlier run"],
-    "test_cli.py::test_bad_checkpoints_get_one_line_errors": [
-        "`validate`/`predict --ckpt_path last` with nothing there (`fit` starts a new run instead, with a "
-        "`note:` line)",
-        "checkpoint file missing",
-    ],
-    "test_checkpoint_urls.py::test_checkpoint_folders_at_urls": [
-        "a URL whose filesystem is unknown or whose package is missing",
-        "a checkpoint URL that does not exist",
-    ],
-    "test_resume.py::test_signals_a_full_disk_and_a_second_fit_lose_nothing": [
-        "a save fails (disk full, quota, permission)",
-        "a second `fit` into a folder another `fit` is using",
-        "a new `fit` under SLURM beside a requeued run's `hpc_ckpt_*.ckpt`",
-    ],
-    "test_errors.py::test_files_that_are_not_sound_checkpoints": [
-        "checkpoint path is a folder",
-        "checkpoint file empty",
-        "not a checkpoint at all (text, random bytes, a plain pickle)",
-        "checkpoint cut short or altered",
-        "a checkpoint of another project",
-        "checkpoint's model settings impossible or too big",
-        "checkpoint's weights do not fit its model settings",
-    ],
-    "test_safe_loading.py::test_cli_refuses_a_pickle_payload": ["checkpoint holds pickled Python objects"],
-    "test_predict.py::test_an_output_that_cannot_be_written_is_one_line": [
-        "`--generate.output` a folder (or ending in `/`), or not writable"
-    ],
-    "test_predict.py::test_a_stdout_that_cannot_print_the_vocabulary_is_one_line_before_generating": [
-        "standard output cannot print a character of the model's vocabulary (`PYTHONIOENCODING=ascii`, a "
-        "Windows pipe)"
-    ],
-    "test_predict.py::test_predict_without_checkpoint": [
-        "`predict` (also interactive) or `validate` without a checkpoint"
-    ],
-    "test_predict.py::test_bad_generation_input": [
-        "impossible sampling setting",
-        "prompt characters outside the vocabulary",
-    ],
-    "test_errors.py::test_prompt_file_missing": [
-        "`--generate.prompt_file` missing, a folder, empty or not UTF-8"
-    ],
-    "test_generation.py::test_broken_weights_are_refused_not_sampled": [
-        "model outputs not finite (broken weights)"
-    ],
-    "test_serve.py::test_serve_refuses_bad_arguments_in_one_line": [
-        "`serve --host` that LitServe cannot listen on",
-        "`serve` port taken",
-        "`serve --port` outside 1024–65535",
-        "`serve` a checkpoint with nan or inf weights",
-        "`serve` argument missing, misspelt or of the wrong type",
-    ],
-    "test_serve.py::test_bad_requests_get_one_message_and_the_server_keeps_serving": [
-        "request body not JSON, or not an object",
-        "request body not UTF-8",
-        "request string with half of a surrogate pair",
-        "request body over 1 MB",
-        "`/predict` without a prompt string",
-        "`/predict` with a field it does not know",
-        "request value of the wrong type",
-        "request with an impossible sampling setting",
-        "request prompt or `max_new_tokens` over the cap",
-        "request seed out of range",
-        "request prompt characters outside the vocabulary",
-        "chat messages missing, or not text",
-        "chat `n` out of range, or streamed",
-    ],
-    "test_serve.py::test_other_sites_pages_are_refused": [
-        "a request from another site's web page (HTTP 403)",
-    ],
-}
-
-
-def test_every_row_of_errors_md_has_a_test():
-    table = (ROOT / "docs" / "errors.md").read_text(encoding="utf-8")
-    cases = [row.split(" | ")[0].removeprefix("| ") for row in table.splitlines() if row.startswith("| ")]
-    cases = [case for case in cases if case != "case"]
-    assert len(cases) >= 30 and sorted(cases) == sorted(case for row in ROWS.values() for case in row)
-    for test in ROWS:
-        file, name = test.split("::")
-        assert f"def {name}(" in (ROOT / "tests" / file).read_text(encoding="utf-8"), test
 
 
 def one_line_error(result, message: str) -> None:
@@ -322,14 +153,14 @@ def test_bad_settings_are_refused_before_anything_is_built(tmp_path, small_corpu
 def test_a_fit_refused_for_its_corpus_leaves_no_folders(tmp_path, cli_main, text):
     """Before, it left an empty checkpoints/ and, for a short corpus, a run folder without data, which
     TensorBoard lists as a run."""
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text(text)
-    result = cli_main("fit", f"--data.path={corpus}", *TINY_MODEL, "--data.cache_dir=cache", cwd=tmp_path)
+    path = tmp_path / "corpus.txt"
+    path.write_text(text)
+    result = cli_main("fit", f"--data.path={path}", *TINY_MODEL, "--data.cache_dir=cache", cwd=tmp_path)
     one_line_error(result, "is empty; pass" if not text else "fewer than context_length + 1 = 33")
-    assert {path.name for path in tmp_path.iterdir()} <= {"corpus.txt", "cache"}
+    assert {entry.name for entry in tmp_path.iterdir()} <= {"corpus.txt", "cache"}
     # an existing folder stays, empty or not
     (tmp_path / "kept").mkdir()
-    one_line_error(cli_main("fit", f"--data.path={corpus}", "--checkpoint.dirpath=kept", cwd=tmp_path), "")
+    one_line_error(cli_main("fit", f"--data.path={path}", "--checkpoint.dirpath=kept", cwd=tmp_path), "")
     assert (tmp_path / "kept").is_dir()
 
 
@@ -471,68 +302,6 @@ def test_a_real_process_exits_2_with_one_line_and_no_usage(tmp_path):
         "error: unrecognized arguments: --generate.temprature 0.5; did you mean --generate.temperature? "
         "(options: cli.py predict --help)"
     ]
-
-
-def cache_files(corpus_path: Path, cache_dir: Path) -> tuple[Path, Path]:
-    cache = build_token_cache(corpus_path, cache_dir)
-    return cache.folder / "meta.json", cache.tokens_path
-
-
-def swap_two_vocabulary_characters(meta: Path, tokens: Path) -> None:
-    data = json.loads(meta.read_text())
-    data["vocab"] = data["vocab"][1] + data["vocab"][0] + data["vocab"][2:]  # same length, other order
-    meta.write_text(json.dumps(data, indent=1))
-
-
-def change_one_token(meta: Path, tokens: Path) -> None:
-    with open(tokens, "r+b") as file:
-        file.seek(100)
-        byte = file.read(1)
-        file.seek(100)
-        file.write(bytes([(byte[0] + 1) % 20]))
-
-
-def shorten_both(meta: Path, tokens: Path) -> None:
-    data = json.loads(meta.read_text())
-    data["length"] -= 1000
-    meta.write_text(json.dumps(data, indent=1))
-    os.truncate(tokens, data["length"])
-
-
-@pytest.mark.parametrize("edit", [swap_two_vocabulary_characters, change_one_token, shorten_both])
-def test_an_edited_token_cache_is_rebuilt_never_used(tmp_path, small_corpus, capsys, edit):
-    meta, tokens = cache_files(small_corpus, tmp_path / "cache")
-    original = tokens.read_bytes()
-    edit(meta, tokens)
-    capsys.readouterr()
-    cache = build_token_cache(small_corpus, tmp_path / "cache")
-    assert cache.built and "was edited after it was built; rebuilding it" in capsys.readouterr().err
-    assert tokens.read_bytes() == original
-    text = small_corpus.read_text(encoding="utf-8")
-    assert "".join(cache.vocab[i] for i in cache.tokens(0, 500).tolist()) == text[:500]
-    assert not build_token_cache(small_corpus, tmp_path / "cache").built  # and is trusted again
-
-
-def test_unreadable_corpus_and_unwritable_cache(tmp_path, small_corpus):
-    with pytest.raises(UserError, match=f"cannot read corpus {re.escape(str(tmp_path))}: Is a directory"):
-        "".join(text_chunks(tmp_path))
-    (tmp_path / "file").write_text("a file where the cache folder should be")
-    with pytest.raises(UserError, match=r"cannot write the token cache .*: Not a directory; free some space"):
-        build_token_cache(small_corpus, tmp_path / "file")
-
-
-def test_corpus_changed_during_the_build(tmp_path, small_corpus, monkeypatch):
-    scan = corpus._scan
-
-    def scan_then_append(files, chunk_bytes):
-        result = scan(files, chunk_bytes)
-        with open(small_corpus, "a", encoding="utf-8") as file:
-            file.write("more text")
-        return result
-
-    monkeypatch.setattr(corpus, "_scan", scan_then_append)
-    with pytest.raises(UserError, match="changed while its token cache was being built; run again"):
-        build_token_cache(small_corpus, tmp_path / "cache")
 
 
 def test_no_step_count_and_no_vocabulary(tmp_path, small_corpus, cli_main):
