@@ -21,7 +21,6 @@ import torch
 from conftest import CLI
 
 from lightning_gpt.config import GPTConfig
-from lightning_gpt.errors import UserError
 from lightning_gpt.generation import stream_text
 from lightning_gpt.model import GPT
 from lightning_gpt.serve import (
@@ -29,24 +28,10 @@ from lightning_gpt.serve import (
     MAX_NEW_TOKENS,
     MAX_PROMPT_CHARS,
     build_model,
-    check_port,
-    foreign,
-    request_settings,
 )
-from lightning_gpt.tokenizer import CharTokenizer
 
 START_TIMEOUT = 180  # seconds: three Python processes import torch on a possibly busy 2-core machine
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def ipv6_works() -> bool:
-    """Whether this machine can listen on IPv6 at all (a container may have no IPv6 address)."""
-    try:
-        with socket.socket(socket.AF_INET6) as probe:
-            probe.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
 
 
 def free_port() -> int:
@@ -276,38 +261,6 @@ BAD_CHAT = [
 ]
 
 
-def test_chat_messages_are_joined_by_a_character_the_model_knows():
-    """A system and a user message were joined by a newline that a model trained without one refused (400:
-    "remove them", though the client had sent none)."""
-    messages = [{"role": "system", "content": "ab"}, {"role": "user", "content": "ba"}]
-    for vocab, prompt in (("\n ab", "ab\nba"), (" ab", "ab ba"), ("ab", "abba")):
-        assert request_settings({"messages": messages}, CharTokenizer(vocab), chat=True)["prompt"] == prompt
-
-
-def test_request_limits_and_defaults():
-    tokenizer = CharTokenizer("\n AB")
-    at_limit = request_settings({"prompt": "A" * MAX_PROMPT_CHARS}, tokenizer)
-    assert len(at_limit["prompt"]) == MAX_PROMPT_CHARS and at_limit["seed"] == 1337  # predict's default seed
-    assert request_settings({"prompt": "A", "seed": None}, tokenizer)["seed"] is None  # null: another text
-    most = request_settings({"prompt": "A", "max_new_tokens": MAX_NEW_TOKENS}, tokenizer)
-    assert most["max_new_tokens"] == MAX_NEW_TOKENS
-    chat = {"messages": [{"role": "user", "content": "A"}], "n": 8, "max_tokens": 10}
-    assert request_settings(chat, tokenizer, chat=True)["max_new_tokens"] == 10
-    both = {**chat, "max_completion_tokens": 20}  # the newer name wins, as in OpenAI's API
-    assert request_settings(both, tokenizer, chat=True)["max_new_tokens"] == 20
-    assert request_settings(chat, tokenizer, chat=True)["seed"] is None  # chat: OpenAI's default, no seed
-
-
-def test_pages_of_other_origins_are_refused_even_on_this_machine():
-    """A page on another local port (a dev server, Jupyter) is another site: it may not use the server."""
-    host = b"127.0.0.1:8000"
-    assert foreign({b"host": host, b"origin": b"http://127.0.0.1:8000"}, loopback=True) is None
-    for origin in (b"http://127.0.0.1:3000", b"http://127.0.0.1", b"http://localhost:8000"):
-        assert "refused" in foreign({b"host": host, b"origin": origin}, loopback=True), origin
-    assert foreign({b"host": b"[::1]:8000"}, loopback=False) is None  # --host :: answers any name
-    assert "not this machine" in foreign({b"host": b"192.168.1.5:8000"}, loopback=True)
-
-
 def test_bad_requests_get_one_message_and_the_server_keeps_serving(server):
     url, _ = server
     cases = [("/predict", *case) for case in BAD_PREDICT] + [("/v1/chat/completions", *c) for c in BAD_CHAT]
@@ -453,60 +406,6 @@ def test_page_streams_and_stops_in_a_browser(slow_server):
         browser.close()
     # the server stopped too (and logged it before the next test reads its log)
     assert len(new_stops(log, before, 1)) == 1, log.read_text()[-2000:]
-
-
-def test_serve_refuses_bad_arguments_in_one_line(cli_main, tiny_checkpoint: Path, tmp_path: Path):
-    missing = cli_main("serve", "--ckpt_path", str(tmp_path / "none.ckpt"), cwd=tmp_path)
-    assert missing.returncode == 2 and missing.stderr.startswith("error: checkpoint")
-    host = cli_main("serve", "--ckpt_path", str(tiny_checkpoint), "--host", "example.com", cwd=tmp_path)
-    assert host.returncode == 2 and host.stderr.strip().startswith("error: --host must be one of 127.0.0.1")
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = str(taken.getsockname()[1])
-        busy = cli_main("serve", "--ckpt_path", str(tiny_checkpoint), "--port", port, cwd=tmp_path)
-    assert busy.returncode == 2 and f"error: cannot listen on 127.0.0.1 port {port}" in busy.stderr
-    low = cli_main("serve", "--ckpt_path", str(tiny_checkpoint), "--port", "70000", cwd=tmp_path)
-    assert low.returncode == 2 and low.stderr.strip() == "error: --port must be from 1024 to 65535, got 70000"
-    root = cli_main("serve", "--ckpt_path", str(tiny_checkpoint), "--port", "1023", cwd=tmp_path)
-    assert (
-        root.returncode == 2 and root.stderr.strip() == "error: --port must be from 1024 to 65535, got 1023"
-    )
-    broken = torch.load(tiny_checkpoint, weights_only=True)
-    next(iter(broken["state_dict"].values())).fill_(float("nan"))
-    torch.save(broken, tmp_path / "broken.ckpt")
-    nan = cli_main("serve", "--ckpt_path", str(tmp_path / "broken.ckpt"), cwd=tmp_path)
-    assert nan.returncode == 2 and "has nan or inf weights" in nan.stderr.strip().splitlines()[-1]
-    everything = missing.stderr + host.stderr + busy.stderr + low.stderr + nan.stderr
-    assert "Traceback" not in everything and "Warning" not in everything, everything
-    for args, message in [  # argparse printed its usage, then a line of its own
-        (["--port", "abc"], "argument --port: invalid int value: 'abc'"),
-        ([], "the following arguments are required: --ckpt_path"),
-    ]:
-        mistake = cli_main("serve", *args, cwd=tmp_path)
-        assert (
-            mistake.returncode == 2 and mistake.stderr == f"error: {message} (options: cli.py serve --help)\n"
-        )
-
-
-def test_a_port_that_a_stopped_server_left_in_time_wait_can_be_served_again():
-    """A server stopped a moment ago leaves its closed connections in TIME_WAIT for a minute; uvicorn
-    can listen there again, and the check before it must agree (it refused: "Address already in use")."""
-    with socket.socket() as listener:
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn listens
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-        port = listener.getsockname()[1]
-        client = socket.create_connection(("127.0.0.1", port))
-        accepted, _ = listener.accept()
-        accepted.close()  # the server's side closes first: its end of the connection waits in TIME_WAIT
-        client.close()
-        with pytest.raises(UserError, match=f"cannot listen on 127.0.0.1 port {port}"):
-            check_port("127.0.0.1", port)  # while a server listens there, the port is busy
-    time.sleep(0.1)
-    check_port("127.0.0.1", port)
-    if ipv6_works():
-        check_port("::", port)  # --host :: binds an IPv6 socket (an IPv4 one refused every port)
 
 
 def test_a_killed_servers_processes_end_with_its_group(tiny_checkpoint: Path, tmp_path: Path):
