@@ -134,7 +134,7 @@ ROWS = {
     "test_generation.py::test_broken_weights_are_refused_not_sampled": [
         "model outputs not finite (broken weights)"
     ],
-    "test_serve.py::test_serve_refuses_bad_arguments_in_one_line": [
+    "test_serve_settings.py::test_serve_refuses_bad_arguments_in_one_line": [
         "`serve --host` that LitServe cannot listen on",
         "`serve` port taken",
         "`serve --port` outside 1024–65535",
