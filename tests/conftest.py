@@ -6,6 +6,7 @@ import contextlib
 import io
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -228,6 +229,35 @@ def main_in_process(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 def _show_on_stderr(message, category, filename, lineno, file=None, line=None) -> None:
     sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+class Events(io.StringIO):
+    """A stream that notes its writes, flushes and reads, in order, in ``events``."""
+
+    def __init__(self, events: list, text: str = "", tty: bool = False):
+        super().__init__(text)
+        self.events, self.tty = events, tty
+
+    def write(self, text: str) -> int:
+        self.events.append(("write", text))
+        return super().write(text)
+
+    def flush(self) -> None:
+        self.events.append(("flush",))
+
+    def readline(self, *args) -> str:
+        self.events.append(("read",))
+        return super().readline(*args)
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+@pytest.fixture
+def bare_dir(tmp_path, tiny_checkpoint):
+    """A directory holding only a copy of the checkpoint."""
+    shutil.copy(tiny_checkpoint, tmp_path / "model.ckpt")
+    return tmp_path
 
 
 @pytest.fixture(scope="session", autouse=True)
