@@ -2,6 +2,7 @@
 
 import gzip
 import hashlib
+import re
 import socket
 import threading
 import time
@@ -9,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from lightning_gpt.data import CharDataModule
 from lightning_gpt.download import download
 from lightning_gpt.errors import UserError
 
@@ -97,6 +99,13 @@ def test_a_kept_file_without_a_hash_is_named(server, tmp_path, capsys):
     )
 
 
+def test_a_verified_cached_file_is_used_silently(server, tmp_path, capsys):
+    dest = download(f"{server.url}/file.txt", tmp_path / "x.txt", GOOD_HASH)
+    capsys.readouterr()
+    download(f"{server.url}/file.txt", dest, GOOD_HASH)  # every fit without --data.path does this
+    assert capsys.readouterr().err == "" and server.requests == 1
+
+
 def test_wrong_hash_leaves_nothing(server, tmp_path):
     dest = tmp_path / "corpus.txt"
     with pytest.raises(UserError, match="sha256"):
@@ -111,9 +120,19 @@ def test_cached_file_with_wrong_hash_is_replaced(server, tmp_path):
     assert dest.read_bytes() == BODY and server.requests == 1
 
 
+def test_a_wrong_hash_keeps_a_stale_file(server, tmp_path):
+    dest = tmp_path / "corpus.txt"
+    dest.write_bytes(b"stale")
+    with pytest.raises(UserError, match="sha256"):
+        download(f"{server.url}/file.txt", dest, "0" * 64)
+    assert dest.read_bytes() == b"stale" and list(tmp_path.iterdir()) == [dest]
+
+
 def test_404_names_the_url_and_the_manual_way(server, tmp_path):
-    with pytest.raises(UserError, match=r"missing\.txt: HTTP 404.*--data\.path"):
-        download(f"{server.url}/missing.txt", tmp_path / "x.txt", GOOD_HASH, backoff=0)
+    dest = tmp_path / "x.txt"
+    with pytest.raises(UserError, match=r"missing\.txt: HTTP 404.*--data\.path") as error:
+        download(f"{server.url}/missing.txt", dest, GOOD_HASH, backoff=0)
+    assert f"or place it at {dest}" in str(error.value)
     assert server.requests == 1  # a 404 is not retried
     assert list(tmp_path.iterdir()) == []
 
@@ -130,6 +149,16 @@ def test_retries_wait_the_backoff_then_twice_as_long_each_time(server, tmp_path,
     server.plan = [503, 503, 503]
     download(f"{server.url}/file.txt", tmp_path / "x.txt", GOOD_HASH, retries=3, backoff=1.5)
     assert waits == [1.5, 3.0, 6.0] and server.requests == 4
+
+
+def test_by_default_three_retries_wait_1_2_and_4_seconds(server, tmp_path, monkeypatch):
+    """What docs/troubleshooting.md promises."""
+    waits = []
+    monkeypatch.setattr(time, "sleep", waits.append)
+    server.plan = [503] * 10
+    with pytest.raises(UserError, match="after 4 attempts"):
+        download(f"{server.url}/file.txt", tmp_path / "x.txt", GOOD_HASH)
+    assert waits == [1.0, 2.0, 4.0]
 
 
 def test_persistent_server_errors_give_up_clearly(server, tmp_path):
@@ -158,6 +187,37 @@ def test_timeout_message_says_it_timed_out(server, tmp_path):
     server.plan, server.delay = ["slow"], 0.6  # no retry: a busy machine can only make the answer later
     with pytest.raises(UserError, match=r"no answer within the 0\.3 s timeout"):
         download(f"{server.url}/file.txt", tmp_path / "x.txt", retries=0, timeout=0.3)
+
+
+def test_a_body_that_stalls_midway_says_it_timed_out(tmp_path):
+    """requests reports a read timeout in the body as a ConnectionError: still a timeout, not "cannot
+    connect"."""
+
+    class Stalls(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(BODY)))
+            self.end_headers()
+            self.wfile.write(BODY[:100])
+            self.wfile.flush()
+            time.sleep(1.5)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Stalls)
+    threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        with pytest.raises(UserError, match=r"no answer within the 0\.5 s timeout"):
+            download(f"http://127.0.0.1:{httpd.server_address[1]}/f", tmp_path / "x", retries=0, timeout=0.5)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_tls_to_a_plain_http_server_names_tls(server, tmp_path):
+    with pytest.raises(UserError, match="a TLS/SSL error"):
+        download(server.url.replace("http://", "https://") + "/file.txt", tmp_path / "x.txt", retries=0)
 
 
 def test_slow_then_fast_server_succeeds_on_retry(server, tmp_path):
@@ -217,9 +277,17 @@ def test_connection_refused_gives_up_clearly(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_unsupported_url_is_a_user_error(tmp_path):
-    with pytest.raises(UserError, match=r"cannot download ftp://example\.invalid/x\.txt"):
-        download("ftp://example.invalid/x.txt", tmp_path / "x.txt", backoff=0)
+@pytest.mark.parametrize("url", ["ftp://example.invalid/x.txt", "example.com/x.txt", "http://"])
+def test_unsupported_or_malformed_urls_are_user_errors(tmp_path, url):
+    with pytest.raises(UserError, match=f"cannot download {re.escape(url)}"):
+        download(url, tmp_path / "x.txt", backoff=0)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_datamodule_checks_the_downloads_hash(server, tmp_path):
+    data = CharDataModule(url=f"{server.url}/file.txt", sha256="0" * 64, cache_dir=str(tmp_path))
+    with pytest.raises(UserError, match="sha256"):
+        data.prepare_data()
     assert list(tmp_path.iterdir()) == []
 
 
