@@ -3,6 +3,11 @@ fit per folder (its lock)."""
 
 import errno
 import os
+import signal
+import stat
+import subprocess
+import sys
+import time
 
 import fsspec
 import pytest
@@ -26,18 +31,60 @@ def test_unlock_closes_only_what_this_process_locked(tmp_path):
         os.fstat(held)
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts /proc/self/fd")
+def test_a_refused_lock_keeps_no_descriptor_open(tmp_path):
+    held = lock_folder(str(tmp_path / "checkpoints"))
+    before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(UserError, match="another fit is writing checkpoints"):
+        lock_folder(str(tmp_path / "checkpoints"))
+    assert len(os.listdir("/proc/self/fd")) == before
+    unlock(held)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_does_not_keep_the_lock(tmp_path):
+    """A dataloader worker forked by the fit shares its descriptors: it must not hold the lock on."""
+    folder = str(tmp_path / "checkpoints")
+    os.mkdir(folder)  # kept by unlock: the second lock is on the same folder, not a new one
+    held = lock_folder(folder)
+    ready, started = os.pipe()
+    child = os.fork()
+    if child == 0:  # the at-fork handlers have run
+        os.write(started, b"x")
+        time.sleep(10)
+        os._exit(0)
+    try:
+        os.read(ready, 1)
+        unlock(held)
+        unlock(lock_folder(folder))  # free again while the child lives
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        os.close(ready)
+        os.close(started)
+
+
 def test_a_file_is_on_disk_before_it_takes_the_name(tmp_path, monkeypatch):
-    """fsync before the rename: after a power cut the name holds the old file or all of the new one."""
+    """Written in full and fsynced, renamed from beside it (one filesystem: a rename, not a copy), then
+    its folder fsynced: after a power cut the name holds the old file or all of the new one."""
     events = []
     fsync, replace = os.fsync, os.replace
-    monkeypatch.setattr(os, "fsync", lambda fd: events.append(("fsync", os.fstat(fd).st_ino)) or fsync(fd))
-    monkeypatch.setattr(
-        os, "replace", lambda a, b: events.append(("replace", os.stat(a).st_ino)) or replace(a, b)
-    )
-    write_atomically(tmp_path / "last.ckpt", lambda file: file.write(b"weights"))
-    (kind, inode), *_ = [event for event in events if event[0] == "replace"]
-    assert ("fsync", inode) in events[: events.index((kind, inode))]
-    assert (tmp_path / "last.ckpt").read_bytes() == b"weights"
+
+    def recorded_fsync(fd):
+        info = os.fstat(fd)
+        events.append(("fsync folder" if stat.S_ISDIR(info.st_mode) else "fsync file", info.st_size))
+        return fsync(fd)
+
+    def recorded_replace(source, target):
+        events.append(("replace from beside", os.path.dirname(source) == os.path.dirname(target)))
+        return replace(source, target)
+
+    monkeypatch.setattr(os, "fsync", recorded_fsync)
+    monkeypatch.setattr(os, "replace", recorded_replace)
+    write_atomically(tmp_path / "sub" / "last.ckpt", lambda file: file.write(b"weights"))
+    assert events[:2] == [("fsync file", 7), ("replace from beside", True)]  # 7 bytes: flushed first
+    assert [event[0] for event in events[2:]] == ["fsync folder"]
+    assert (tmp_path / "sub" / "last.ckpt").read_bytes() == b"weights"
 
 
 def test_a_failed_save_is_one_line_whatever_torch_raises(tmp_path, monkeypatch):
@@ -71,6 +118,10 @@ def test_saved_files_are_not_private(tmp_path):
     umask = os.umask(0o022)
     os.umask(umask)
     assert (tmp_path / "shared" / "last.ckpt").stat().st_mode & 0o777 == 0o666 & ~umask
+    # a group-shared folder's umask (002) keeps the group's write permission
+    write = f"from lightning_gpt.atomic import write_atomically as w; w({str(tmp_path / 'g')!r}, lambda f: 0)"
+    subprocess.run([sys.executable, "-c", f"import os; os.umask(0o002); {write}"], check=True)
+    assert (tmp_path / "g").stat().st_mode & 0o777 == 0o664
 
 
 @pytest.mark.parametrize("stop", [KeyboardInterrupt, SystemExit], ids=["ctrl-c", "exit"])
