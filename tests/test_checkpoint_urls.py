@@ -1,8 +1,12 @@
 """Checkpoint folders and checkpoints at URLs: file:// and fsspec's in-memory filesystem, in-process."""
 
 import fsspec
+import pytest
 import torch
 from conftest import tiny_fit_args
+
+from lightning_gpt.checkpoint_io import in_folder, local_path, readable_copy
+from lightning_gpt.errors import UserError
 
 
 def test_checkpoint_folders_at_urls(tmp_path, small_corpus, cli_main):
@@ -51,3 +55,19 @@ def test_checkpoint_folders_at_urls(tmp_path, small_corpus, cli_main):
             assert result.stderr.strip().splitlines()[-1].startswith(f"error: {message}"), result.stderr
     finally:
         fsspec.filesystem("memory").rm(f"/{tmp_path.name}-junk", recursive=True)
+
+
+def test_paths_and_urls_are_told_apart(tmp_path):
+    """A local file is never in a folder of another filesystem with the same path (the guard against
+    writing over another run's last.ckpt relies on it); file:// and local:// URLs are plain paths; a URL
+    that names a folder is no checkpoint."""
+    assert in_folder(str(tmp_path / "last.ckpt"), str(tmp_path))
+    assert not in_folder(str(tmp_path / "last.ckpt"), f"memory://{tmp_path}")
+    assert local_path(f"file://{tmp_path}") == local_path(f"local://{tmp_path}") == str(tmp_path)
+    memory = fsspec.filesystem("memory")
+    memory.pipe(f"/{tmp_path.name}-folder/last.ckpt", b"weights")
+    try:
+        with pytest.raises(UserError, match=f"checkpoint memory://{tmp_path.name}-folder does not exist"):
+            readable_copy(f"memory://{tmp_path.name}-folder")
+    finally:
+        memory.rm(f"/{tmp_path.name}-folder", recursive=True)

@@ -253,6 +253,7 @@ def forged_shape(**shape):
         (forged_shape(d_model=2**16, num_blocks=1024), "impossible model settings: the shape needs 5.3e+13"),
         (forged_shape(context_length=2**40), "impossible model settings: context_length must be an integer"),
         (forged_shape(num_blocks="2"), "impossible model settings: num_blocks must be an integer"),
+        (forged_shape(dropout="0.1"), "impossible model settings: '<=' not supported"),  # a TypeError
     ],
     ids=[
         "folder",
@@ -267,6 +268,7 @@ def forged_shape(**shape):
         "huge",
         "long",
         "string",
+        "string dropout",
     ],
 )
 def test_files_that_are_not_sound_checkpoints(tiny_checkpoint, damaged, edit, message, recwarn):
