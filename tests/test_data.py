@@ -152,6 +152,16 @@ def test_fewer_validation_windows_than_processes_is_one_line(small_corpus, monke
         data.val_dataloader()
 
 
+def test_as_many_validation_windows_as_processes_is_enough(small_corpus, monkeypatch):
+    data = setup_module_for(small_corpus, context_length=16)
+    windows = len(ConsecutiveWindows(data.val_tokens, 16))
+    monkeypatch.setenv("LOCAL_RANK", str(windows - 1))  # this process: the last of as many ranks
+    for rank_zero in (rank_zero_only, utils_rank_zero_only):
+        monkeypatch.setattr(rank_zero, "rank", rank_zero.rank)
+    data.trainer = Trainer(accelerator="cpu", devices=windows, strategy="ddp", logger=False)
+    assert len(list(data.val_dataloader())) == 1  # its one window
+
+
 def test_no_two_seed_rank_batch_triples_share_a_batch_seed():
     """Else in a sweep of seeds on several devices, a rank of one run would draw another run's windows."""
     triples = itertools.product(range(20), range(8), range(50))

@@ -62,6 +62,7 @@ def test_help_offers_fit_validate_and_predict_only(tmp_path, cli_main):
         ),
         ("--data.batch_size=0", "data.batch_size must be at least 1, got 0"),
         ("--data.val_fraction=1.5", "data.val_fraction must be between 0 and 1, got 1.5"),
+        ("--data.val_fraction=0", "data.val_fraction must be between 0 and 1, got 0"),
         (
             "--trainer.accelerator=gpuu",
             "invalid --trainer settings: You selected an invalid accelerator name",

@@ -22,12 +22,14 @@ def seeded_states(seed: int) -> dict:
     random.seed(seed)
     random.gauss(0, 1)  # makes a pair and keeps the second for the next call: part of the state
     np.random.seed(seed)
+    np.random.normal()  # the same for NumPy's legacy generator
     return rng_states()
 
 
 def draws() -> list[float]:
-    """The next number of the torch, Python (and its kept Gaussian) and NumPy generators."""
-    return [torch.rand(()).item(), random.random(), random.gauss(0, 1), float(np.random.rand())]
+    """The next number of the torch, Python and NumPy generators (and the Gaussians they keep)."""
+    python = [random.random(), random.gauss(0, 1)]
+    return [torch.rand(()).item(), *python, float(np.random.normal()), float(np.random.rand())]
 
 
 def test_each_rank_gets_its_own_generator_states_back(tmp_path, keep_generators):

@@ -55,6 +55,16 @@ def test_compile_by_default_only_from_ampere_on(machine, monkeypatch, capability
     assert not precision.auto_compile(torch.device("cuda", 0))
 
 
+def test_compile_reads_the_capability_of_the_device_it_trains_on(machine, monkeypatch):
+    """A machine with an A100 as cuda:0 and a V100 as cuda:1: a run on cuda:1 is not compiled."""
+    machine(cuda=(8, 0))
+    capabilities = {0: (8, 0), 1: (7, 0)}
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capabilities[device.index])
+    monkeypatch.setitem(sys.modules, "triton", types.ModuleType("triton"))
+    assert precision.auto_compile(torch.device("cuda", 0))
+    assert not precision.auto_compile(torch.device("cuda", 1))
+
+
 def test_no_compile_by_default_on_cpu_and_mps(machine):
     machine(mps=True, cpu_bf16=True)
     assert not precision.auto_compile(torch.device("cpu"))
