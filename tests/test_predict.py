@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -144,11 +143,13 @@ def test_an_output_through_a_link_or_into_a_pipe_reaches_its_target(bare_dir, cl
     assert (bare_dir / "latest.txt").is_symlink()
     assert (bare_dir / "runs" / "samples.txt").read_text() == linked.stdout
     os.mkfifo(bare_dir / "pipe")
-    with ThreadPoolExecutor(1) as reader:
-        read = reader.submit((bare_dir / "pipe").read_text)  # opens the pipe, then reads to its end
-        piped = cli_main(*args, "--generate.output=pipe", cwd=bare_dir)
-        assert piped.returncode == 0, piped.stderr
-        assert read.result(timeout=60) == piped.stdout
+    read = []  # a daemon thread: a file renamed over the pipe would leave it waiting for a writer
+    reader = threading.Thread(target=lambda: read.append((bare_dir / "pipe").read_text()), daemon=True)
+    reader.start()  # opens the pipe, then reads to its end
+    piped = cli_main(*args, "--generate.output=pipe", cwd=bare_dir)
+    reader.join(timeout=10)  # predict has written and closed the pipe by now
+    assert piped.returncode == 0, piped.stderr
+    assert read == [piped.stdout]
 
 
 def test_a_reader_that_goes_away_ends_predict_quietly(bare_dir):
