@@ -142,6 +142,20 @@ def test_a_resumed_run_never_writes_over_another_runs_checkpoints(tmp_path, smal
     resume[resume.index("--trainer.max_steps=4")] = "--trainer.max_steps=6"
     assert cli_main(*resume, "--checkpoint.dirpath=runB", cwd=tmp_path).returncode == 0
     assert torch.load(tmp_path / "runB" / "last.ckpt", weights_only=True)["global_step"] == 6
+    # branching a run into a new folder writes over nothing; a checkpoint in the working folder is "."
+    shutil.copy(tmp_path / "runB" / "last.ckpt", tmp_path / "model.ckpt")
+    resume[-1], resume[resume.index("--trainer.max_steps=6")] = (
+        "--ckpt_path=model.ckpt",
+        "--trainer.max_steps=8",
+    )
+    assert cli_main(*resume, "--checkpoint.dirpath=branch", cwd=tmp_path).returncode == 0
+    assert torch.load(tmp_path / "branch" / "last.ckpt", weights_only=True)["global_step"] == 8
+    refused = cli_main(*resume, "--checkpoint.dirpath=runA", cwd=tmp_path)
+    assert (
+        refused.stderr.strip()
+        .splitlines()[-1]
+        .endswith("pass --checkpoint.dirpath . (its folder) or a new one")
+    )
 
 
 def test_save_last_false_writes_no_last_checkpoint(tmp_path, small_corpus, cli_main):

@@ -133,6 +133,10 @@ def test_help_offers_fit_validate_and_predict_only(tmp_path, cli_main):
             "--trainer.callbacks EarlyStopping's monitor val_los is not a logged value; use one of",
         ),
         (  # before: a traceback at the first validation, after training had begun
+            "--sample.seed=-1",
+            "invalid --sample settings: seed must be in [0, 2**63), got -1",
+        ),
+        (  # before: a traceback at the first validation, after training had begun
             "--sample.keep=100",
             "invalid --sample settings: keep must be <= the model's context_length 32, got 100",
         ),
@@ -165,13 +169,14 @@ def test_a_fit_refused_for_its_corpus_leaves_no_folders(tmp_path, cli_main, text
     assert (tmp_path / "kept").is_dir()
 
 
+@pytest.mark.parametrize("strategy", ["ddp_fork", "ddp_notebook"])
 def test_automatic_precision_is_refused_with_a_strategy_that_forks_on_cuda(
-    tmp_path, small_corpus, cli_main, monkeypatch
+    tmp_path, small_corpus, cli_main, monkeypatch, strategy
 ):
     """Before, reading the compute capability started CUDA: every forked rank then failed (a traceback)."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine
-    args = ["fit", f"--data.path={small_corpus}", *TINY_MODEL, "--trainer.strategy=ddp_fork"]
-    message = "--trainer.strategy ddp_fork cannot fork once CUDA has started"
+    args = ["fit", f"--data.path={small_corpus}", *TINY_MODEL, f"--trainer.strategy={strategy}"]
+    message = f"--trainer.strategy {strategy} cannot fork once CUDA has started"
     one_line_error(cli_main(*args, "--trainer.precision=null", cwd=tmp_path), message)
 
 
@@ -366,3 +371,41 @@ def test_sample_settings_are_checked_against_a_resumed_models_context(tmp_path, 
     resume = [*tiny_fit_args(small_corpus, steps=4, val_every=2), "--ckpt_path=last"]
     result = cli_main(*resume, "--model.context_length=64", "--sample.keep=40", cwd=tmp_path)
     one_line_error(result, "invalid --sample settings: keep must be <= the model's context_length 32, got 40")
+
+
+def error_lines(result) -> list[str]:
+    """The ``error: `` lines of a run that ended with status 2 (and no traceback)."""
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    return [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+
+
+def test_validate_names_a_missing_corpus_with_the_other_mistakes(tmp_path, cli_main):
+    result = cli_main("validate", "--data.path=not/here.txt", "--ckpt_path=none.ckpt", cwd=tmp_path)
+    lines = error_lines(result)
+    assert len(lines) == 2 and "not/here.txt" in lines[0], lines
+    assert lines[1] == "error: checkpoint none.ckpt does not exist; pass the path of a .ckpt file"
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        ["--trainer.overfit_batches=2", "--trainer.max_steps=-1", "--trainer.max_epochs=2"],  # epochs end
+        ["--trainer.max_steps=-1", "--trainer.max_epochs=-1"],  # Lightning's "no limit", not a count
+    ],
+    ids=["overfit_batches", "max_epochs -1"],
+)
+def test_settings_that_can_end_or_run_on_are_not_refused(tmp_path, small_corpus, cli_main, settings):
+    """Every mistake is named at once: a setting wrongly refused would add a line to the one planted."""
+    result = cli_main("fit", f"--data.path={small_corpus}", *settings, "--model.num_heads=5", cwd=tmp_path)
+    assert error_lines(result) == [
+        "error: invalid model settings: d_model (256) must be divisible by num_heads (5)"
+    ]
+
+
+@pytest.mark.parametrize("subcommand", ["validate", "predict"])
+def test_only_fit_needs_checkpointing(tmp_path, cli_main, subcommand):
+    args = [subcommand, "--trainer.enable_checkpointing=false", "--ckpt_path=none.ckpt"]
+    assert error_lines(cli_main(*args, cwd=tmp_path)) == [
+        "error: checkpoint none.ckpt does not exist; pass the path of a .ckpt file"
+    ]

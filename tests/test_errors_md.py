@@ -67,7 +67,9 @@ ROWS = {
         "still failing after the retries (timeouts, dropped connections, 5xx)"
     ],
     "test_download.py::test_wrong_hash_leaves_nothing": ["file with the wrong sha256"],
-    "test_download.py::test_unsupported_or_malformed_urls_are_user_errors": ["malformed URL, too many redirects"],
+    "test_download.py::test_unsupported_or_malformed_urls_are_user_errors": [
+        "malformed URL, too many redirects"
+    ],
     "test_errors.py::test_no_step_count_and_no_vocabulary": [
         "no step count for the schedule (a run limited by `--trainer.max_time`)",
         "no vocabulary to build the model from",

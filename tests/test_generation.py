@@ -1,12 +1,21 @@
 """Sampling and the KV cache: exactness against recomputation, and the sampling filters."""
 
+import lightning as L
 import pytest
 import torch
 
 import lightning_gpt.generation as generation
 from lightning_gpt import GPT, CharTokenizer, preset
+from lightning_gpt.data import CharDataModule
 from lightning_gpt.errors import UserError
-from lightning_gpt.generation import filter_logits, generate_tokens, prepare_prompt, sample_next
+from lightning_gpt.generation import (
+    GenerationSettings,
+    check_sampling,
+    filter_logits,
+    generate_tokens,
+    prepare_prompt,
+    sample_next,
+)
 from lightning_gpt.model import decode
 from lightning_gpt.module import GPTModule
 
@@ -233,3 +242,25 @@ def test_an_empty_prompt_starts_a_line_even_where_a_character_sorts_before_the_n
     assert prepare_prompt("é", CharTokenizer("\t\nab"), drop_unknown=True) == "\n"  # nothing left: a line
     module = GPTModule(vocab="\t\nab", d_model=16, num_heads=2, num_blocks=1, context_length=8)
     assert module.generate_text("", 3, seed=0)[0] == "\n"
+
+
+@pytest.mark.parametrize("name", ["top_k", "max_new_tokens", "seed", "temperature"])
+def test_a_boolean_is_not_a_sampling_number(name):
+    """From JSON (serve) or YAML, true would otherwise pass as 1 and false as 0."""
+    settings = {"temperature": 0.8, "top_k": None, "top_p": None, "max_new_tokens": 5, name: True}
+    with pytest.raises(ValueError, match=f"^{name} must be an? "):
+        check_sampling(**settings)
+
+
+def test_python_predict_takes_any_datamodule_window_length(tmp_path):
+    """predict reads prompts only: a DataModule's window length (its default 256) does not matter."""
+    vocab = "\n !,.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+    module = GPTModule(d_model=32, num_heads=2, num_blocks=2, context_length=32, dropout=0.0, vocab=vocab)
+    module.generation = GenerationSettings(max_new_tokens=3, seed=0)
+    data = CharDataModule(cache_dir=str(tmp_path / "cache"))
+    data.prompts = ["ROMEO:"]
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, default_root_dir=tmp_path
+    )
+    (texts,) = trainer.predict(module, datamodule=data)
+    assert len(texts) == 1 and texts[0].startswith("ROMEO:") and len(texts[0]) == len("ROMEO:") + 3

@@ -5,6 +5,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_fit_args
 
 from lightning_gpt.rng import restore_rng_states, rng_states, set_rng_states
 
@@ -79,3 +80,13 @@ def test_validate_and_predict_do_not_restore_the_saved_generator_states(
     result = cli_main(subcommand, "--ckpt_path=model.ckpt", *args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert all(after != saved for after, saved in zip(draws(), saved_draws, strict=True))  # every stream
+
+
+def test_a_resume_with_another_number_of_processes_says_so(bare_dir, small_corpus, cli_main, keep_generators):
+    checkpoint = torch.load(bare_dir / "model.ckpt", weights_only=True)
+    checkpoint["rng_states"] = checkpoint["rng_states"] * 2  # as two processes save them
+    torch.save(checkpoint, bare_dir / "two.ckpt")
+    fit = tiny_fit_args(small_corpus, steps=31, val_every=31)
+    result = cli_main(*fit, "--ckpt_path=two.ckpt", "--checkpoint.dirpath=resumed", cwd=bare_dir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "of 2 process(es) and this run has 1: a resume with another number" in result.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import subprocess
@@ -13,7 +14,7 @@ from types import SimpleNamespace
 import lightning as L
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, Events
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from lightning_gpt import callbacks
@@ -63,6 +64,17 @@ def test_tokens_per_sec_counts_the_tokens_of_every_process(monkeypatch):
     for trainer.global_step in (3, 4):  # the first step after it starts the clock again
         speed.on_train_batch_end(trainer, module, None, batch, trainer.global_step - 1)
     assert logged == {"tokens_per_sec": 4 * 128 / 1.0}
+
+
+def test_tokens_per_sec_counts_each_interval_alone(monkeypatch):
+    clock, logged = iter([10.0, 11.0, 12.0, 13.0]), []
+    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: next(clock))
+    trainer = SimpleNamespace(world_size=1, log_every_n_steps=2, accumulate_grad_batches=1)
+    module = SimpleNamespace(log=lambda name, value, **kwargs: logged.append(float(value)))
+    speed, batch = TrainingSpeed(), (None, torch.zeros(8, 16))  # 128 tokens a step
+    for trainer.global_step in (1, 2, 3, 4):
+        speed.on_train_batch_end(trainer, module, None, batch, trainer.global_step - 1)
+    assert logged == [128 / 1.0, 2 * 128 / 2.0]  # step 2; then steps 3 and 4, over 2 s
 
 
 def test_plot_loss_curve_reads_a_real_run(tmp_path, tiny_checkpoint):
@@ -267,3 +279,40 @@ def test_text_sampler_in_a_real_fit_keeps_modes_at_validation_end(recorded_fit):
 def test_text_sampler_in_a_real_fit_keeps_modes_at_fit_end(recorded_fit):
     before, _, after = recorded_fit
     assert after.records["fit_end"] == before.records["fit_end"]
+
+
+def test_the_sampler_samples_during_fit_only(tmp_path, monkeypatch):
+    """A user's TensorBoardLogger on validate (or Trainer.validate from Python) gets no samples, and the
+    validation does not count towards every_n_validations."""
+    texts = []
+
+    class Recording(TensorBoardLogger):
+        @property
+        def experiment(self):
+            return SimpleNamespace(add_text=lambda tag, text, global_step: texts.append(global_step))
+
+    trainer = SimpleNamespace(
+        sanity_checking=False,
+        is_global_zero=True,
+        state=SimpleNamespace(fn="validate"),
+        loggers=[Recording(tmp_path)],
+        global_step=5,
+    )
+    sampler = TextSampler()
+    monkeypatch.setattr(sampler, "sample", lambda module: "text")
+    sampler.on_validation_end(trainer, None)
+    assert texts == [] and sampler._validations == 0
+    trainer.state.fn = "fit"
+    sampler.on_validation_end(trainer, None)
+    assert texts == [5]
+
+
+def test_the_sample_printed_at_the_end_of_fit_is_flushed(monkeypatch):
+    """Piped (``| tee``), the sample must not wait in the buffer for the end of the process."""
+    events = []
+    monkeypatch.setattr(sys, "stdout", Events(events))
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    sampler = TextSampler()
+    monkeypatch.setattr(sampler, "sample", lambda module: "text")
+    sampler.on_fit_end(SimpleNamespace(is_global_zero=True, global_step=3), SimpleNamespace(model=object()))
+    assert ("write", "text") in events and events[-1] == ("flush",)

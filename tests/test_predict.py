@@ -55,6 +55,14 @@ def test_predict_takes_one_device_where_lightning_would_take_them_all(bare_dir, 
     assert cli.config.predict.trainer.devices == 1  # on a CPU "auto" is one device too: the setting tells
 
 
+def test_predict_says_it_ignores_more_nodes(bare_dir, cli_main):
+    args = ["predict", "--ckpt_path=model.ckpt", "--generate.max_new_tokens=2", "--trainer.num_nodes=2"]
+    result = cli_main(*args, cwd=bare_dir)
+    assert result.returncode == 0, result.stderr
+    note = "note: predict generates on one device; ignoring --trainer.devices auto --trainer.num_nodes 2"
+    assert note in result.stderr
+
+
 def test_predict_reads_no_corpus_even_where_a_recipe_names_one(bare_dir, cli_main):
     """A recipe's --config on a machine without its corpus: predict needs the checkpoint alone."""
     args = ["--ckpt_path=model.ckpt", "--data.path=not/here.txt", "--generate.max_new_tokens=3"]
@@ -71,6 +79,9 @@ def test_a_prompt_file_is_one_more_prompt_after_the_others(bare_dir, cli_main):
     assert result.stdout.startswith("==> prompt 1, sample 1 <==\nROMEO:")
     assert "\n==> prompt 2, sample 1 <==\nJULIET:" in result.stdout
     assert result.stdout.count("==> prompt") == 2
+    alone = cli_main("predict", *args, "--generate.prompt=[]", cwd=bare_dir)  # the file is the one prompt
+    assert alone.returncode == 0, alone.stderr
+    assert alone.stdout.startswith("JULIET:") and alone.stdout.count("\n") == 1
 
 
 def test_predict_asked_for_two_processes_prints_and_writes_every_sample_once(bare_dir, cli_main):

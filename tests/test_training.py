@@ -17,7 +17,7 @@ import yaml
 from conftest import ROOT, TINY_MODEL, tiny_fit_args
 
 from lightning_gpt.cli import make_cli
-from lightning_gpt.data import ConsecutiveWindows
+from lightning_gpt.data import CharDataModule, ConsecutiveWindows
 from lightning_gpt.generation import sample_next, stream_text
 from lightning_gpt.module import GPTModule, warmup_cosine
 
@@ -357,3 +357,27 @@ def test_generation_samples_the_first_character_from_softmax_over_temperature():
         expected = torch.softmax(logits[0, -1] / temperature, dim=-1)
         assert (observed - expected).abs().max() < 0.03, (temperature, observed, expected)
         assert (observed - untempered).abs().max() > 0.06, temperature  # control: told apart
+
+
+def test_a_constant_learning_rate_after_warmup_is_allowed():
+    module = GPTModule(**TINY, min_lr_ratio=1.0)
+    assert module.hparams.min_lr_ratio == 1.0 and warmup_cosine(500, 100, 1000, 1.0) == 1.0
+
+
+def test_validate_reports_a_non_finite_loss_where_fit_would_stop(tmp_path, small_corpus):
+    """Only fit stops on a nan validation loss (before its checkpoints save); validate reports it."""
+    data = CharDataModule(path=str(small_corpus), batch_size=8, context_length=32, cache_dir=str(tmp_path))
+    data.prepare_data()
+    data.setup("validate")
+    module = GPTModule(**TINY, vocab=data.vocab)
+    with torch.no_grad():
+        module.model.ln_final.weight.fill_(float("nan"))
+    trainer = L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        limit_val_batches=1,
+        default_root_dir=tmp_path,
+    )
+    (metrics,) = trainer.validate(module, datamodule=data)
+    assert math.isnan(metrics["val_loss"])
