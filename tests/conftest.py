@@ -231,6 +231,18 @@ def _show_on_stderr(message, category, filename, lineno, file=None, line=None) -
     sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
+# A SLURM job as Lightning's SLURMEnvironment detects it, with auto-requeue on SIGUSR1.
+SLURM = {
+    "SLURM_NTASKS": "1",
+    "SLURM_JOB_NAME": "train",
+    "SLURM_JOB_ID": "4242",
+    "SLURM_PROCID": "0",
+    "SLURM_LOCALID": "0",
+    "SLURM_NODEID": "0",
+    "SLURM_NODELIST": "localhost",
+}
+
+
 class Events(io.StringIO):
     """A stream that notes its writes, flushes and reads, in order, in ``events``."""
 
