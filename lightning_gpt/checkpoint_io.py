@@ -135,7 +135,7 @@ def readable_copy(path: str) -> str:
     return copy
 
 
-# descriptors that hold folder locks in this process -> the folder, where lock_folder made it
+# descriptors that hold folder locks in this process -> the folder lock_folder created, or None
 _locks: dict[int, str | None] = {}
 
 
@@ -156,10 +156,10 @@ def unlock(descriptor: int) -> None:
     or ``ddp_fork`` started with a copy of the callback) the number may name another file: left alone."""
     if descriptor in _locks:
         made = _locks.pop(descriptor)
-        os.close(descriptor)
         if made:  # a fit that saved nothing (refused at the start) leaves no empty folder behind
-            with contextlib.suppress(OSError):  # not empty
-                os.rmdir(made)
+            with contextlib.suppress(OSError):  # not empty; removed while still locked, so no other
+                os.rmdir(made)  # fit can have taken the folder in between
+        os.close(descriptor)
 
 
 def lock_folder(folder: str) -> int | None:
@@ -169,7 +169,7 @@ def lock_folder(folder: str) -> int | None:
     folder = local_path(folder)
     if fcntl is None or split_protocol(folder)[0] is not None:
         return None
-    made = None if os.path.isdir(folder) else folder
+    made = None if os.path.isdir(folder) else os.path.abspath(folder)
     try:
         os.makedirs(folder, exist_ok=True)
         descriptor = os.open(folder, os.O_RDONLY)

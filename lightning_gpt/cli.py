@@ -306,6 +306,7 @@ class GPTLightningCLI(LightningCLI):
                 signal.signal(signum, handler)
             if self.lock is not None:
                 unlock(self.lock)
+                self.lock = None
 
     def before_fit(self) -> None:
         """Never start over an earlier run's checkpoints, nor beside another fit in the same folder."""

@@ -153,7 +153,8 @@ class CharDataModule(L.LightningDataModule):
         if not self.path:
             download(self.url, self.corpus_path, self.sha256)
         self._cache = self.token_cache()  # built here once (local rank 0), so the other ranks only map it
-        self._split(self._cache)  # a corpus too short is refused before the loggers make a run folder
+        if self.trainer is None or self.trainer.world_size == 1:  # else in setup, on every rank at once
+            self._split(self._cache)  # a corpus too short is refused before the loggers make a run folder
 
     def setup(self, stage: str) -> None:
         if stage == "fit":  # a new fit draws with the seed set now (a resume takes the saved one)
