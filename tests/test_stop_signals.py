@@ -38,7 +38,7 @@ def test_the_first_of_two_signals_decides_the_exit_status(capsys):
 
 
 def test_a_signal_during_the_last_step_lets_fit_end_normally():
-    """After the last step the run ends anyway, with status 0 and last.ckpt from on_train_end."""
+    """No stop is raised after the last step: the run ends anyway (status 0, last.ckpt from on_train_end)."""
     save = SaveLastStep()
     save._first_step = 0
     save._note(signal.SIGTERM, None)
