@@ -185,5 +185,12 @@ def lock_folder(folder: str) -> int | None:
             f"another fit is writing checkpoints to {folder}; wait for it to end, or pass another "
             "--checkpoint.dirpath"
         ) from None
+    try:  # a fit that ended with nothing saved may have removed the folder since it was opened
+        current = os.path.samestat(os.fstat(descriptor), os.stat(folder))
+    except OSError:
+        current = False
+    if not current:
+        os.close(descriptor)
+        return lock_folder(folder)  # the folder as it is now
     _locks[descriptor] = made
     return descriptor

@@ -2,6 +2,7 @@
 fit per folder (its lock)."""
 
 import errno
+import fcntl
 import os
 import signal
 import stat
@@ -29,6 +30,25 @@ def test_unlock_closes_only_what_this_process_locked(tmp_path):
     unlock(held)
     with pytest.raises(OSError):
         os.fstat(held)
+
+
+def test_a_folder_removed_before_it_was_locked_is_locked_anew(tmp_path, monkeypatch):
+    """Another fit that ended with nothing saved removes the folder it made, perhaps between this fit's
+    open and lock: the lock must hold the folder at the path, not the removed one."""
+    folder = tmp_path / "checkpoints"
+    flock, removed = fcntl.flock, []
+
+    def removed_first(descriptor, operation):
+        if not removed:
+            removed.append(folder)
+            folder.rmdir()  # as the other fit's unlock does
+        return flock(descriptor, operation)
+
+    monkeypatch.setattr(fcntl, "flock", removed_first)
+    held = lock_folder(str(folder))
+    assert removed and os.path.samestat(os.fstat(held), os.stat(folder))
+    unlock(held)
+    assert not folder.exists()  # made by this fit, which saved nothing
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts /proc/self/fd")
