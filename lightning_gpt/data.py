@@ -154,7 +154,7 @@ class CharDataModule(L.LightningDataModule):
             download(self.url, self.corpus_path, self.sha256)
         self._cache = self.token_cache()  # built here once (local rank 0), so the other ranks only map it
         if self.trainer is None or self.trainer.world_size == 1:  # else in setup, on every rank at once
-            self._split(self._cache)  # a corpus too short is refused before the loggers make a run folder
+            self._split_at(self._cache)  # a corpus too short is refused before the loggers make a run folder
 
     def setup(self, stage: str) -> None:
         if stage == "fit":  # a new fit draws with the seed set now (a resume takes the saved one)
@@ -163,20 +163,20 @@ class CharDataModule(L.LightningDataModule):
             return
         cache = self._cache or self.token_cache()  # prepare_data checked it in this process: not hashed again
         self.tokenizer = CharTokenizer(cache.vocab)
-        self.train_tokens, self.val_tokens = self._split(cache)
+        split = self._split_at(cache)
+        self.train_tokens, self.val_tokens = cache.tokens(0, split), cache.tokens(split)
 
-    def _split(self, cache: TokenCache) -> tuple[torch.Tensor, torch.Tensor]:
-        """The training and validation tokens; UserError if either has no window of context_length + 1."""
+    def _split_at(self, cache: TokenCache) -> int:
+        """Where validation starts; UserError if either part has no window of context_length + 1."""
         split = int(cache.length * (1.0 - self.val_fraction))
-        parts = cache.tokens(0, split), cache.tokens(split)
-        for name, part in zip(("training", "validation"), parts, strict=True):
-            if len(part) < self.context_length + 1:
+        for name, length in (("training", split), ("validation", cache.length - split)):
+            if length < self.context_length + 1:
                 raise UserError(
-                    f"the {name} split of {self.corpus_path} has {len(part)} characters, fewer than "
+                    f"the {name} split of {self.corpus_path} has {length} characters, fewer than "
                     f"context_length + 1 = {self.context_length + 1}; use a longer corpus or a smaller "
                     "--model.context_length"
                 )
-        return parts
+        return split
 
     @property
     def vocab(self) -> str:

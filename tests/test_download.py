@@ -23,8 +23,9 @@ class Server:
     """Serves BODY at /file.txt (BIG at /big.bin); ``plan`` lists what to do before succeeding.
 
     A plan item is an HTTP status to answer, ``"slow"`` (wait ``delay`` seconds, then answer
-    normally), ``"truncate"`` (announce the whole body, send half of it, close the connection) or
-    ``"gzip"`` (send the body gzip-compressed, whatever the client asked for).
+    normally), ``"truncate"`` (announce the whole body, send half of it, close the connection),
+    ``"stall"`` (announce the whole body, send 100 bytes, then wait ``delay`` seconds) or ``"gzip"``
+    (send the body gzip-compressed, whatever the client asked for).
     """
 
     def __init__(self):
@@ -51,6 +52,10 @@ class Server:
                         self.send_header("Content-Encoding", "gzip")
                     self.send_header("Content-Length", str(len(body)))
                     self.end_headers()
+                    if action == "stall":
+                        self.wfile.write(body[:100])
+                        self.wfile.flush()
+                        time.sleep(server.delay)
                     self.wfile.write(body[: len(body) // 2] if action == "truncate" else body)
                     self.wfile.flush()
                 except (BrokenPipeError, ConnectionResetError):
@@ -189,30 +194,12 @@ def test_timeout_message_says_it_timed_out(server, tmp_path):
         download(f"{server.url}/file.txt", tmp_path / "x.txt", retries=0, timeout=0.3)
 
 
-def test_a_body_that_stalls_midway_says_it_timed_out(tmp_path):
+def test_a_body_that_stalls_midway_says_it_timed_out(server, tmp_path):
     """requests reports a read timeout in the body as a ConnectionError: still a timeout, not "cannot
     connect"."""
-
-    class Stalls(BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(BODY)))
-            self.end_headers()
-            self.wfile.write(BODY[:100])
-            self.wfile.flush()
-            time.sleep(1.5)
-
-        def log_message(self, *args):
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Stalls)
-    threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
-    try:
-        with pytest.raises(UserError, match=r"no answer within the 0\.5 s timeout"):
-            download(f"http://127.0.0.1:{httpd.server_address[1]}/f", tmp_path / "x", retries=0, timeout=0.5)
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    server.plan, server.delay = ["stall"], 1.5
+    with pytest.raises(UserError, match=r"no answer within the 0\.5 s timeout"):
+        download(f"{server.url}/file.txt", tmp_path / "x.txt", retries=0, timeout=0.5)
 
 
 def test_tls_to_a_plain_http_server_names_tls(server, tmp_path):
