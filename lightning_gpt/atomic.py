@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
-import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +30,7 @@ def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], object
         with filesystem.transaction, filesystem.open(target, "wb") as file:
             write(file)
         return
-    if os.path.exists(target) and not stat.S_ISREG(os.stat(target).st_mode):  # /dev/stdout, a FIFO
+    if os.path.exists(target) and not os.path.isfile(target):  # /dev/stdout, a FIFO
         with open(target, "wb") as file:
             write(file)
         return

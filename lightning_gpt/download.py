@@ -77,10 +77,8 @@ def download(
     dest = Path(dest)
     if dest.is_file() and (sha256 is None or sha256_of(dest) == sha256):
         if sha256 is None:  # nothing tells whether it came from this url
-            print(
-                f"note: using {dest} from an earlier download; delete it to download {url} again",
-                file=sys.stderr,
-            )
+            note = f"note: using {dest} from an earlier download; delete it to download {url} again"
+            print(note, file=sys.stderr)
         return dest
     manual = f"download it yourself and pass --data.path FILE, or place it at {dest}"
     last_problem = ""

@@ -41,11 +41,9 @@ def check_sampling(
     cannot sample (``keep`` also against the model's ``context_length`` when given)."""
     whole = {"top_k": top_k, "max_new_tokens": max_new_tokens, "keep": keep, "seed": seed}
     for name, value in {**whole, "temperature": temperature, "top_p": top_p}.items():  # e.g. 20.0 from JSON
-        kind = Integral if name in whole else Real
+        kind, what = (Integral, "an integer") if name in whole else (Real, "a number")
         if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
-            raise ValueError(
-                f"{name} must be {'an integer' if kind is Integral else 'a number'}, got {value!r}"
-            )
+            raise ValueError(f"{name} must be {what}, got {value!r}")
     if seed is not None and not 0 <= seed < 2**63:  # what a torch.Generator takes
         raise ValueError(f"seed must be in [0, 2**63), got {seed}")
     if not 0 <= temperature < math.inf:

@@ -9,8 +9,7 @@ from lightning_gpt.tokenizer import UnknownCharacterError
 
 
 def interactive_session(module, settings: GenerationSettings) -> None:
-    """Loop over prompts from stdin. Ctrl-C stops the current generation and asks for the next prompt;
-    Ctrl-D (EOF) ends."""
+    """Loop over prompts from stdin: Ctrl-C stops the current generation, Ctrl-D (EOF) ends."""
     stdin, stdout = sys.stdin, sys.stdout
     if hasattr(stdin, "reconfigure"):  # bytes stdin's encoding cannot read: unknown characters, not an end
         stdin.reconfigure(errors="surrogateescape")

@@ -309,12 +309,7 @@ class ChatAPI(PredictAPI):
         prompt, made = len(request[0]["prompt"]) if request[0]["first"] else 0, 0
         for text in super().predict(request):
             made += len(text)  # so far: a stream's last message holds the whole count
-            yield {
-                "content": text,
-                "prompt_tokens": prompt,
-                "completion_tokens": made,
-                "total_tokens": prompt + made,
-            }
+            yield dict(content=text, prompt_tokens=prompt, completion_tokens=made, total_tokens=prompt + made)
 
     encode_response = ls.LitAPI.encode_response  # the spec's
 
