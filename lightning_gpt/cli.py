@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import itertools
 import logging
 import os
 import re
@@ -16,6 +17,7 @@ from enum import Enum
 from pathlib import Path
 
 import lightning as L
+import yaml
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -52,6 +54,17 @@ PROGRESS_REFRESH_STEPS = 10  # the progress bar redraws every this many steps
 def _settings_error(group: str, error: Exception, hint: str = "") -> UserError:
     """Lightning's refusal of a ``--trainer`` or ``--checkpoint`` setting, in one line."""
     return UserError(f"invalid --{group} settings: {' '.join(str(error).split())}{hint}")
+
+
+def _first_bad_config(paths: list[str]) -> str:
+    """The first of these config files that is not a YAML mapping, as jsonargparse reads them in turn."""
+    for path in paths:
+        try:
+            if not isinstance(yaml.safe_load(Path(path).read_text(encoding="utf-8")), dict):
+                return path
+        except (OSError, ValueError, yaml.YAMLError):
+            return path
+    return " ".join(paths)
 
 
 def _exit(signum: int, frame) -> None:
@@ -150,6 +163,16 @@ class GPTLightningCLI(LightningCLI):
         message = message[:1].lower() + message[1:]  # jsonargparse 4.39 writes "Unrecognized arguments"
         message += "".join(f" ({line})" for line in lines[2:] if line.startswith("Given value:"))
         subcommand = next((word for word in args if word in self.subcommands()), None)
+        if message.startswith(("problems parsing config", "unexpected config")):  # jsonargparse names no file
+            given = [  # in the order given: "--config FILE" and "--config=FILE"
+                arg.removeprefix("--config=")
+                for before, arg in itertools.pairwise(["", *args])
+                if before == "--config" or arg.startswith("--config=")
+            ]
+            bad = _first_bad_config([str(SEED_RECIPE)] * (subcommand == "fit") + given)
+            where = message.split(": ", 1)[1].replace(' in "<unicode string>",', " at")  # YAML's reason
+            where = f" ({where})" if message.startswith("problems") else ""  # not the file's whole text
+            message = f"--config {bad} is not a YAML mapping of settings{where}; see configs/*.yaml"
         unknown = re.match(r"unrecognized arguments: (--[^\s=]+)", message)
         for parser in self.subcommand_parsers if unknown and subcommand else []:
             if parser.prog.endswith(f" {subcommand}"):

@@ -44,6 +44,22 @@ def test_argument_mistakes_are_one_line_without_the_usage(tmp_path, cli_main, ar
     assert len(result.stderr.strip().splitlines()) == 1 and result.stdout == ""
 
 
+def test_a_config_that_is_not_a_mapping_of_settings_is_named(tmp_path, cli_main, monkeypatch):
+    (tmp_path / "good.yaml").write_text("model:\n  d_model: 64\n")
+    (tmp_path / "broken.yaml").write_text("model:\n  d_model: [1\n")
+    (tmp_path / "notes.txt").write_text("a line of notes, not settings\n" * 100)
+    result = cli_main("fit", "--config", "good.yaml", "--config=broken.yaml", cwd=tmp_path)
+    where = "(while parsing a flow sequence at line 2, column 12); see configs/*.yaml"
+    one_line_error(result, f"--config broken.yaml is not a YAML mapping of settings {where}")
+    result = cli_main("fit", "--config=notes.txt", cwd=tmp_path)  # YAML reads it as one string
+    one_line_error(result, "--config notes.txt is not a YAML mapping of settings; see configs/*.yaml (")
+    assert "a line of notes" not in result.stderr  # jsonargparse's message held the whole text
+    # fit reads the seed recipe before any --config: an edited, broken one is named
+    monkeypatch.setattr("lightning_gpt.cli.SEED_RECIPE", tmp_path / "broken.yaml")
+    result = cli_main("fit", "--config", "good.yaml", cwd=tmp_path)
+    one_line_error(result, f"--config {tmp_path / 'broken.yaml'} is not a YAML mapping of settings {where}")
+
+
 def test_help_offers_fit_validate_and_predict_only(tmp_path, cli_main):
     result = cli_main("--help", cwd=tmp_path)
     assert result.returncode == 0

@@ -90,6 +90,9 @@ ROWS = {
         "unknown subcommand (also `test`)",
         "`--config` file missing",
     ],
+    "test_errors.py::test_a_config_that_is_not_a_mapping_of_settings_is_named": [
+        "`--config` file that is not YAML settings (also a broken seed recipe, which `fit` reads first)"
+    ],
     "test_errors.py::test_inputs_are_checked_before_state_and_all_at_once": ["several input mistakes"],
     "test_cli.py::test_new_fit_never_overwrites_earlier_checkpoints": ["new `fit` over an earlier run"],
     "test_cli.py::test_bad_checkpoints_get_one_line_errors": [
