@@ -17,6 +17,7 @@ from enum import Enum
 from pathlib import Path
 
 import lightning as L
+import torch
 import yaml
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
@@ -54,6 +55,22 @@ PROGRESS_REFRESH_STEPS = 10  # the progress bar redraws every this many steps
 def _settings_error(group: str, error: Exception, hint: str = "") -> UserError:
     """Lightning's refusal of a ``--trainer`` or ``--checkpoint`` setting, in one line."""
     return UserError(f"invalid --{group} settings: {' '.join(str(error).split())}{hint}")
+
+
+def _missing_package(error: ModuleNotFoundError) -> UserError:
+    """A package that a callback, logger or accelerator needs, in one line."""
+    hint = f" (pip install {error.name})" if error.name else ""  # Lightning's own messages say how
+    return UserError(" ".join(str(error).split()) + hint)
+
+
+def _no_cuda_hint(error: Exception) -> str:
+    """What to do when a CUDA GPU was asked for and PyTorch sees none."""
+    if "gpu backend" not in str(error) and "CUDAAccelerator" not in str(error):
+        return ""
+    cause = "is a CPU-only build: install the one for your GPU from pytorch.org"
+    if torch.version.cuda is not None:
+        cause = f"finds no GPU through CUDA {torch.version.cuda} (nvidia-smi lists what the driver sees)"
+    return f" PyTorch {torch.__version__} {cause}, or leave --trainer.accelerator unset to use the CPU."
 
 
 def _first_bad_config(paths: list[str]) -> str:
@@ -108,7 +125,9 @@ class GPTLightningCLI(LightningCLI):
         try:
             trainer = super().instantiate_trainer(**kwargs)
         except (MisconfigurationException, ValueError, TypeError) as error:  # e.g. an accelerator it lacks
-            raise _settings_error("trainer", error) from None
+            raise _settings_error("trainer", error, _no_cuda_hint(error)) from None
+        except ModuleNotFoundError as error:  # a package the accelerator or strategy needs (torch_xla, ...)
+            raise _missing_package(error) from None
         except RuntimeError as error:  # a ModelCheckpoint of the user's that cannot be told from fit's
             if "state_key" not in str(error):
                 raise
@@ -322,8 +341,7 @@ class GPTLightningCLI(LightningCLI):
         except MisconfigurationException as error:  # settings Lightning checks only once it runs
             raise _settings_error("trainer", error) from None
         except ModuleNotFoundError as error:  # a package a callback or logger needs (psutil, wandb, ...)
-            hint = f" (pip install {error.name})" if error.name else ""  # Lightning's own messages say how
-            raise UserError(" ".join(str(error).split()) + hint) from None
+            raise _missing_package(error) from None
         finally:
             for signum, handler in handlers.items():
                 signal.signal(signum, handler)

@@ -3,6 +3,7 @@ row of docs/errors.md to its test)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -87,6 +88,16 @@ def test_help_offers_fit_validate_and_predict_only(tmp_path, cli_main):
             "--trainer.accelerator=cuda",
             "invalid --trainer settings: `CUDAAccelerator` can not run on your system",
             marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here"),
+        ),
+        pytest.param(  # what to do: a CPU-only PyTorch build (as here) or a GPU CUDA cannot see
+            "--trainer.accelerator=gpu",
+            "No supported gpu backend found! PyTorch " + torch.__version__,
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here"),
+        ),
+        pytest.param(  # a traceback before
+            "--trainer.accelerator=tpu",
+            "error: Requirement 'torch_xla>=",
+            marks=pytest.mark.skipif(bool(importlib.util.find_spec("torch_xla")), reason="has torch_xla"),
         ),
         (
             "--trainer.devices=0",

@@ -49,6 +49,7 @@ ROWS = {
         "a `--checkpoint` setting Lightning refuses",
         "`--checkpoint.monitor` (or a callback's monitor) not a logged value",
         "a Trainer setting Lightning refuses (accelerator, devices)",
+        "a package the accelerator needs (`--trainer.accelerator tpu` without torch_xla)",
         "impossible model shape or setting",
         "model too big (a typo in a size)",
         "`--trainer.max_epochs` without `--trainer.max_steps`",
