@@ -48,4 +48,5 @@ class SampleWriter(BasePredictionWriter):
                 raise UserError(
                     f"cannot write --generate.output {self.output}: {error.strerror}; the samples are above"
                 ) from None
-            print(f"wrote {len(self.texts)} samples to {self.output}", file=sys.stderr)
+            count = f"{len(self.texts)} sample" + ("s" if len(self.texts) > 1 else "")
+            print(f"wrote {count} to {self.output}", file=sys.stderr)

@@ -96,7 +96,7 @@ def test_predict_asked_for_two_processes_prints_and_writes_every_sample_once(bar
     assert "predict generates on one device; ignoring --trainer.devices 2" in two.stderr
     headers = [line for line in two.stdout.splitlines() if line.startswith("==> ")]
     assert headers == [f"==> prompt {i}, sample 1 <==" for i in range(1, 5)]
-    assert (bare_dir / "two.txt").read_text() == two.stdout
+    assert (bare_dir / "two.txt").read_text() == two.stdout and "wrote 4 samples to two.txt" in two.stderr
     one = cli_main(*args, prompts, cwd=bare_dir)
     assert one.stdout == two.stdout  # the same samples as on one device
 
@@ -236,7 +236,7 @@ def test_output_to_a_url(bare_dir, cli_main):
     fsspec = pytest.importorskip("fsspec")
     args = ["predict", "--ckpt_path=model.ckpt", "--generate.max_new_tokens=8"]
     result = cli_main(*args, "--generate.output=memory://bucket/samples.txt", cwd=bare_dir)
-    assert result.returncode == 0 and "wrote 1 samples to memory://bucket/samples.txt" in result.stderr
+    assert result.returncode == 0 and "wrote 1 sample to memory://bucket/samples.txt" in result.stderr
     assert fsspec.filesystem("memory").cat("/bucket/samples.txt").decode() == result.stdout
     assert not (bare_dir / "memory:").exists()
 
