@@ -168,6 +168,7 @@ class GPTLightningCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Sequence[str] | None) -> None:
         """A mistake in the arguments is one line (the usage is left to --help), then settings are checked."""
+        self.argv = list(args or sys.argv[1:]) if not isinstance(args, dict) else []
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as error:  # exit_on_error=False: the parser raises instead of printing its usage
@@ -222,6 +223,10 @@ class GPTLightningCLI(LightningCLI):
         if not ckpt_path:
             return
         section.ckpt_path = readable_copy(local_path(ckpt_path))
+        flags = [
+            arg.removeprefix("--model.").split("=")[0] for arg in self.argv if arg.startswith("--model.")
+        ]
+        given = {name: section.model[name] for name in dict.fromkeys(flags) if name in section.model}
         try:
             vocab = check_checkpoint(Path(section.ckpt_path))["hyper_parameters"]["vocab"]
             super()._parse_ckpt_path()  # its hyperparameters become the model.* settings
@@ -234,6 +239,15 @@ class GPTLightningCLI(LightningCLI):
             raise UserError(
                 f"checkpoint {ckpt_path} does not fit this version of lightning-gpt: {reason}"
             ) from None
+        kept = self.config[subcommand].model  # a flag the checkpoint overrode would be ignored silently
+        fix = "drop the flag, or train a new run with it" if subcommand == "fit" else "drop the flag"
+        changed = [
+            f"--model.{name} {value}: the checkpoint's {kept[name]} is kept with --ckpt_path; {fix}"
+            for name, value in given.items()
+            if kept[name] != value
+        ]
+        if changed:
+            raise UserError("\n".join(changed))
 
     def before_instantiate_classes(self) -> None:
         """``trainer.precision: null`` (the default) means: the fastest safe precision here."""

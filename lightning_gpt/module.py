@@ -234,7 +234,8 @@ class GPTModule(L.LightningModule):
     def _stopped(self, which: str, value: object, step: object) -> UserError:
         return UserError(
             f"the {which} loss became {value} at step {step}; training stopped and the "
-            "checkpoints saved so far are kept. Lower --model.learning_rate or resume from one"
+            "checkpoints saved so far are kept. Train a new run with a lower --model.learning_rate (a resume "
+            "would repeat the same batches)"
         )
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:

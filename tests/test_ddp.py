@@ -205,7 +205,8 @@ def test_a_nan_loss_on_one_rank_stops_every_rank(tmp_path, small_corpus):
     errors = {line for line in stderr.splitlines() if line.startswith("error:")}
     assert errors == {
         "error: the training loss became nan or inf at step 4 or earlier; training stopped and the "
-        "checkpoints saved so far are kept. Lower --model.learning_rate or resume from one"
+        "checkpoints saved so far are kept. Train a new run with a lower --model.learning_rate (a resume "
+        "would repeat the same batches)"
     }
 
 

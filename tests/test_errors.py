@@ -395,9 +395,24 @@ def test_prompt_file_missing(tmp_path, tiny_checkpoint, cli_main):
 def test_sample_settings_are_checked_against_a_resumed_models_context(tmp_path, small_corpus, cli_main):
     """A resume takes the checkpoint's shape: --sample.keep is checked against it, not the flags'."""
     assert cli_main(*tiny_fit_args(small_corpus, steps=2, val_every=2), cwd=tmp_path).returncode == 0
-    resume = [*tiny_fit_args(small_corpus, steps=4, val_every=2), "--ckpt_path=last"]
-    result = cli_main(*resume, "--model.context_length=64", "--sample.keep=40", cwd=tmp_path)
+    (tmp_path / "longer.yaml").write_text("model:\n  context_length: 64\n")  # a flag would be refused
+    resume = [*tiny_fit_args(small_corpus, steps=4, val_every=2), "--ckpt_path=last", "--config=longer.yaml"]
+    resume = [arg for arg in resume if not arg.startswith("--model.context_length")]
+    result = cli_main(*resume, "--sample.keep=40", cwd=tmp_path)
     one_line_error(result, "invalid --sample settings: keep must be <= the model's context_length 32, got 40")
+
+
+def test_model_flags_that_a_checkpoint_overrides_are_refused_not_ignored(tmp_path, small_corpus, cli_main):
+    """LightningCLI puts a checkpoint's hyperparameters over the flags: a changed one was ignored silently
+    (a lower learning rate for a resumed run that had diverged, say)."""
+    assert cli_main(*tiny_fit_args(small_corpus, steps=2, val_every=2), cwd=tmp_path).returncode == 0
+    resume = [*tiny_fit_args(small_corpus, steps=4, val_every=2), "--ckpt_path=last"]  # the same shape flags
+    result = cli_main(*resume, "--model.learning_rate=1e-4", "--model.compile=false", cwd=tmp_path)
+    error = "error: --model.learning_rate 0.0001: the checkpoint's 0.001 is kept with --ckpt_path; "
+    assert error_lines(result) == [error + "drop the flag, or train a new run with it"]
+    validate = ["validate", "--ckpt_path=checkpoints/last.ckpt", "--model.num_heads=4", "--model.d_model=32"]
+    one_line_error(cli_main(*validate, cwd=tmp_path), "--model.num_heads 4: the checkpoint's 2 is kept with")
+    assert cli_main(*resume, "--model.compile=false", cwd=tmp_path).returncode == 0  # not stored: may change
 
 
 def error_lines(result) -> list[str]:
