@@ -190,7 +190,7 @@ class GPTLightningCLI(LightningCLI):
                 if before == "--config" or arg.startswith("--config=")
             ]
             bad = _first_bad_config([str(SEED_RECIPE)] * (subcommand == "fit") + given)
-            where = message.split(": ", 1)[1].replace(' in "<unicode string>",', " at")  # YAML's reason
+            where = message.partition(": ")[2].replace(' in "<unicode string>",', " at")  # YAML's reason
             where = f" ({where})" if message.startswith("problems") else ""  # not the file's whole text
             message = f"--config {bad} is not a YAML mapping of settings{where}; see configs/*.yaml"
         unknown = re.match(r"unrecognized arguments: (--[^\s=]+)", message)

@@ -55,6 +55,8 @@ def test_a_config_that_is_not_a_mapping_of_settings_is_named(tmp_path, cli_main,
     result = cli_main("fit", "--config=notes.txt", cwd=tmp_path)  # YAML reads it as one string
     one_line_error(result, "--config notes.txt is not a YAML mapping of settings; see configs/*.yaml (")
     assert "a line of notes" not in result.stderr  # jsonargparse's message held the whole text
+    (tmp_path / "empty.yaml").write_text("")  # "unexpected config:" with nothing after it (a traceback)
+    one_line_error(cli_main("fit", "--config=empty.yaml", cwd=tmp_path), "--config empty.yaml is not a YAML")
     # fit reads the seed recipe before any --config: an edited, broken one is named
     monkeypatch.setattr("lightning_gpt.cli.SEED_RECIPE", tmp_path / "broken.yaml")
     result = cli_main("fit", "--config", "good.yaml", cwd=tmp_path)
