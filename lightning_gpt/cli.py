@@ -73,15 +73,37 @@ def _no_cuda_hint(error: Exception) -> str:
     return f" PyTorch {torch.__version__} {cause}, or leave --trainer.accelerator unset to use the CPU."
 
 
+def _values_of(option: str, argv: Sequence[str]) -> list[str]:
+    """What ``option`` was given, in order: ``--config FILE`` and ``--config=FILE``."""
+    return [
+        arg.removeprefix(f"{option}=")
+        for before, arg in itertools.pairwise(["", *argv])
+        if before == option or arg.startswith(f"{option}=")
+    ]
+
+
+def _yaml_of(value: str) -> object:
+    """A ``--config`` file's settings (or those of a value given as YAML text); None if unreadable."""
+    try:
+        return yaml.safe_load(Path(value).read_text(encoding="utf-8") if Path(value).is_file() else value)
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+
+
+def _model_settings_named(argv: Sequence[str], subcommand: str) -> list[str]:
+    """The model settings given: ``--model.X`` flags, a ``--model`` mapping and the model sections of
+    ``--config`` files (not the defaults, nor the seed recipe's)."""
+    named = [arg.removeprefix("--model.").split("=")[0] for arg in argv if arg.startswith("--model.")]
+    sections = list(map(_yaml_of, _values_of("--model", argv)))
+    for config in map(_yaml_of, _values_of("--config", argv)):
+        config = config.get(subcommand, config) if isinstance(config, dict) else None  # given before it
+        sections.append(config.get("model") if isinstance(config, dict) else None)
+    return named + [name for section in sections if isinstance(section, dict) for name in section]
+
+
 def _first_bad_config(paths: list[str]) -> str:
     """The first of these config files that is not a YAML mapping, as jsonargparse reads them in turn."""
-    for path in paths:
-        try:
-            if not isinstance(yaml.safe_load(Path(path).read_text(encoding="utf-8")), dict):
-                return path
-        except (OSError, ValueError, yaml.YAMLError):
-            return path
-    return " ".join(paths)
+    return next((path for path in paths if not isinstance(_yaml_of(path), dict)), " ".join(paths))
 
 
 def _exit(signum: int, frame) -> None:
@@ -184,11 +206,7 @@ class GPTLightningCLI(LightningCLI):
         message += "".join(f" ({line})" for line in lines[2:] if line.startswith("Given value:"))
         subcommand = next((word for word in args if word in self.subcommands()), None)
         if message.startswith(("problems parsing config", "unexpected config")):  # jsonargparse names no file
-            given = [  # in the order given: "--config FILE" and "--config=FILE"
-                arg.removeprefix("--config=")
-                for before, arg in itertools.pairwise(["", *args])
-                if before == "--config" or arg.startswith("--config=")
-            ]
+            given = _values_of("--config", args)
             bad = _first_bad_config([str(SEED_RECIPE)] * (subcommand == "fit") + given)
             where = message.partition(": ")[2].replace(' in "<unicode string>",', " at")  # YAML's reason
             where = f" ({where})" if message.startswith("problems") else ""  # not the file's whole text
@@ -223,10 +241,10 @@ class GPTLightningCLI(LightningCLI):
         if not ckpt_path:
             return
         section.ckpt_path = readable_copy(local_path(ckpt_path))
-        flags = [
-            arg.removeprefix("--model.").split("=")[0] for arg in self.argv if arg.startswith("--model.")
-        ]
-        given = {name: section.model[name] for name in dict.fromkeys(flags) if name in section.model}
+        named = _model_settings_named(self.argv, subcommand)
+        given = {name: section.model[name] for name in dict.fromkeys(named) if name in section.model}
+        if given.get("vocab", "") is None:  # a saved config.yaml's: the corpus's
+            del given["vocab"]
         try:
             vocab = check_checkpoint(Path(section.ckpt_path))["hyper_parameters"]["vocab"]
             super()._parse_ckpt_path()  # its hyperparameters become the model.* settings
@@ -239,10 +257,11 @@ class GPTLightningCLI(LightningCLI):
             raise UserError(
                 f"checkpoint {ckpt_path} does not fit this version of lightning-gpt: {reason}"
             ) from None
-        kept = self.config[subcommand].model  # a flag the checkpoint overrode would be ignored silently
-        fix = "drop the flag, or train a new run with it" if subcommand == "fit" else "drop the flag"
+        kept = self.config[subcommand].model  # a setting the checkpoint overrode would be ignored silently
+        fix = ", or train a new run with it" if subcommand == "fit" else ""
         changed = [
-            f"--model.{name} {value}: the checkpoint's {kept[name]} is kept with --ckpt_path; {fix}"
+            f"model.{name} {value}: the checkpoint's {kept[name]} is kept with --ckpt_path; remove the "
+            f"setting (flag or --config){fix}"
             for name, value in given.items()
             if kept[name] != value
         ]

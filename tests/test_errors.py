@@ -397,23 +397,25 @@ def test_prompt_file_missing(tmp_path, tiny_checkpoint, cli_main):
 def test_sample_settings_are_checked_against_a_resumed_models_context(tmp_path, small_corpus, cli_main):
     """A resume takes the checkpoint's shape: --sample.keep is checked against it, not the flags'."""
     assert cli_main(*tiny_fit_args(small_corpus, steps=2, val_every=2), cwd=tmp_path).returncode == 0
-    (tmp_path / "longer.yaml").write_text("model:\n  context_length: 64\n")  # a flag would be refused
-    resume = [*tiny_fit_args(small_corpus, steps=4, val_every=2), "--ckpt_path=last", "--config=longer.yaml"]
-    resume = [arg for arg in resume if not arg.startswith("--model.context_length")]
+    resume = [*tiny_fit_args(small_corpus, steps=4, val_every=2), "--ckpt_path=last"]
+    resume = [arg for arg in resume if not arg.startswith("--model.context_length")]  # the seed recipe's 256
     result = cli_main(*resume, "--sample.keep=40", cwd=tmp_path)
     one_line_error(result, "invalid --sample settings: keep must be <= the model's context_length 32, got 40")
 
 
-def test_model_flags_that_a_checkpoint_overrides_are_refused_not_ignored(bare_dir, small_corpus, cli_main):
-    """LightningCLI puts a checkpoint's hyperparameters over the flags: a changed one was ignored silently
-    (a lower learning rate for a resumed run that had diverged, say)."""
+def test_model_settings_that_a_checkpoint_overrides_are_refused_not_ignored(bare_dir, small_corpus, cli_main):
+    """LightningCLI puts a checkpoint's hyperparameters over the settings given: a changed one was ignored
+    silently (a lower learning rate for a resumed run that had diverged, say)."""
     kept = torch.load(bare_dir / "model.ckpt", weights_only=True)["hyper_parameters"]["learning_rate"]
-    fit = ["fit", f"--data.path={small_corpus}", "--ckpt_path=model.ckpt", "--model.learning_rate=1e-4"]
-    result = cli_main(*fit, "--model.compile=false", cwd=bare_dir)
-    error = f"error: --model.learning_rate 0.0001: the checkpoint's {kept} is kept with --ckpt_path; "
-    assert error_lines(result) == [error + "drop the flag, or train a new run with it"]
+    (bare_dir / "lower.yaml").write_text("model:\n  learning_rate: 0.0001\n")
+    fit = ["fit", f"--data.path={small_corpus}", "--ckpt_path=model.ckpt"]
+    error = f"error: model.learning_rate 0.0001: the checkpoint's {kept} is kept with --ckpt_path; "
+    for given in ("--model.learning_rate=1e-4", "--config=lower.yaml", "--model={learning_rate: 0.0001}"):
+        result = cli_main(*fit, given, "--model.compile=false", cwd=bare_dir)
+        fix = "remove the setting (flag or --config), or train a new run with it"
+        assert error_lines(result) == [error + fix]
     validate = ["validate", "--ckpt_path=model.ckpt", "--model.num_heads=4", "--model.d_model=32"]
-    one_line_error(cli_main(*validate, cwd=bare_dir), "--model.num_heads 4: the checkpoint's 2 is kept with")
+    one_line_error(cli_main(*validate, cwd=bare_dir), "model.num_heads 4: the checkpoint's 2 is kept with")
     # the checkpoint's own values, and compile, which is not stored, may be given
     predict = ["predict", "--ckpt_path=model.ckpt", "--model.d_model=32", "--generate.max_new_tokens=1"]
     assert cli_main(*predict, "--model.compile=false", cwd=bare_dir).returncode == 0

@@ -85,9 +85,9 @@ ROWS = {
     "test_cli.py::test_resuming_on_a_corpus_with_another_vocabulary_is_refused": [
         "corpus vocabulary differs from the checkpoint's"
     ],
-    "test_errors.py::test_model_flags_that_a_checkpoint_overrides_are_refused_not_ignored": [
-        "a `--model.*` flag whose value differs from the checkpoint's (LightningCLI would keep the "
-        "checkpoint's silently)"
+    "test_errors.py::test_model_settings_that_a_checkpoint_overrides_are_refused_not_ignored": [
+        "a model setting (`--model.*` flag or `--config`) whose value differs from the checkpoint's "
+        "(LightningCLI would keep the checkpoint's silently)"
     ],
     "test_errors.py::test_argument_mistakes_are_one_line_without_the_usage": [
         "misspelt option",
