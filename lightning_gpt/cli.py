@@ -397,6 +397,11 @@ class GPTLightningCLI(LightningCLI):
                 f"{last} is another run's, and resuming {resumed} would write over it; pass "
                 f"--checkpoint.dirpath {os.path.dirname(resumed) or '.'} (its folder) or a new one"
             )
+        if resumed is not None and has_last and Path(resumed).name != "last.ckpt":  # in the folder, then
+            raise UserError(
+                f"resuming {resumed} would write over {last}, its run's last state; continue that run with "
+                f"--ckpt_path last, or branch from {Path(resumed).name} into a new --checkpoint.dirpath"
+            )
         hpc = Path(self.trainer.default_root_dir).glob("hpc_ckpt_*.ckpt") if SLURMEnvironment.detect() else []
         hpc = sorted(hpc, key=lambda path: int("0" + re.sub(r"\D", "", path.stem)))  # by number, as Lightning
         if resumed is None and hpc:  # Lightning would resume it, silently

@@ -156,6 +156,16 @@ def test_a_resumed_run_never_writes_over_another_runs_checkpoints(tmp_path, smal
         .splitlines()[-1]
         .endswith("pass --checkpoint.dirpath . (its folder) or a new one")
     )
+    # going back to a run's best checkpoint in its own folder lost the later steps' last.ckpt, silently
+    best = next((tmp_path / "runB").glob("best-*.ckpt")).name
+    before = (tmp_path / "runB" / "last.ckpt").read_bytes()
+    resume[-1] = f"--ckpt_path=runB/{best}"
+    refused = cli_main(*resume, "--checkpoint.dirpath=runB", cwd=tmp_path)
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1] == (
+        f"error: resuming runB/{best} would write over runB/last.ckpt, its run's last state; continue that "
+        f"run with --ckpt_path last, or branch from {best} into a new --checkpoint.dirpath"
+    )
+    assert (tmp_path / "runB" / "last.ckpt").read_bytes() == before
 
 
 def test_save_last_false_writes_no_last_checkpoint(tmp_path, small_corpus, cli_main):
