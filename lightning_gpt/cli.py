@@ -50,6 +50,8 @@ from lightning_gpt.writer import SampleWriter, check_stdout
 # `fit` without --config trains the seed recipe; a --config file overrides what it sets.
 SEED_RECIPE = Path(__file__).resolve().parent.parent / "configs" / "shakespeare_char.yaml"
 PROGRESS_REFRESH_STEPS = 10  # the progress bar redraws every this many steps
+# what each subcommand does not read: --generate.* are predict's, --sample.* fit's; predict reads no corpus
+IGNORED_GROUPS = {"fit": ("generate",), "validate": ("generate", "sample"), "predict": ("sample", "data")}
 
 
 def _settings_error(group: str, error: Exception, hint: str = "") -> UserError:
@@ -197,6 +199,10 @@ class GPTLightningCLI(LightningCLI):
             raise UserError(self._argument_error(str(error), args or sys.argv[1:])) from None
         subcommand = self.config.get("subcommand")
         check_settings(subcommand, self.config[subcommand] if subcommand else self.config)
+        groups = tuple(f"--{group}." for group in IGNORED_GROUPS.get(subcommand, ()))
+        ignored = dict.fromkeys(arg.split("=")[0] for arg in self.argv if arg.startswith(groups))
+        if ignored and rank_zero_only.rank == 0:  # said once, not by every rank Lightning starts
+            print(f"note: {subcommand} ignores {', '.join(ignored)} (another subcommand's)", file=sys.stderr)
 
     def _argument_error(self, error: str, args: Sequence[str]) -> str:
         """jsonargparse's message in one line, with the closest option to a misspelt one."""

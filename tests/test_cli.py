@@ -340,3 +340,16 @@ def test_print_config_runs_as_is(tmp_path, small_corpus, cli_main):
     config.write_text(printed.stdout)
     again = cli_main("fit", f"--config={config}", "--trainer.fast_dev_run=true", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
+
+
+def test_settings_of_another_subcommand_are_noted_not_ignored_silently(bare_dir, cli_main):
+    predict = ["predict", "--ckpt_path=model.ckpt", "--generate.max_new_tokens=2"]
+    result = cli_main(*predict, "--sample.prompt=X", "--data.path=nowhere.txt", cwd=bare_dir)
+    assert result.returncode == 0
+    assert "note: predict ignores --sample.prompt, --data.path (another subcommand's)" in result.stderr
+    # said before a refusal that comes later (here: a learning rate the checkpoint overrides)
+    refused = ["--ckpt_path=model.ckpt", "--model.learning_rate=1e-9"]
+    result = cli_main("fit", *refused, "--generate.prompt=A", "--generate.output=a.txt", cwd=bare_dir)
+    assert "note: fit ignores --generate.prompt, --generate.output (another subcommand's)" in result.stderr
+    result = cli_main("validate", *refused, "--sample.seed=3", "--generate.top_k=2", cwd=bare_dir)
+    assert "note: validate ignores --sample.seed, --generate.top_k (another subcommand's)" in result.stderr
