@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import os
 import posixpath
 import re
@@ -162,6 +163,16 @@ def unlock(descriptor: int) -> None:
         os.close(descriptor)
 
 
+def unwritable(folder: str) -> str | None:
+    """Why files cannot be written into the local ``folder`` (made where missing), or None."""
+    path = os.path.abspath(folder)
+    while not os.path.exists(path):  # the nearest part of it that exists
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        return os.strerror(errno.ENOTDIR)
+    return None if os.access(path, os.W_OK | os.X_OK) else os.strerror(errno.EACCES)
+
+
 def lock_folder(folder: str) -> int | None:
     """Lock a local checkpoint folder for this process and return the descriptor that holds the lock
     (the system releases it when the process ends, even by SIGKILL; ``unlock`` releases it before);
@@ -172,6 +183,8 @@ def lock_folder(folder: str) -> int | None:
     made = None if os.path.isdir(folder) else os.path.abspath(folder)
     try:
         os.makedirs(folder, exist_ok=True)
+        if not os.access(folder, os.W_OK | os.X_OK):  # found now, not at the first save
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
         descriptor = os.open(folder, os.O_RDONLY)
     except OSError as error:  # a read-only mount, a file in the way, no permission
         raise UserError(

@@ -36,6 +36,7 @@ from lightning_gpt.checkpoint_io import (
     lock_folder,
     readable_copy,
     unlock,
+    unwritable,
 )
 from lightning_gpt.checks import as_list, check_settings
 from lightning_gpt.corpus import read_corpus
@@ -418,6 +419,13 @@ class GPTLightningCLI(LightningCLI):
             )
         if resumed is not None:  # a resumed run writes into its own folder on purpose
             warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+        for logger in self.trainer.loggers if self.trainer.global_rank == 0 else []:  # found before training
+            logs = getattr(logger, "root_dir", None) or getattr(logger, "save_dir", None)
+            if isinstance(logs, str) and "://" not in logs and (reason := unwritable(logs)):
+                raise UserError(
+                    f"cannot write the run's logs to {logs}: {reason}; run from a folder you can write to, "
+                    "or pass --trainer.default_root_dir DIR"
+                )
         if self.trainer.global_rank == 0:
             self.lock = lock_folder(folder)
 

@@ -35,6 +35,10 @@ ROWS = {
     "test_errors.py::test_a_checkpoint_folder_that_cannot_be_made_is_one_line": [
         "checkpoint folder that cannot be made (read-only, a file in the way)"
     ],
+    "test_errors.py::test_folders_that_cannot_be_written_are_found_before_training": [
+        "a checkpoint folder you cannot write to, or a log folder that cannot be written (read-only "
+        "working folder, a file in the way), found before training"
+    ],
     "test_errors.py::test_trainer_settings_lightning_checks_while_running_are_one_line": [
         "a Trainer setting Lightning checks once fit runs"
     ],
