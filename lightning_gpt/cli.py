@@ -349,6 +349,11 @@ class GPTLightningCLI(LightningCLI):
             if settings.output.endswith(("/", os.sep)) or Path(settings.output).is_dir():
                 raise UserError(f"--generate.output {settings.output} is a folder; pass the path of a file")
             filesystem(settings.output)  # one line if the URL's package (s3fs, gcsfs) is missing
+            output, read = settings.output, {"checkpoint": self.config.predict.ckpt_path}
+            read["prompt file"] = settings.prompt_file
+            for name, path in read.items():  # the samples would replace it
+                if path and os.path.isfile(output) and os.path.samefile(path, output):  # read already: exists
+                    raise UserError(f"--generate.output {output} is the {name}; pass another file")
         headers = len(prompts) * settings.num_samples > 1
         self.trainer.callbacks.append(SampleWriter(settings.output, headers=headers))
 

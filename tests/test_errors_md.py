@@ -39,6 +39,9 @@ ROWS = {
         "a checkpoint folder you cannot write to, or a log folder that cannot be written (read-only "
         "working folder, a file in the way), found before training"
     ],
+    "test_predict.py::test_an_output_that_is_a_file_predict_reads_is_refused": [
+        "`--generate.output` that is the checkpoint or the prompt file it reads"
+    ],
     "test_errors.py::test_trainer_settings_lightning_checks_while_running_are_one_line": [
         "a Trainer setting Lightning checks once fit runs"
     ],

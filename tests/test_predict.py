@@ -121,6 +121,25 @@ def test_an_empty_output_writes_no_file(bare_dir, cli_main):
     assert sorted(path.name for path in bare_dir.iterdir()) == ["model.ckpt"]
 
 
+def test_an_output_that_is_a_file_predict_reads_is_refused(bare_dir, cli_main):
+    """The samples replaced the checkpoint (or the prompt file) they came from, and predict exited 0."""
+    checkpoint = (bare_dir / "model.ckpt").read_bytes()
+    (bare_dir / "prompt.txt").write_text("A")
+    args = [
+        "predict",
+        "--ckpt_path=model.ckpt",
+        "--generate.max_new_tokens=2",
+        "--generate.prompt_file=prompt.txt",
+    ]
+    for output, name in (("./model.ckpt", "checkpoint"), ("prompt.txt", "prompt file")):
+        result = cli_main(*args, f"--generate.output={output}", cwd=bare_dir)
+        assert result.returncode == 2 and result.stdout == ""
+        assert result.stderr.strip() == f"error: --generate.output {output} is the {name}; pass another file"
+    assert (bare_dir / "model.ckpt").read_bytes() == checkpoint and (
+        bare_dir / "prompt.txt"
+    ).read_text() == "A"
+
+
 def test_an_output_that_cannot_be_written_is_one_line(bare_dir, cli_main):
     args = ["predict", "--ckpt_path=model.ckpt", "--generate.max_new_tokens=8"]
     (bare_dir / "folder").mkdir()
