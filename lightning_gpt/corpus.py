@@ -91,9 +91,12 @@ def text_chunks(
                 try:
                     text = decoder.decode(block, final=not block)
                 except UnicodeDecodeError as error:
+                    at, hint = read - len(error.object) + error.start, _CONVERT_HINT
+                    if at == 0 and error.object[:2] in (b"\xff\xfe", b"\xfe\xff"):  # UTF-16's byte-order mark
+                        hint = "it is UTF-16: convert it, e.g. iconv -f utf-16 -t utf-8"
                     raise UserError(
-                        f"{name} {path} is not UTF-8: byte 0x{error.object[error.start]:02x} at offset "
-                        f"{read - len(error.object) + error.start}; {_CONVERT_HINT}"
+                        f"{name} {path} is not UTF-8: byte 0x{error.object[error.start]:02x} at offset {at}; "
+                        + hint
                     ) from None
                 if progress is not None:
                     progress.update(len(block))
