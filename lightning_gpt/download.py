@@ -80,6 +80,8 @@ def download(
             note = f"note: using {dest} from an earlier download; delete it to download {url} again"
             print(note, file=sys.stderr)
         return dest
+    if dest.is_file():  # edited or damaged: replaced, but not without a word
+        print(f"note: {dest} is not the file expected (sha256); downloading it again", file=sys.stderr)
     manual = f"download it yourself and pass --data.path FILE, or place it at {dest}"
     last_problem = ""
 

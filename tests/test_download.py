@@ -118,11 +118,13 @@ def test_wrong_hash_leaves_nothing(server, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_cached_file_with_wrong_hash_is_replaced(server, tmp_path):
+def test_cached_file_with_wrong_hash_is_replaced_with_a_note(server, tmp_path, capsys):
     dest = tmp_path / "corpus.txt"
     dest.write_bytes(b"stale")
     download(f"{server.url}/file.txt", dest, GOOD_HASH)
     assert dest.read_bytes() == BODY and server.requests == 1
+    note = f"note: {dest} is not the file expected (sha256); downloading it again\n"
+    assert capsys.readouterr().err.startswith(note)  # an edited corpus was replaced without a word
 
 
 def test_a_wrong_hash_keeps_a_stale_file(server, tmp_path):
