@@ -267,7 +267,7 @@ class GPTLightningCLI(LightningCLI):
         kept = self.config[subcommand].model  # a setting the checkpoint overrode would be ignored silently
         fix = ", or train a new run with it" if subcommand == "fit" else ""
         changed = [
-            f"model.{name} {value}: the checkpoint's {kept[name]} is kept with --ckpt_path; remove the "
+            f"model.{name} {value!r}: the checkpoint's {kept[name]!r} is kept with --ckpt_path; remove the "
             f"setting (flag or --config){fix}"
             for name, value in given.items()
             if kept[name] != value

@@ -145,9 +145,14 @@ class GPTModule(L.LightningModule):
                 )
             self._build(data_vocab)
         elif data_vocab and data_vocab != self.hparams.vocab:
+            vocab = self.hparams.vocab
+            new, gone = (
+                "".join(sorted(set(a) - set(b))[:20]) for a, b in ((data_vocab, vocab), (vocab, data_vocab))
+            )
             raise UserError(
                 f"the corpus vocabulary ({len(data_vocab)} characters) differs from the model's "
-                f"({len(self.hparams.vocab)}); use the corpus the checkpoint was trained on"
+                f"({len(vocab)}): {new!r} only in the corpus, {gone!r} only in the model; use the corpus the "
+                "model was trained on"
             )
         windows = 0 if trainer is None or trainer.predicting else getattr(datamodule, "context_length", 0)
         if windows > self.hparams.context_length:  # linked by the CLI; predict reads prompts only

@@ -240,6 +240,7 @@ def test_resuming_on_a_corpus_with_another_vocabulary_is_refused(tmp_path, small
         args = ("validate", f"--data.path={other}", "--ckpt_path=checkpoints/last.ckpt")
         result = cli_main(*args, cwd=tmp_path)
         assert result.returncode == 2 and "differs from the model's" in result.stderr.strip().splitlines()[-1]
+    assert "'§' only in the corpus, 'z' only in the model; use the corpus the model" in result.stderr
 
 
 def test_a_corpus_without_newlines_trains_and_generates(tmp_path, small_corpus, cli_main):
