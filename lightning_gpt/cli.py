@@ -210,7 +210,14 @@ class GPTLightningCLI(LightningCLI):
         lines = [line.strip() for line in error.splitlines() if line.strip()]
         message = re.sub(r'^Parser key "([^"]+)":', r"--\1:", " ".join(lines[:2]))
         message = message[:1].lower() + message[1:]  # jsonargparse 4.39 writes "Unrecognized arguments"
-        message += "".join(f" ({line})" for line in lines[2:] if line.startswith("Given value:"))
+        given = [line for line in lines[2:] if line.startswith("Given value:")]
+        subtypes = next((line for line in lines if line.startswith("Subtypes:")), "")  # of a Union
+        literals = re.findall(
+            r"Literal\[([^]]*)]", subtypes
+        )  # the values allowed, e.g. --trainer.precision's
+        choices = dict.fromkeys(value.strip(" '") for group in literals for value in group.split(","))
+        given += [f"expected one of {', '.join(choices)}"] if choices else []
+        message += f" ({'; '.join(given)})" if given else ""
         subcommand = next((word for word in args if word in self.subcommands()), None)
         if message.startswith(("problems parsing config", "unexpected config")):  # jsonargparse names no file
             given = _values_of("--config", args)
