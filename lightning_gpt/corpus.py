@@ -58,8 +58,9 @@ def corpus_files(path: str | os.PathLike) -> list[Path]:
     if path.is_file():
         return [path]
     if not path.is_dir():
+        what = "is not a file (a device or a pipe)" if path.exists() else "does not exist"  # to be cached
         raise UserError(
-            f"corpus file {path} does not exist; pass an existing text file or a folder of .txt files "
+            f"corpus file {path} {what}; pass an existing text file or a folder of .txt files "
             "with --data.path"
         )
     found = [file for file in path.rglob("*.txt") if file.is_file()]

@@ -162,6 +162,8 @@ def test_empty_folders_and_empty_files_are_user_errors(tmp_path):
         build_token_cache(tmp_path / "holes", tmp_path / "cache")
     with pytest.raises(UserError, match="nowhere does not exist"):
         build_token_cache(tmp_path / "nowhere", tmp_path / "cache")
+    with pytest.raises(UserError, match="corpus file /dev/null is not a file"):  # it said "does not exist"
+        build_token_cache("/dev/null", tmp_path / "cache")
     assert not (tmp_path / "cache").exists()  # nothing is written for a bad corpus
 
 
