@@ -250,8 +250,8 @@ def stream_text(
     The model is put in eval mode while sampling; afterwards every submodule gets back its own
     train/eval flag (Lightning >= 2.2 relies on mixed modes surviving).
     """
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if isinstance(num_samples, bool) or not isinstance(num_samples, Integral) or num_samples < 1:
+        raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")  # not repeat()'s error
     prompt = prepare_prompt(prompt, tokenizer, hint="")  # an empty one starts from a newline
     ids = torch.from_numpy(tokenizer.encode(prompt)).unsqueeze(0).repeat(num_samples, 1)  # [S, T0]
     modes = [(module, module.training) for module in model.modules()]
