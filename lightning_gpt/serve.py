@@ -330,8 +330,13 @@ def check_port(host: str, port: int) -> None:
 
 def serve(ckpt_path: str, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serve the checkpoint at ``http://host:port`` until Ctrl-C (or SIGTERM)."""
-    from lightning_gpt.checkpoint_io import check_checkpoint  # imports Lightning: not in the workers
+    from lightning_gpt.checkpoint_io import check_checkpoint, local_path  # imports Lightning: not in workers
 
+    ckpt_path = os.path.join("checkpoints", "last.ckpt") if ckpt_path == "last" else local_path(ckpt_path)
+    if "://" in ckpt_path:  # the workers load the file itself
+        raise UserError(
+            f"serve reads a local checkpoint file: copy {ckpt_path} to this machine and pass its path"
+        )
     if host not in HOSTS:
         raise UserError(f"--host must be one of {', '.join(HOSTS)} (127.0.0.1: this machine only): {host}")
     if not 1024 <= port <= 65535:  # LitServe's range (ports below 1024 need root)
@@ -382,7 +387,11 @@ def main(argv: list[str]) -> None:
     """``cli.py serve ARGS``."""
     about = "Serve a checkpoint: a page at /, POST /predict, POST /v1/chat/completions (docs/serving.md)."
     parser = OneLineParser(prog="cli.py serve", description=about)
-    parser.add_argument("--ckpt_path", required=True, help="the checkpoint to serve (a .ckpt file)")
+    parser.add_argument(
+        "--ckpt_path",
+        required=True,
+        help="the checkpoint to serve: a .ckpt file (last: checkpoints/last.ckpt)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help=f"one of {', '.join(HOSTS)} (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="the port (default: 8000)")
     args = parser.parse_args(argv)

@@ -160,6 +160,7 @@ ROWS = {
         "`serve` port taken",
         "`serve --port` outside 1024–65535",
         "`serve` a checkpoint with nan or inf weights",
+        "`serve` a checkpoint at a URL other than `file://` (`last`: `checkpoints/last.ckpt`)",
         "`serve` argument missing, misspelt or of the wrong type",
     ],
     "test_serve.py::test_bad_requests_get_one_message_and_the_server_keeps_serving": [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -66,7 +67,15 @@ def test_serve_refuses_bad_arguments_in_one_line(cli_main, tiny_checkpoint: Path
         taken.listen()
         port = str(taken.getsockname()[1])
         busy = cli_main("serve", "--ckpt_path", str(tiny_checkpoint), "--port", port, cwd=tmp_path)
+        (tmp_path / "checkpoints").mkdir()
+        shutil.copy(tiny_checkpoint, tmp_path / "checkpoints" / "last.ckpt")
+        for given in ("last", f"file://{tmp_path}/checkpoints/last.ckpt"):  # as predict takes them
+            found = cli_main("serve", "--ckpt_path", given, "--port", port, cwd=tmp_path)  # then refused
+            assert f"error: cannot listen on 127.0.0.1 port {port}" in found.stderr, found.stderr
     assert busy.returncode == 2 and f"error: cannot listen on 127.0.0.1 port {port}" in busy.stderr
+    url = cli_main("serve", "--ckpt_path", "s3://bucket/last.ckpt", cwd=tmp_path)
+    copy = "copy s3://bucket/last.ckpt to this machine and pass its path"
+    assert url.stderr == f"error: serve reads a local checkpoint file: {copy}\n"
     low = cli_main("serve", "--ckpt_path", str(tiny_checkpoint), "--port", "70000", cwd=tmp_path)
     assert low.returncode == 2 and low.stderr.strip() == "error: --port must be from 1024 to 65535, got 70000"
     root = cli_main("serve", "--ckpt_path", str(tiny_checkpoint), "--port", "1023", cwd=tmp_path)
