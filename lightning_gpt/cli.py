@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
-import itertools
 import logging
 import os
 import re
@@ -17,8 +15,6 @@ from enum import Enum
 from pathlib import Path
 
 import lightning as L
-import torch
-import yaml
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -38,7 +34,17 @@ from lightning_gpt.checkpoint_io import (
     unlock,
     unwritable,
 )
-from lightning_gpt.checks import as_list, check_settings
+from lightning_gpt.checks import (
+    argument_error,
+    as_list,
+    check_settings,
+    ignored_flags,
+    missing_package,
+    model_settings_named,
+    no_cuda_hint,
+    overridden,
+    settings_error,
+)
 from lightning_gpt.corpus import read_corpus
 from lightning_gpt.data import CharDataModule
 from lightning_gpt.errors import UserError
@@ -51,62 +57,6 @@ from lightning_gpt.writer import SampleWriter, check_stdout
 # `fit` without --config trains the seed recipe; a --config file overrides what it sets.
 SEED_RECIPE = Path(__file__).resolve().parent.parent / "configs" / "shakespeare_char.yaml"
 PROGRESS_REFRESH_STEPS = 10  # the progress bar redraws every this many steps
-# what each subcommand does not read: --generate.* are predict's, --sample.* fit's; predict reads no corpus
-IGNORED_GROUPS = {"fit": ("generate",), "validate": ("generate", "sample"), "predict": ("sample", "data")}
-
-
-def _settings_error(group: str, error: Exception, hint: str = "") -> UserError:
-    """Lightning's refusal of a ``--trainer`` or ``--checkpoint`` setting, in one line."""
-    return UserError(f"invalid --{group} settings: {' '.join(str(error).split())}{hint}")
-
-
-def _missing_package(error: ModuleNotFoundError) -> UserError:
-    """A package that a callback, logger or accelerator needs, in one line."""
-    hint = f" (pip install {error.name})" if error.name else ""  # Lightning's own messages say how
-    return UserError(" ".join(str(error).split()) + hint)
-
-
-def _no_cuda_hint(error: Exception) -> str:
-    """What to do when a CUDA GPU was asked for and PyTorch sees none."""
-    if "gpu backend" not in str(error) and "CUDAAccelerator" not in str(error):
-        return ""
-    cause = "is a CPU-only build: install the one for your GPU from pytorch.org"
-    if torch.version.cuda is not None:
-        cause = f"finds no GPU through CUDA {torch.version.cuda} (nvidia-smi lists what the driver sees)"
-    return f" PyTorch {torch.__version__} {cause}, or leave --trainer.accelerator unset to use the CPU."
-
-
-def _values_of(option: str, argv: Sequence[str]) -> list[str]:
-    """What ``option`` was given, in order: ``--config FILE`` and ``--config=FILE``."""
-    return [
-        arg.removeprefix(f"{option}=")
-        for before, arg in itertools.pairwise(["", *argv])
-        if before == option or arg.startswith(f"{option}=")
-    ]
-
-
-def _yaml_of(value: str) -> object:
-    """A ``--config`` file's settings (or those of a value given as YAML text); None if unreadable."""
-    try:
-        return yaml.safe_load(Path(value).read_text(encoding="utf-8") if Path(value).is_file() else value)
-    except (OSError, ValueError, yaml.YAMLError):
-        return None
-
-
-def _model_settings_named(argv: Sequence[str], subcommand: str) -> list[str]:
-    """The model settings given: ``--model.X`` flags, a ``--model`` mapping and the model sections of
-    ``--config`` files (not the defaults, nor the seed recipe's)."""
-    named = [arg.removeprefix("--model.").split("=")[0] for arg in argv if arg.startswith("--model.")]
-    sections = list(map(_yaml_of, _values_of("--model", argv)))
-    for config in map(_yaml_of, _values_of("--config", argv)):
-        config = config.get(subcommand, config) if isinstance(config, dict) else None  # given before it
-        sections.append(config.get("model") if isinstance(config, dict) else None)
-    return named + [name for section in sections if isinstance(section, dict) for name in section]
-
-
-def _first_bad_config(paths: list[str]) -> str:
-    """The first of these config files that is not a YAML mapping, as jsonargparse reads them in turn."""
-    return next((path for path in paths if not isinstance(_yaml_of(path), dict)), " ".join(paths))
 
 
 def _exit(signum: int, frame) -> None:
@@ -150,13 +100,13 @@ class GPTLightningCLI(LightningCLI):
         try:
             trainer = super().instantiate_trainer(**kwargs)
         except (MisconfigurationException, ValueError, TypeError) as error:  # e.g. an accelerator it lacks
-            raise _settings_error("trainer", error, _no_cuda_hint(error)) from None
+            raise settings_error("trainer", error, no_cuda_hint(error)) from None
         except ModuleNotFoundError as error:  # a package the accelerator or strategy needs (torch_xla, ...)
-            raise _missing_package(error) from None
+            raise missing_package(error) from None
         except RuntimeError as error:  # a ModelCheckpoint of the user's that cannot be told from fit's
             if "state_key" not in str(error):
                 raise
-            raise _settings_error("trainer", error, " (fit's own is set with --checkpoint.*)") from None
+            raise settings_error("trainer", error, " (fit's own is set with --checkpoint.*)") from None
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         callbacks, subcommand = trainer.callbacks, self.config.get("subcommand")
@@ -185,53 +135,28 @@ class GPTLightningCLI(LightningCLI):
         try:
             super().instantiate_classes()
         except MisconfigurationException as error:  # ModelCheckpoint's own checks (the trainer's are above)
-            raise _settings_error("checkpoint", error) from None
+            raise settings_error("checkpoint", error) from None
         except ValueError as error:  # jsonargparse's wrapping of a callback (or logger) refusing its settings
             if not isinstance(error.__cause__, (ValueError, TypeError, MisconfigurationException)):
                 raise  # a bug in a callback of the user's keeps its traceback
-            raise _settings_error("trainer", error.__cause__) from None
+            raise settings_error("trainer", error.__cause__) from None
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Sequence[str] | None) -> None:
         """A mistake in the arguments is one line (the usage is left to --help), then settings are checked."""
-        self.argv = list(args or sys.argv[1:]) if not isinstance(args, dict) else []
+        given = sys.argv[1:] if args is None else args
+        self.argv = list(given) if isinstance(given, (list, tuple)) else []  # not a dict of settings
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as error:  # exit_on_error=False: the parser raises instead of printing its usage
-            raise UserError(self._argument_error(str(error), args or sys.argv[1:])) from None
+            parsers, recipe = self.subcommand_parsers, str(SEED_RECIPE)  # for "did you mean", broken configs
+            raise UserError(
+                argument_error(str(error), self.argv, self.subcommands(), parsers, recipe)
+            ) from None
         subcommand = self.config.get("subcommand")
         check_settings(subcommand, self.config[subcommand] if subcommand else self.config)
-        groups = tuple(f"--{group}." for group in IGNORED_GROUPS.get(subcommand, ()))
-        ignored = dict.fromkeys(arg.split("=")[0] for arg in self.argv if arg.startswith(groups))
+        ignored = ignored_flags(subcommand, self.argv)
         if ignored and rank_zero_only.rank == 0:  # said once, not by every rank Lightning starts
             print(f"note: {subcommand} ignores {', '.join(ignored)} (another subcommand's)", file=sys.stderr)
-
-    def _argument_error(self, error: str, args: Sequence[str]) -> str:
-        """jsonargparse's message in one line, with the closest option to a misspelt one."""
-        lines = [line.strip() for line in error.splitlines() if line.strip()]
-        message = re.sub(r'^Parser key "([^"]+)":', r"--\1:", " ".join(lines[:2]))
-        message = message[:1].lower() + message[1:]  # jsonargparse 4.39 writes "Unrecognized arguments"
-        given = [line for line in lines[2:] if line.startswith("Given value:")]
-        subtypes = next((line for line in lines if line.startswith("Subtypes:")), "")  # of a Union
-        literals = re.findall(
-            r"Literal\[([^]]*)]", subtypes
-        )  # the values allowed, e.g. --trainer.precision's
-        choices = dict.fromkeys(value.strip(" '") for group in literals for value in group.split(","))
-        given += [f"expected one of {', '.join(choices)}"] if choices else []
-        message += f" ({'; '.join(given)})" if given else ""
-        subcommand = next((word for word in args if word in self.subcommands()), None)
-        if message.startswith(("problems parsing config", "unexpected config")):  # jsonargparse names no file
-            given = _values_of("--config", args)
-            bad = _first_bad_config([str(SEED_RECIPE)] * (subcommand == "fit") + given)
-            where = message.partition(": ")[2].replace(' in "<unicode string>",', " at")  # YAML's reason
-            where = f" ({where})" if message.startswith("problems") else ""  # not the file's whole text
-            message = f"--config {bad} is not a YAML mapping of settings{where}; see configs/*.yaml"
-        unknown = re.match(r"unrecognized arguments: (--[^\s=]+)", message)
-        for parser in self.subcommand_parsers if unknown and subcommand else []:
-            if parser.prog.endswith(f" {subcommand}"):
-                options = [f"--{key}" for key, _ in parser.get_defaults(skip_validation=True).items()]
-                close = difflib.get_close_matches(unknown.group(1), options, n=1)
-                message += f"; did you mean {close[0]}?" if close else ""
-        return f"{message} (options: cli.py {subcommand or ''} --help)".replace("  ", " ")
 
     def _parse_ckpt_path(self) -> None:
         """Resolve ``last`` and URLs, refuse bad checkpoints in one line, then let Lightning merge hparams."""
@@ -255,7 +180,7 @@ class GPTLightningCLI(LightningCLI):
         if not ckpt_path:
             return
         section.ckpt_path = readable_copy(local_path(ckpt_path))
-        named = _model_settings_named(self.argv, subcommand)
+        named = model_settings_named(self.argv, subcommand)
         given = {name: section.model[name] for name in dict.fromkeys(named) if name in section.model}
         if given.get("vocab", "") is None:  # a saved config.yaml's: the corpus's
             del given["vocab"]
@@ -271,16 +196,7 @@ class GPTLightningCLI(LightningCLI):
             raise UserError(
                 f"checkpoint {ckpt_path} does not fit this version of lightning-gpt: {reason}"
             ) from None
-        kept = self.config[subcommand].model  # a setting the checkpoint overrode would be ignored silently
-        fix = ", or train a new run with it" if subcommand == "fit" else ""
-        changed = [
-            f"model.{name} {value!r}: the checkpoint's {kept[name]!r} is kept with --ckpt_path; remove the "
-            f"setting (flag or --config){fix}"
-            for name, value in given.items()
-            if kept[name] != value
-        ]
-        if changed:
-            raise UserError("\n".join(changed))
+        overridden(given, self.config[subcommand].model, subcommand)  # else ignored silently
 
     def before_instantiate_classes(self) -> None:
         """``trainer.precision: null`` (the default) means: the fastest safe precision here."""
@@ -391,9 +307,9 @@ class GPTLightningCLI(LightningCLI):
         try:
             super()._run_subcommand(subcommand)
         except MisconfigurationException as error:  # settings Lightning checks only once it runs
-            raise _settings_error("trainer", error) from None
+            raise settings_error("trainer", error) from None
         except ModuleNotFoundError as error:  # a package a callback or logger needs (psutil, wandb, ...)
-            raise _missing_package(error) from None
+            raise missing_package(error) from None
         finally:
             for signum, handler in handlers.items():
                 signal.signal(signum, handler)
