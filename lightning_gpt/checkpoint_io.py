@@ -163,6 +163,15 @@ def unlock(descriptor: int) -> None:
         os.close(descriptor)
 
 
+def step_of(path: str) -> int:
+    """The global step of the checkpoint at ``path`` (a path or URL; a local file is not read whole)."""
+    fs, file = filesystem(path)
+    if isinstance(fs, LocalFileSystem):
+        return torch.load(file, map_location="cpu", weights_only=True, mmap=True).get("global_step", 0)
+    with fs.open(file, "rb") as stream:
+        return torch.load(stream, map_location="cpu", weights_only=True).get("global_step", 0)
+
+
 def unwritable(folder: str) -> str | None:
     """Why files cannot be written into the local ``folder`` (made where missing), or None."""
     path = os.path.abspath(folder)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import difflib
 import itertools
 import re
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from lightning_gpt.errors import UserError
 
 # what each subcommand does not read: --generate.* are predict's, --sample.* fit's; predict reads no corpus
 IGNORED_GROUPS = {"fit": ("generate",), "validate": ("generate", "sample"), "predict": ("sample", "data")}
+# the model settings that validate and predict read: the shape
+SHAPE = ("d_model", "num_heads", "num_blocks", "context_length", "positional", "bias", "vocab")
 # What fit logs, which --checkpoint.monitor may name
 LOGGED = ("train_loss", "lr", "grad_norm", "tokens_per_sec", "val_loss", "val_bpc", "val_ppl")
 
@@ -99,15 +102,20 @@ def no_cuda_hint(error: Exception) -> str:
     cause = "is a CPU-only build: install the one for your GPU from pytorch.org"
     if torch.version.cuda is not None:
         cause = f"finds no GPU through CUDA {torch.version.cuda} (nvidia-smi lists what the driver sees)"
+    elif torch.version.hip is not None:
+        cause = f"finds no GPU through ROCm {torch.version.hip} (rocm-smi lists what the driver sees)"
+    elif sys.platform == "darwin":
+        cause = "finds no Apple GPU (MPS needs macOS 12.3 or later on Apple silicon)"
     return f" PyTorch {torch.__version__} {cause}, or leave --trainer.accelerator unset to use the CPU."
 
 
 def values_of(option: str, argv: Sequence[str]) -> list[str]:
-    """What ``option`` was given, in order: ``--config FILE`` and ``--config=FILE``."""
+    """What ``option`` was given, in order: ``--config FILE`` (or ``-c FILE``) and ``--config=FILE``."""
+    names = (option, "-c") if option == "--config" else (option,)
     return [
         arg.removeprefix(f"{option}=")
         for before, arg in itertools.pairwise(["", *argv])
-        if before == option or arg.startswith(f"{option}=")
+        if before in names or arg.startswith(f"{option}=")
     ]
 
 
@@ -132,7 +140,7 @@ def model_settings_named(argv: Sequence[str], subcommand: str) -> list[str]:
 
 def first_bad_config(paths: list[str]) -> str:
     """The first of these config files that is not a YAML mapping, as jsonargparse reads them in turn."""
-    return next((path for path in paths if not isinstance(yaml_of(path), dict)), " ".join(paths))
+    return next((path for path in paths if not isinstance(yaml_of(path), dict)), paths[-1] if paths else "")
 
 
 def ignored_flags(subcommand: str | None, argv: Sequence[str]) -> list[str]:
@@ -142,13 +150,14 @@ def ignored_flags(subcommand: str | None, argv: Sequence[str]) -> list[str]:
 
 
 def overridden(given: dict, kept: Namespace, subcommand: str) -> None:
-    """UserError naming each model setting ``given`` that the checkpoint's hyperparameters overrode."""
+    """UserError naming each model setting ``given`` that the checkpoint's hyperparameters (``kept``)
+    overrode; validate and predict read only the shape (no dropout, no optimizer)."""
     fix = ", or train a new run with it" if subcommand == "fit" else ""
     changed = [
-        f"model.{name} {value!r}: the checkpoint's {kept[name]!r} is kept with --ckpt_path; remove the "
-        f"setting (flag or --config){fix}"
+        f"model.{name} {value!r}: the checkpoint's {kept[name]!r} is kept with --ckpt_path; set it to that, "
+        f"or remove it (flag or --config){fix}"
         for name, value in given.items()
-        if kept[name] != value
+        if kept[name] != value and (subcommand == "fit" or name in SHAPE)
     ]
     if changed:
         raise UserError("\n".join(changed))
@@ -165,6 +174,8 @@ def argument_error(
     given = [line for line in lines[2:] if line.startswith("Given value:")]
     subtypes = next((line for line in lines if line.startswith("Subtypes:")), "")  # of a Union
     literals = re.findall(r"Literal\[([^]]*)]", subtypes)  # the values allowed, e.g. --trainer.precision's
+    if set(re.findall(r"<class '([^']+)'>", subtypes)) - {"NoneType"}:  # other types too: not a list
+        literals = []
     choices = dict.fromkeys(value.strip(" '") for group in literals for value in group.split(","))
     given += [f"expected one of {', '.join(choices)}"] if choices else []
     message += f" ({'; '.join(given)})" if given else ""

@@ -31,6 +31,7 @@ from lightning_gpt.checkpoint_io import (
     local_path,
     lock_folder,
     readable_copy,
+    step_of,
     unlock,
     unwritable,
 )
@@ -67,6 +68,7 @@ class GPTLightningCLI(LightningCLI):
     """LightningCLI with checkpointing defaults, data/model links and one-line errors."""
 
     resumed_from: str | None = None  # --ckpt_path as given (a URL is read from a local copy)
+    resumed_step = 0  # the global step it holds
     lock: int | None = None  # fit's lock on its checkpoint folder, released however fit ends
 
     @staticmethod
@@ -185,7 +187,11 @@ class GPTLightningCLI(LightningCLI):
         if given.get("vocab", "") is None:  # a saved config.yaml's: the corpus's
             del given["vocab"]
         try:
-            vocab = check_checkpoint(Path(section.ckpt_path))["hyper_parameters"]["vocab"]
+            checkpoint = check_checkpoint(Path(section.ckpt_path))
+            vocab, self.resumed_step = (
+                checkpoint["hyper_parameters"]["vocab"],
+                checkpoint.get("global_step", 0),
+            )
             super()._parse_ckpt_path()  # its hyperparameters become the model.* settings
             # as saved: jsonargparse read the string as YAML (a vocabulary " #…" became None)
             self.config[subcommand].model.vocab = vocab
@@ -272,11 +278,11 @@ class GPTLightningCLI(LightningCLI):
             if settings.output.endswith(("/", os.sep)) or Path(settings.output).is_dir():
                 raise UserError(f"--generate.output {settings.output} is a folder; pass the path of a file")
             filesystem(settings.output)  # one line if the URL's package (s3fs, gcsfs) is missing
-            output, read = settings.output, {"checkpoint": self.config.predict.ckpt_path}
+            output, read = local_path(settings.output), {"checkpoint": self.config.predict.ckpt_path}
             read["prompt file"] = settings.prompt_file
             for name, path in read.items():  # the samples would replace it
                 if path and os.path.isfile(output) and os.path.samefile(path, output):  # read already: exists
-                    raise UserError(f"--generate.output {output} is the {name}; pass another file")
+                    raise UserError(f"--generate.output {settings.output} is the {name}; pass another file")
         headers = len(prompts) * settings.num_samples > 1
         self.trainer.callbacks.append(SampleWriter(settings.output, headers=headers))
 
@@ -332,10 +338,12 @@ class GPTLightningCLI(LightningCLI):
                 f"{last} is another run's, and resuming {resumed} would write over it; pass "
                 f"--checkpoint.dirpath {os.path.dirname(resumed) or '.'} (its folder) or a new one"
             )
-        if resumed is not None and has_last and Path(resumed).name != "last.ckpt":  # in the folder, then
+        later = has_last and resumed is not None and Path(resumed).name != "last.ckpt"  # in the folder, then
+        if later and self.config.fit.checkpoint.save_last and self.resumed_step < (step := step_of(last)):
             raise UserError(
-                f"resuming {resumed} would write over {last}, its run's last state; continue that run with "
-                f"--ckpt_path last, or branch from {Path(resumed).name} into a new --checkpoint.dirpath"
+                f"resuming {resumed} (step {self.resumed_step}) would write over {last} (step {step}), "
+                f"a later state of its run; continue that run with --ckpt_path last, or branch from "
+                f"{Path(resumed).name} into a new --checkpoint.dirpath"
             )
         hpc = Path(self.trainer.default_root_dir).glob("hpc_ckpt_*.ckpt") if SLURMEnvironment.detect() else []
         hpc = sorted(hpc, key=lambda path: int("0" + re.sub(r"\D", "", path.stem)))  # by number, as Lightning

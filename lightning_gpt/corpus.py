@@ -30,6 +30,11 @@ CHUNK_BYTES = 4 * 2**20  # bytes of text decoded and encoded at a time while bui
 PROGRESS_MIN_BYTES = 64 * 2**20  # corpora at least this big show a progress bar while building
 CACHE_VERSION = 2  # 2: meta.json holds a checksum
 _CONVERT_HINT = "convert it, e.g. iconv -f latin1 -t utf-8"
+# what a file that starts with one of these marks is (UTF-32 first: UTF-16's little-endian mark begins its)
+BYTE_ORDER_MARKS = {
+    "utf-32": (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE),
+    "utf-16": (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE),
+}
 
 
 def read_corpus(path: str | os.PathLike, name: str = "corpus", option: str = "--data.path") -> str:
@@ -93,8 +98,9 @@ def text_chunks(
                     text = decoder.decode(block, final=not block)
                 except UnicodeDecodeError as error:
                     at, hint = read - len(error.object) + error.start, _CONVERT_HINT
-                    if at == 0 and error.object[:2] in (b"\xff\xfe", b"\xfe\xff"):  # UTF-16's byte-order mark
-                        hint = "it is UTF-16: convert it, e.g. iconv -f utf-16 -t utf-8"
+                    marked = [code for code, bom in BYTE_ORDER_MARKS.items() if error.object.startswith(bom)]
+                    if at == 0 and marked:  # its byte-order mark says which
+                        hint = f"it is {marked[0].upper()}: convert it, e.g. iconv -f {marked[0]} -t utf-8"
                     raise UserError(
                         f"{name} {path} is not UTF-8: byte 0x{error.object[error.start]:02x} at offset {at}; "
                         + hint

@@ -138,6 +138,7 @@ def test_a_resumed_run_never_writes_over_another_runs_checkpoints(tmp_path, smal
     assert (tmp_path / "runA" / "last.ckpt").read_bytes() == before
     (tmp_path / "linkB").symlink_to(tmp_path / "runB")  # the same folder by another path
     assert cli_main(*resume, "--checkpoint.dirpath=linkB/../runB/", cwd=tmp_path).returncode == 0
+    shutil.copy(tmp_path / "runB" / "last.ckpt", tmp_path / "runB" / "step4.ckpt")  # for the end
     resume[-1] = "--ckpt_path=linkB/last.ckpt"
     resume[resume.index("--trainer.max_steps=4")] = "--trainer.max_steps=6"
     assert cli_main(*resume, "--checkpoint.dirpath=runB", cwd=tmp_path).returncode == 0
@@ -156,14 +157,14 @@ def test_a_resumed_run_never_writes_over_another_runs_checkpoints(tmp_path, smal
         .splitlines()[-1]
         .endswith("pass --checkpoint.dirpath . (its folder) or a new one")
     )
-    # going back to a run's best checkpoint in its own folder lost the later steps' last.ckpt, silently
-    best = next((tmp_path / "runB").glob("best-*.ckpt")).name
+    # going back to an earlier checkpoint (a best one, say) in its own folder lost the later last.ckpt
     before = (tmp_path / "runB" / "last.ckpt").read_bytes()
-    resume[-1] = f"--ckpt_path=runB/{best}"
+    resume[-1] = "--ckpt_path=runB/step4.ckpt"
     refused = cli_main(*resume, "--checkpoint.dirpath=runB", cwd=tmp_path)
     assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1] == (
-        f"error: resuming runB/{best} would write over runB/last.ckpt, its run's last state; continue that "
-        f"run with --ckpt_path last, or branch from {best} into a new --checkpoint.dirpath"
+        "error: resuming runB/step4.ckpt (step 4) would write over runB/last.ckpt (step 6), a later state of "
+        "its run; continue that run with --ckpt_path last, or branch from step4.ckpt into a new "
+        "--checkpoint.dirpath"
     )
     assert (tmp_path / "runB" / "last.ckpt").read_bytes() == before
 

@@ -181,6 +181,9 @@ def test_a_non_utf8_file_in_a_folder_is_named_with_the_byte_offset(tmp_path):
     (corpus / "c.txt").write_text("saved by Notepad or PowerShell", encoding="utf-16")  # with its BOM
     with pytest.raises(UserError, match=r"c\.txt is not UTF-8: .* offset 0; it is UTF-16: .* -f utf-16"):
         build_token_cache(corpus, tmp_path / "cache")
+    (corpus / "c.txt").write_text("saved as UTF-32", encoding="utf-32")
+    with pytest.raises(UserError, match=r"c\.txt is not UTF-8: .* offset 0; it is UTF-32: .* -f utf-32"):
+        build_token_cache(corpus, tmp_path / "cache")
 
 
 def test_tokens_are_memory_mapped_and_datasets_pickle_without_the_corpus(tmp_path):

@@ -72,7 +72,8 @@ ROWS = {
     ],
     "test_cli.py::test_a_resumed_run_never_writes_over_another_runs_checkpoints": [
         "resuming into a folder that holds another run's `last.ckpt`",
-        "resuming a run's `best-…` (or any file but `last.ckpt`) in its own folder",
+        "resuming a run's `best-…` (or any file but `last.ckpt`) in its own folder, from a step before "
+        "`last.ckpt`'s",
     ],
     "test_download.py::test_404_names_the_url_and_the_manual_way": ["HTTP error 4xx"],
     "test_download.py::test_persistent_server_errors_give_up_clearly": [

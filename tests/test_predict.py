@@ -123,7 +123,7 @@ def test_an_empty_output_writes_no_file(bare_dir, cli_main):
 
 def test_an_output_that_is_a_file_predict_reads_is_refused(bare_dir, cli_main):
     """The samples replaced the checkpoint (or the prompt file) they came from, and predict exited 0."""
-    checkpoint = (bare_dir / "model.ckpt").read_bytes()
+    checkpoint, url = (bare_dir / "model.ckpt").read_bytes(), f"file://{bare_dir}/model.ckpt"
     (bare_dir / "prompt.txt").write_text("A")
     args = [
         "predict",
@@ -131,7 +131,7 @@ def test_an_output_that_is_a_file_predict_reads_is_refused(bare_dir, cli_main):
         "--generate.max_new_tokens=2",
         "--generate.prompt_file=prompt.txt",
     ]
-    for output, name in (("./model.ckpt", "checkpoint"), ("prompt.txt", "prompt file")):
+    for output, name in (("./model.ckpt", "checkpoint"), ("prompt.txt", "prompt file"), (url, "checkpoint")):
         result = cli_main(*args, f"--generate.output={output}", cwd=bare_dir)
         assert result.returncode == 2 and result.stdout == ""
         assert result.stderr.strip() == f"error: --generate.output {output} is the {name}; pass another file"
