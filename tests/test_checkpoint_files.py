@@ -8,6 +8,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 
 import fsspec
@@ -84,6 +85,38 @@ def test_a_forked_child_does_not_keep_the_lock(tmp_path):
         os.waitpid(child, 0)
         os.close(ready)
         os.close(started)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_folder_that_cannot_be_written_is_refused_when_locked():
+    """An existing checkpoint folder without write permission was found at the first save, after a
+    validation interval of training."""
+    with tempfile.TemporaryDirectory() as parent:
+        os.chmod(parent, 0o755)  # another user may reach what is inside
+        folder = os.path.join(parent, "readonly")
+        os.mkdir(folder, mode=0o555)
+        read, write = os.pipe()
+        child = os.fork()
+        if child == 0:
+            try:
+                if os.geteuid() == 0:  # root may write anywhere: a user (nobody) may not
+                    os.setgid(65534)
+                    os.setuid(65534)
+                try:
+                    message = f"locked {lock_folder(folder)}"
+                except UserError as error:
+                    message = str(error)
+                os.write(write, message.encode())
+            finally:
+                os._exit(0)  # never back into pytest
+        os.close(write)
+        os.waitpid(child, 0)
+        with os.fdopen(read) as pipe:
+            message = pipe.read()
+    assert (
+        message
+        == f"cannot use checkpoint folder {folder}: Permission denied; pass another --checkpoint.dirpath"
+    )
 
 
 def test_a_file_is_on_disk_before_it_takes_the_name(tmp_path, monkeypatch):

@@ -35,9 +35,12 @@ ROWS = {
     "test_errors.py::test_a_checkpoint_folder_that_cannot_be_made_is_one_line": [
         "checkpoint folder that cannot be made (read-only, a file in the way)"
     ],
-    "test_errors.py::test_folders_that_cannot_be_written_are_found_before_training": [
-        "a checkpoint folder you cannot write to, or a log folder that cannot be written (read-only "
-        "working folder, a file in the way), found before training"
+    "test_checkpoint_files.py::test_a_folder_that_cannot_be_written_is_refused_when_locked": [
+        "a checkpoint folder you cannot write to, found before training"
+    ],
+    "test_errors.py::test_a_log_folder_that_cannot_be_written_is_found_before_training": [
+        "a log folder that cannot be written (read-only working folder, a file in the way), found before "
+        "training"
     ],
     "test_predict.py::test_an_output_that_is_a_file_predict_reads_is_refused": [
         "`--generate.output` that is the checkpoint or the prompt file it reads"
