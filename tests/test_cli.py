@@ -349,9 +349,10 @@ def test_settings_of_another_subcommand_are_noted_not_ignored_silently(bare_dir,
     result = cli_main(*predict, "--sample.prompt=X", "--data.path=nowhere.txt", cwd=bare_dir)
     assert result.returncode == 0
     assert "note: predict ignores --sample.prompt, --data.path (another subcommand's)" in result.stderr
-    # said before a refusal that comes later (here: a learning rate the checkpoint overrides)
-    refused = ["--ckpt_path=model.ckpt", "--model.learning_rate=1e-9"]
+    # said before a refusal that comes later (here: a shape the checkpoint overrides), so no run is made
+    refused = ["--ckpt_path=model.ckpt", "--model.num_heads=4"]
     result = cli_main("fit", *refused, "--generate.prompt=A", "--generate.output=a.txt", cwd=bare_dir)
     assert "note: fit ignores --generate.prompt, --generate.output (another subcommand's)" in result.stderr
     result = cli_main("validate", *refused, "--sample.seed=3", "--generate.top_k=2", cwd=bare_dir)
     assert "note: validate ignores --sample.seed, --generate.top_k (another subcommand's)" in result.stderr
+    assert result.returncode == 2 and "model.num_heads 4: the checkpoint's 2" in result.stderr
