@@ -8,6 +8,7 @@ import atexit
 import contextlib
 import errno
 import os
+import pickle
 import posixpath
 import re
 import shutil
@@ -164,12 +165,16 @@ def unlock(descriptor: int) -> None:
 
 
 def step_of(path: str) -> int:
-    """The global step of the checkpoint at ``path`` (a path or URL; a local file is not read whole)."""
+    """The global step of the checkpoint at ``path`` (a path or URL; a local file is not read whole),
+    -1 if it cannot be read (then it holds nothing to keep)."""
     fs, file = filesystem(path)
-    if isinstance(fs, LocalFileSystem):
-        return torch.load(file, map_location="cpu", weights_only=True, mmap=True).get("global_step", 0)
-    with fs.open(file, "rb") as stream:
-        return torch.load(stream, map_location="cpu", weights_only=True).get("global_step", 0)
+    try:
+        if isinstance(fs, LocalFileSystem):
+            return torch.load(file, map_location="cpu", weights_only=True, mmap=True).get("global_step", 0)
+        with fs.open(file, "rb") as stream:
+            return torch.load(stream, map_location="cpu", weights_only=True).get("global_step", 0)
+    except (OSError, RuntimeError, ValueError, pickle.UnpicklingError):
+        return -1
 
 
 def unwritable(folder: str) -> str | None:

@@ -188,10 +188,8 @@ class GPTLightningCLI(LightningCLI):
             del given["vocab"]
         try:
             checkpoint = check_checkpoint(Path(section.ckpt_path))
-            vocab, self.resumed_step = (
-                checkpoint["hyper_parameters"]["vocab"],
-                checkpoint.get("global_step", 0),
-            )
+            vocab = checkpoint["hyper_parameters"]["vocab"]
+            self.resumed_step = checkpoint.get("global_step", 0)
             super()._parse_ckpt_path()  # its hyperparameters become the model.* settings
             # as saved: jsonargparse read the string as YAML (a vocabulary " #…" became None)
             self.config[subcommand].model.vocab = vocab
