@@ -298,3 +298,18 @@ def cli_main():
     """``main_in_process``, for checks of one-line errors and runs where a subprocess would add only
     start-up time: ``cli_main(*args, cwd=...)`` returns a CompletedProcess (exit code, stdout, stderr)."""
     return main_in_process
+
+
+def one_line_error(result, message: str) -> None:
+    """Exit code 2, and ``message`` in the last stderr line, which starts with ``error: ``."""
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and "Warning" not in result.stderr, result.stderr[-2000:]
+
+
+def error_lines(result) -> list[str]:
+    """The ``error: `` lines of a run that ended with status 2 (and no traceback)."""
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    return [line for line in result.stderr.splitlines() if line.startswith("error: ")]

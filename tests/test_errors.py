@@ -12,21 +12,13 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import ROOT, TINY_MODEL, run_cli, tiny_fit_args
+from conftest import ROOT, TINY_MODEL, error_lines, one_line_error, run_cli, tiny_fit_args
 from lightning.pytorch.callbacks import device_stats_monitor as device_stats
 
 from lightning_gpt.checkpoint_io import check_checkpoint
 from lightning_gpt.data import CharDataModule
 from lightning_gpt.errors import UserError
 from lightning_gpt.module import GPTModule
-
-
-def one_line_error(result, message: str) -> None:
-    """Exit code 2, and ``message`` in the last stderr line, which starts with ``error: ``."""
-    assert result.returncode == 2, result.stderr[-2000:]
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and message in last, result.stderr[-2000:]
-    assert "Traceback" not in result.stderr and "Warning" not in result.stderr, result.stderr[-2000:]
 
 
 @pytest.mark.parametrize(
@@ -406,41 +398,6 @@ def test_prompt_file_missing(tmp_path, tiny_checkpoint, cli_main):
     args[-1] = "--generate.prompt_file=pipe"
     piped = cli_main(*args, "--generate.prompt=[]", "--generate.max_new_tokens=3", cwd=tmp_path)
     assert writer.wait(timeout=30) == 0 and piped.returncode == 0 and piped.stdout.startswith("ROMEO:")
-
-
-def test_sample_settings_are_checked_against_a_resumed_models_context(tmp_path, small_corpus, cli_main):
-    """A resume takes the checkpoint's shape: --sample.keep is checked against it, not the flags'."""
-    assert cli_main(*tiny_fit_args(small_corpus, steps=2, val_every=2), cwd=tmp_path).returncode == 0
-    resume = [*tiny_fit_args(small_corpus, steps=4, val_every=2), "--ckpt_path=last"]
-    resume = [arg for arg in resume if not arg.startswith("--model.context_length")]  # the seed recipe's 256
-    result = cli_main(*resume, "--sample.keep=40", cwd=tmp_path)
-    one_line_error(result, "invalid --sample settings: keep must be <= the model's context_length 32, got 40")
-
-
-def test_model_settings_that_a_checkpoint_overrides_are_refused_not_ignored(bare_dir, small_corpus, cli_main):
-    """LightningCLI puts a checkpoint's hyperparameters over the settings given: a changed one was ignored
-    silently (a lower learning rate for a resumed run that had diverged, say)."""
-    kept = torch.load(bare_dir / "model.ckpt", weights_only=True)["hyper_parameters"]["learning_rate"]
-    (bare_dir / "lower.yaml").write_text("model:\n  learning_rate: 0.0001\n")
-    fit = ["fit", f"--data.path={small_corpus}", "--ckpt_path=model.ckpt"]
-    error = f"error: model.learning_rate 0.0001: the checkpoint's {kept} is kept with --ckpt_path; "
-    forms = [["--model.learning_rate=1e-4"], ["--config=lower.yaml"], ["-c", "lower.yaml"]]
-    for given in [*forms, ["--model={learning_rate: 0.0001}"]]:
-        result = cli_main(*fit, *given, "--model.compile=false", cwd=bare_dir)
-        fix = "set it to that, or remove it (flag or --config), or train a new run with it"
-        assert error_lines(result) == [error + fix]
-    validate = ["validate", "--ckpt_path=model.ckpt", "--model.num_heads=4", "--model.d_model=32"]
-    one_line_error(cli_main(*validate, cwd=bare_dir), "model.num_heads 4: the checkpoint's 2 is kept with")
-    # the checkpoint's own values, compile (not stored) and, outside fit, what is not the shape may be given
-    predict = ["predict", "--ckpt_path=model.ckpt", "--model.d_model=32", "--generate.max_new_tokens=1"]
-    assert cli_main(*predict, "--model.compile=false", "--model.dropout=0.5", cwd=bare_dir).returncode == 0
-
-
-def error_lines(result) -> list[str]:
-    """The ``error: `` lines of a run that ended with status 2 (and no traceback)."""
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert "Traceback" not in result.stderr, result.stderr[-2000:]
-    return [line for line in result.stderr.splitlines() if line.startswith("error: ")]
 
 
 def test_validate_names_a_missing_corpus_with_the_other_mistakes(tmp_path, cli_main):

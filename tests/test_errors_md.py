@@ -100,7 +100,7 @@ ROWS = {
     "test_cli.py::test_resuming_on_a_corpus_with_another_vocabulary_is_refused": [
         "corpus vocabulary differs from the checkpoint's"
     ],
-    "test_errors.py::test_model_settings_that_a_checkpoint_overrides_are_refused_not_ignored": [
+    "test_resume_settings.py::test_model_settings_that_a_checkpoint_overrides_are_refused_not_ignored": [
         "a model setting (`--model.*` flag or `--config`) whose value differs from the checkpoint's "
         "(LightningCLI would keep the checkpoint's silently)"
     ],
