@@ -276,10 +276,10 @@ class GPTLightningCLI(LightningCLI):
             if settings.output.endswith(("/", os.sep)) or Path(settings.output).is_dir():
                 raise UserError(f"--generate.output {settings.output} is a folder; pass the path of a file")
             filesystem(settings.output)  # one line if the URL's package (s3fs, gcsfs) is missing
-            output, read = local_path(settings.output), {"checkpoint": self.config.predict.ckpt_path}
-            read["prompt file"] = settings.prompt_file
+            output = local_path(settings.output)
+            read = {"checkpoint": self.config.predict.ckpt_path, "prompt file": settings.prompt_file}
             for name, path in read.items():  # the samples would replace it
-                if path and os.path.isfile(output) and os.path.samefile(path, output):  # read already: exists
+                if path and os.path.isfile(output) and os.path.samefile(path, output):
                     raise UserError(f"--generate.output {settings.output} is the {name}; pass another file")
         headers = len(prompts) * settings.num_samples > 1
         self.trainer.callbacks.append(SampleWriter(settings.output, headers=headers))
@@ -336,8 +336,8 @@ class GPTLightningCLI(LightningCLI):
                 f"{last} is another run's, and resuming {resumed} would write over it; pass "
                 f"--checkpoint.dirpath {os.path.dirname(resumed) or '.'} (its folder) or a new one"
             )
-        later = has_last and resumed is not None and Path(resumed).name != "last.ckpt"  # in the folder, then
-        if later and self.config.fit.checkpoint.save_last and self.resumed_step < (step := step_of(last)):
+        other = has_last and resumed is not None and Path(resumed).name != "last.ckpt"  # in the folder, then
+        if other and self.config.fit.checkpoint.save_last and self.resumed_step < (step := step_of(last)):
             raise UserError(
                 f"resuming {resumed} (step {self.resumed_step}) would write over {last} (step {step}), "
                 f"a later state of its run; continue that run with --ckpt_path last, or branch from "

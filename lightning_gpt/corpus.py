@@ -63,7 +63,7 @@ def corpus_files(path: str | os.PathLike) -> list[Path]:
     if path.is_file():
         return [path]
     if not path.is_dir():
-        what = "is not a file (a device or a pipe)" if path.exists() else "does not exist"  # to be cached
+        what = "is not a file (a device or a pipe)" if path.exists() else "does not exist"  # cached: a file
         raise UserError(
             f"corpus file {path} {what}; pass an existing text file or a folder of .txt files "
             "with --data.path"
