@@ -1,21 +1,27 @@
 """Training callbacks: throughput in the logs and progress bar, text samples as it learns, and a
-checkpoint of the last step when training ends or a signal stops it."""
+checkpoint of the last step when training ends or a signal stops it; and the plugin that saves
+checkpoints atomically."""
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import lightning as L
 import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from lightning_gpt.atomic import write_atomically
+from lightning_gpt.errors import UserError
 from lightning_gpt.generation import prepare_prompt
 
 # SLURM's signal before the time limit (``#SBATCH --signal=USR1@90``), as Lightning's SLURMEnvironment
@@ -200,6 +206,27 @@ class SaveLastStep(L.Callback):
             message = f"{name}: saved step {step} to {path}; continue: the same command with --ckpt_path last"
         if trainer.is_global_zero:
             print(message, file=sys.stderr, flush=True)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Saves with ``write_atomically`` (a kill leaves the old or the new file); loads with weights_only.
+    A failed save (disk full, no permission) is one ``UserError`` and leaves the old file as it was."""
+
+    def save_checkpoint(self, checkpoint: dict, path: str | os.PathLike, storage_options=None) -> None:
+        try:
+            write_atomically(path, lambda file: torch.save(checkpoint, file))
+        except (OSError, RuntimeError) as error:  # torch's writer raises a RuntimeError over the OSError
+            cause = error if isinstance(error, OSError) else error.__context__
+            reason = (
+                getattr(cause, "strerror", None) or f"the write failed ({str(error).strip().splitlines()[0]})"
+            )
+            raise UserError(
+                f"cannot save checkpoint {path}: {reason}; the checkpoints saved before "
+                "are unchanged. Free some space (or fix the folder) and resume with --ckpt_path last"
+            ) from None
+
+    def load_checkpoint(self, path, map_location=None, weights_only: bool | None = True) -> dict[str, Any]:
+        return super().load_checkpoint(path, map_location=map_location or "cpu", weights_only=True)
 
 
 def _save_last(trainer: L.Trainer) -> None:

@@ -1,6 +1,6 @@
-"""Checkpoints that are never half-written, never run code when loaded and are checked before use, in
-local folders or at fsspec URLs (``file://``, ``s3://``, ``gs://``, ``memory://``), and one ``fit`` per
-folder at a time."""
+"""Checkpoints that never run code when loaded and are checked before use, in local folders or at
+fsspec URLs (``file://``, ``s3://``, ``gs://``, ``memory://``), and one ``fit`` per folder at a time.
+Lightning is not imported here: ``serve`` starts without it (atomic saves: ``AtomicCheckpointIO``)."""
 
 from __future__ import annotations
 
@@ -15,15 +15,12 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
 
 import torch
 from fsspec import AbstractFileSystem
 from fsspec.core import split_protocol, url_to_fs
 from fsspec.implementations.local import LocalFileSystem
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from lightning_gpt.atomic import write_atomically
 from lightning_gpt.config import GPTConfig
 from lightning_gpt.errors import UserError
 from lightning_gpt.model import GPT
@@ -32,27 +29,6 @@ try:
     import fcntl
 except ImportError:  # Windows: no lock
     fcntl = None
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Saves with ``write_atomically`` (a kill leaves the old or the new file); loads with weights_only.
-    A failed save (disk full, no permission) is one ``UserError`` and leaves the old file as it was."""
-
-    def save_checkpoint(self, checkpoint: dict, path: str | os.PathLike, storage_options=None) -> None:
-        try:
-            write_atomically(path, lambda file: torch.save(checkpoint, file))
-        except (OSError, RuntimeError) as error:  # torch's writer raises a RuntimeError over the OSError
-            cause = error if isinstance(error, OSError) else error.__context__
-            reason = (
-                getattr(cause, "strerror", None) or f"the write failed ({str(error).strip().splitlines()[0]})"
-            )
-            raise UserError(
-                f"cannot save checkpoint {path}: {reason}; the checkpoints saved before "
-                "are unchanged. Free some space (or fix the folder) and resume with --ckpt_path last"
-            ) from None
-
-    def load_checkpoint(self, path, map_location=None, weights_only: bool | None = True) -> dict[str, Any]:
-        return super().load_checkpoint(path, map_location=map_location or "cpu", weights_only=True)
 
 
 def check_checkpoint(path: Path) -> dict:

@@ -22,9 +22,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from lightning_gpt.callbacks import ModelSize, SaveLastStep, TextSampler, TrainingSpeed
+from lightning_gpt.callbacks import AtomicCheckpointIO, ModelSize, SaveLastStep, TextSampler, TrainingSpeed
 from lightning_gpt.checkpoint_io import (
-    AtomicCheckpointIO,
     check_checkpoint,
     filesystem,
     in_folder,
@@ -395,26 +394,11 @@ def _no_cloud_logger_tip(record: logging.LogRecord) -> bool:
     return "litlogger" not in record.getMessage()
 
 
-def main(args: list[str] | None = None) -> None:
-    """Entry point of ``python cli.py`` and the ``lightning-gpt`` command."""
+def run(args: list[str] | None = None) -> None:
+    """``python cli.py fit|validate|predict ARGS``: LightningCLI, without Lightning's noise."""
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_cloud_logger_tip)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     warnings.filterwarnings("ignore", message=r".*infer the batch indices.*")
     # under DDP: the validation values are reduced over the ranks already, by torchmetrics
     warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val_|step')")
-    try:
-        argv = sys.argv[1:] if args is None else args
-        if argv[:1] == ["serve"]:  # not a Trainer method: its own parser, and litserve imported only here
-            from lightning_gpt.serve import main as serve_main
-
-            return serve_main(argv[1:])
-        make_cli(args)
-    except UserError as error:  # one line per mistake found
-        # in one write: stderr is unbuffered, and under DDP every rank may report the same error at once
-        sys.stderr.write("".join(f"error: {line}\n" for line in str(error).splitlines()))
-        sys.exit(2)
-    except BrokenPipeError:  # predict's reader went away (`| head`): stop quietly, as Unix tools do
-        if argv[:1] != ["predict"]:
-            raise
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # for the flush at exit
-        sys.exit(1)
+    make_cli(args)

@@ -27,6 +27,7 @@ import torch
 from litserve.specs.openai import ChatCompletionRequest
 from starlette.responses import HTMLResponse, JSONResponse
 
+from lightning_gpt.checkpoint_io import check_checkpoint, local_path
 from lightning_gpt.config import GPTConfig
 from lightning_gpt.errors import UserError
 from lightning_gpt.generation import GenerationSettings, check_sampling, nth_seed, prepare_prompt, stream_text
@@ -330,8 +331,6 @@ def check_port(host: str, port: int) -> None:
 
 def serve(ckpt_path: str, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serve the checkpoint at ``http://host:port`` until Ctrl-C (or SIGTERM)."""
-    from lightning_gpt.checkpoint_io import check_checkpoint, local_path  # imports Lightning: not in workers
-
     ckpt_path = os.path.join("checkpoints", "last.ckpt") if ckpt_path == "last" else local_path(ckpt_path)
     if "://" in ckpt_path:  # the workers load the file itself
         raise UserError(

@@ -209,7 +209,7 @@ def main_in_process(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     start-up time): the exit code and what it printed to ``sys.stdout`` and ``sys.stderr``, Python
     warnings included (printed there, as a process prints them, and not recorded by pytest; pytest's
     filters still choose which)."""
-    from lightning_gpt.cli import main
+    from lightning_gpt.__main__ import main
 
     here, argv, out, err = Path.cwd(), sys.argv, io.StringIO(), io.StringIO()
     os.chdir(cwd)

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from lightning_gpt.atomic import write_atomically
-from lightning_gpt.checkpoint_io import AtomicCheckpointIO, lock_folder, unlock
+from lightning_gpt.callbacks import AtomicCheckpointIO
+from lightning_gpt.checkpoint_io import lock_folder, unlock
 from lightning_gpt.errors import UserError
 
 

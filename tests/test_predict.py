@@ -14,8 +14,9 @@ import torch
 from conftest import CLI, Events
 from lightning import Trainer
 
+from lightning_gpt.__main__ import main
 from lightning_gpt.callbacks import TextSampler
-from lightning_gpt.cli import main, make_cli
+from lightning_gpt.cli import make_cli
 from lightning_gpt.generation import sample_next
 from lightning_gpt.module import GPTModule
 from lightning_gpt.writer import SampleWriter

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import shutil
 import socket
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_command
 
 from lightning_gpt.errors import UserError
 from lightning_gpt.serve import MAX_NEW_TOKENS, MAX_PROMPT_CHARS, check_port, foreign, request_settings
@@ -117,3 +119,13 @@ def test_a_port_that_a_stopped_server_left_in_time_wait_can_be_served_again():
     check_port("127.0.0.1", port)
     if ipv6_works():
         check_port("::", port)  # --host :: binds an IPv6 socket (an IPv4 one refused every port)
+
+
+def test_serve_starts_without_importing_lightning(tmp_path: Path):
+    """serve needs LitServe, not Lightning, whose import took over two seconds of the server's start."""
+    command = [sys.executable, "-X", "importtime", "-m", "lightning_gpt", "serve", "--ckpt_path", "none.ckpt"]
+    result = run_command(command, cwd=tmp_path, timeout=120)
+    imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if "|" in line]
+    assert "litserve" in imported and "lightning_gpt.serve" in imported  # what -X importtime lists
+    assert not [name for name in imported if name.split(".")[0] == "lightning"]
+    assert result.returncode == 2 and result.stderr.splitlines()[-1].startswith("error: checkpoint none.ckpt")
