@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_command
+from conftest import CLI, run_command
 
 from lightning_gpt.errors import UserError
 from lightning_gpt.serve import MAX_NEW_TOKENS, MAX_PROMPT_CHARS, check_port, foreign, request_settings
@@ -123,7 +123,7 @@ def test_a_port_that_a_stopped_server_left_in_time_wait_can_be_served_again():
 
 def test_serve_starts_without_importing_lightning(tmp_path: Path):
     """serve needs LitServe, not Lightning, whose import took over two seconds of the server's start."""
-    command = [sys.executable, "-X", "importtime", "-m", "lightning_gpt", "serve", "--ckpt_path", "none.ckpt"]
+    command = [sys.executable, "-X", "importtime", str(CLI), "serve", "--ckpt_path", "none.ckpt"]
     result = run_command(command, cwd=tmp_path, timeout=120)
     imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if "|" in line]
     assert "litserve" in imported and "lightning_gpt.serve" in imported  # what -X importtime lists
