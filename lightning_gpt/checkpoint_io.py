@@ -1,6 +1,6 @@
 """Checkpoints that never run code when loaded and are checked before use, in local folders or at
 fsspec URLs (``file://``, ``s3://``, ``gs://``, ``memory://``), and one ``fit`` per folder at a time.
-Lightning is not imported here: ``serve`` starts without it (atomic saves: ``AtomicCheckpointIO``)."""
+No Lightning here, so that ``serve`` starts without it (atomic saves: ``callbacks.AtomicCheckpointIO``)."""
 
 from __future__ import annotations
 
