@@ -9,8 +9,8 @@ the time per step is mostly framework work: hooks, logging, the progress bar, ca
 
 Contenders:
   plain  a PyTorch loop: batches of ``RandomWindows`` through a DataLoader (as the DataModule builds
-         it), ``GPT`` forward, backward, clipping to 1.0, AdamW (foreach, the module's two parameter
-         groups), LambdaLR with the module's warmup + cosine
+         it), ``GPT`` forward, backward, clipping to 1.0, and the optimizer and warmup + cosine schedule
+         of ``GPTModule.configure_optimizers`` (AdamW, or a recipe's Muon + AdamW)
   fit    the real CLI: ``make_cli(args, run=False)`` then ``trainer.fit``, with the shipped defaults
          (progress bar, TensorBoard logger, default callbacks, checkpointing) except for the tiny shape,
          ``32-true`` precision, throwaway folders and no validation within the timed steps
@@ -56,10 +56,9 @@ from torch.utils.data import DataLoader  # noqa: E402
 from training_speed import StepTimer, step_times  # noqa: E402
 
 from lightning_gpt.cli import make_cli  # noqa: E402
-from lightning_gpt.config import GPTConfig  # noqa: E402
 from lightning_gpt.data import CharDataModule, RandomWindows  # noqa: E402
 from lightning_gpt.model import GPT  # noqa: E402
-from lightning_gpt.module import GPTModule, warmup_cosine  # noqa: E402
+from lightning_gpt.module import GPTModule  # noqa: E402
 
 # What both contenders train: the tiny model of the issue, or a recipe's model (--recipe).
 SHAPE = dict(d_model=32, num_heads=2, num_blocks=1, context_length=32)
@@ -83,23 +82,14 @@ def training_parts(
     data.setup("fit")
     windows = RandomWindows(data.train_tokens, SHAPE["context_length"], BATCH_SIZE, seed=SEED)
     loader = DataLoader(windows, batch_size=None, pin_memory=device == "cuda")
-    h = GPTModule(**MODEL).hparams  # the module's values: dropout, learning rate, betas, schedule
-    config = GPTConfig(vocab_size=len(data.vocab), dropout=h.dropout, **SHAPE)
-    model = GPT(config).to(device).train()
+    # the model, optimizer and schedule that fit trains with these settings (a recipe's positions and
+    # optimizer too), built by the module but driven by the loop below
+    module = GPTModule(**{**MODEL, "decay_steps": decay_steps}, vocab=data.vocab)
+    model = module.model.to(device).train()
     if device == "cuda":  # as GPTModule.on_fit_start
         torch.set_float32_matmul_precision("high")
-    matrices = [p for p in model.parameters() if p.dim() >= 2]
-    others = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": matrices, "weight_decay": h.weight_decay}, {"params": others, "weight_decay": 0.0}],
-        lr=h.learning_rate,
-        betas=(h.beta1, h.beta2),
-        foreach=True,
-    )
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: warmup_cosine(step, h.warmup_steps, decay_steps, h.min_lr_ratio)
-    )
-    return loader, model, optimizer, schedule
+    parts = module.configure_optimizers()
+    return loader, model, parts["optimizer"], parts["lr_scheduler"]["scheduler"]
 
 
 def plain_steps(corpus: Path, cache_dir: str, decay_steps: int, device: str) -> Iterator[None]:

@@ -3,7 +3,8 @@
     python benchmarks/training_speed.py [--preset seed|cpu] [--rounds 3] [--warmup 2] [--steps 4]
 
 Contenders (each round runs them all, in turn, with a fresh model of the same seed):
-  plain-fp32     the seed's way: fp32, eager, ``GPT``, AdamW, clipping, warmup+cosine, no framework
+  plain-fp32     the seed's way, no framework: fp32, eager, the recipe's ``GPT``, optimizer (AdamW, or Muon
+                 + AdamW), clipping and warmup+cosine, as ``GPTModule`` builds them
   trainer-fp32   the project's fit path (GPTLightningCLI: logging, progress bar, tokens/s) in fp32
   trainer-bf16   the same in bf16-mixed autocast, same model and dropout
   trainer-fast   the fastest CPU setting measured: bf16-mixed and attention_dropout 0
@@ -37,11 +38,9 @@ import lightning as L  # noqa: E402
 from machine import describe  # noqa: E402
 
 from lightning_gpt.cli import make_cli  # noqa: E402
-from lightning_gpt.config import GPTConfig  # noqa: E402
 from lightning_gpt.corpus import build_token_cache, read_corpus  # noqa: E402
 from lightning_gpt.data import RandomWindows  # noqa: E402
-from lightning_gpt.model import GPT  # noqa: E402
-from lightning_gpt.module import warmup_cosine  # noqa: E402
+from lightning_gpt.module import GPTModule  # noqa: E402
 from lightning_gpt.tokenizer import CharTokenizer  # noqa: E402
 
 RECIPES = {
@@ -51,16 +50,14 @@ RECIPES = {
 
 
 def recipe_settings(name: str) -> dict:
-    """Shape and optimisation settings of a recipe, read from its YAML (the CPU recipe over the seed's,
-    as ``cli.py fit`` layers them)."""
-    merged: dict = {"model": {}, "data": {}}
+    """A recipe's sections, read from its YAML (the CPU recipe over the seed's, as ``cli.py fit`` layers
+    them)."""
+    merged: dict = {"trainer": {}, "model": {}, "data": {}}
     for path in dict.fromkeys([RECIPES["seed"], RECIPES[name]]):
         recipe = yaml.safe_load(path.read_text())
         for section in merged:
             merged[section].update(recipe.get(section) or {})
-    model, data = merged["model"], merged["data"]
-    keys = ("d_model", "num_heads", "num_blocks", "context_length", "dropout")
-    return {**{k: model[k] for k in keys}, "batch_size": data["batch_size"], "lr": model["learning_rate"]}
+    return merged
 
 
 CONTENDERS = {
@@ -85,25 +82,19 @@ def step_times(ends: list[float], warmup: int) -> list[float]:
     return [b - a for a, b in zip(ends[warmup:-1], ends[warmup + 1 :], strict=True)]
 
 
-def plain_loop(corpus: Path, p: dict, steps: int, seed: int = 1337) -> list[float]:
-    """The seed's training loop, written without any framework. Returns step end times."""
+def plain_loop(corpus: Path, recipe: dict, steps: int, seed: int = 1337) -> list[float]:
+    """The seed's training loop, written without any framework, with the model, optimizer and warmup +
+    cosine schedule that ``fit`` builds for the recipe (``GPTModule``). Returns step end times."""
     torch.manual_seed(seed)
     text = read_corpus(corpus)
     tokenizer = CharTokenizer.from_text(text)
     data = torch.tensor(tokenizer.encode(text), dtype=torch.long)
-    train = data[: int(0.9 * len(data))]
-    T, B = p["context_length"], p["batch_size"]
-    config = GPTConfig(
-        vocab_size=tokenizer.vocab_size,
-        context_length=T,
-        d_model=p["d_model"],
-        num_heads=p["num_heads"],
-        num_blocks=p["num_blocks"],
-        dropout=p["dropout"],
-    )
-    model = GPT(config).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=p["lr"], betas=(0.9, 0.99), weight_decay=0.1)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, 100, 5000, 0.1))
+    train = data[: int((1 - recipe["data"]["val_fraction"]) * len(data))]
+    model_settings = {k: v for k, v in recipe["model"].items() if k != "compile"}
+    module = GPTModule(**model_settings, decay_steps=recipe["trainer"]["max_steps"], vocab=tokenizer.vocab)
+    model, parts = module.model.train(), module.configure_optimizers()
+    optimizer, schedule = parts["optimizer"], parts["lr_scheduler"]["scheduler"]
+    T, B = recipe["model"]["context_length"], recipe["data"]["batch_size"]
     ends = []
     for _ in range(steps):
         starts = torch.randint(len(train) - T, (B,))
@@ -112,29 +103,24 @@ def plain_loop(corpus: Path, p: dict, steps: int, seed: int = 1337) -> list[floa
         _, loss = model(x, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe["trainer"]["gradient_clip_val"])
         optimizer.step()
         schedule.step()
         ends.append(time.perf_counter())
     return ends
 
 
-def trainer_fit(corpus: Path, p: dict, steps: int, extra: list[str]) -> list[float]:
-    """``cli.py fit`` in this process (the users' path), with a StepTimer added. Returns step end times."""
+def trainer_fit(corpus: Path, name: str, steps: int, extra: list[str]) -> list[float]:
+    """``cli.py fit --config RECIPE`` in this process (the users' path), with a StepTimer added, the
+    recipe's schedule and no validation. Returns step end times."""
     timer = StepTimer()
     with tempfile.TemporaryDirectory() as tmp:
         args = [
             "fit",
+            f"--config={RECIPES[name]}",
             f"--data.path={corpus}",
             f"--data.cache_dir={tmp}/data",
-            f"--data.batch_size={p['batch_size']}",
-            f"--model.d_model={p['d_model']}",
-            f"--model.num_heads={p['num_heads']}",
-            f"--model.num_blocks={p['num_blocks']}",
-            f"--model.context_length={p['context_length']}",
-            f"--model.dropout={p['dropout']}",
-            f"--model.learning_rate={p['lr']}",
-            "--model.decay_steps=5000",
+            f"--model.decay_steps={recipe_settings(name)['trainer']['max_steps']}",  # as in the plain loop
             f"--trainer.max_steps={steps}",
             "--trainer.limit_val_batches=0",  # time training steps only
             f"--trainer.default_root_dir={tmp}",
@@ -148,11 +134,11 @@ def trainer_fit(corpus: Path, p: dict, steps: int, extra: list[str]) -> list[flo
     return timer.ends
 
 
-def data_path(corpus: Path, p: dict, repeats: int = 200) -> tuple[float, float]:
+def data_path(corpus: Path, context_length: int, batch_size: int, repeats: int = 200) -> tuple[float, float]:
     """Median seconds to assemble one training batch, and MB/s encoding a 100 MB text."""
     with tempfile.TemporaryDirectory() as tmp:
         cache = build_token_cache(corpus, tmp)
-        windows = RandomWindows(cache.tokens(), p["context_length"], p["batch_size"], seed=1)
+        windows = RandomWindows(cache.tokens(), context_length, batch_size, seed=1)
         times = []
         for number in range(repeats):
             start = time.perf_counter()
@@ -182,19 +168,20 @@ def main() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no per-run banners
     if not args.corpus.is_file():
         sys.exit(f"error: corpus {args.corpus} not found; run `python cli.py fit` once or pass --corpus")
-    p = recipe_settings(args.preset)
-    tokens_per_step = p["context_length"] * p["batch_size"]
+    recipe = recipe_settings(args.preset)
+    T, B = recipe["model"]["context_length"], recipe["data"]["batch_size"]
     total = args.warmup + args.steps + 1
     contenders = {name: extra for name, extra in CONTENDERS.items() if not args.only or name in args.only}
     print(f"machine: {describe()}")
-    print(f"preset {args.preset}: {p}; {args.rounds} rounds x {args.steps} timed steps (after {args.warmup})")
+    print(f"recipe {RECIPES[args.preset].name}: {recipe}")
+    print(f"{args.rounds} rounds x {args.steps} timed steps (after {args.warmup})")
     results: dict[str, list[float]] = {"plain-fp32": [], **{name: [] for name in contenders}}
     for round_number in range(args.rounds):
         for name in results:
             if name == "plain-fp32":
-                ends = plain_loop(args.corpus, p, total)
+                ends = plain_loop(args.corpus, recipe, total)
             else:
-                ends = trainer_fit(args.corpus, p, total, contenders[name])
+                ends = trainer_fit(args.corpus, args.preset, total, contenders[name])
             times = step_times(ends, args.warmup)
             results[name].extend(times)
             median = 1000 * statistics.median(times)
@@ -205,10 +192,10 @@ def main() -> None:
     for name, times in results.items():
         median = statistics.median(times)
         print(
-            f"| {name} | {1000 * median:.1f} | {tokens_per_step / median:,.0f} | "
+            f"| {name} | {1000 * median:.1f} | {T * B / median:,.0f} | "
             f"{median / base:.3f}x | {base / median:.2f}x |"
         )
-    batch_seconds, encode_rate = data_path(args.corpus, p)
+    batch_seconds, encode_rate = data_path(args.corpus, T, B)
     trainer_step = statistics.median(results.get("trainer-fp32", results["plain-fp32"]))
     print(
         f"\ndata: one batch assembled in {1e6 * batch_seconds:.0f} us "
