@@ -25,6 +25,7 @@ os.environ["JSONARGPARSE_DEPRECATION_WARNINGS"] = "off"
 import pytest
 import torch
 
+from lightning_gpt.config import PRESETS
 from lightning_gpt.download import SHAKESPEARE_SHA256, SHAKESPEARE_URL, download, sha256_of
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,15 +36,13 @@ CORPUS_CANDIDATES = [
     ROOT.parent / "shared" / "data" / "tinyshakespeare.txt",
 ]
 
-TINY_MODEL = [
-    "--model.d_model=32",
-    "--model.num_heads=2",
-    "--model.num_blocks=2",
-    "--model.context_length=32",
-    "--model.dropout=0.0",
-    "--model.warmup_steps=2",
-    "--data.batch_size=8",
-]
+# The "tiny" preset's shape, as GPTModule arguments and as cli.py flags (with a short warmup and batch).
+TINY = {
+    name: getattr(PRESETS["tiny"], name) for name in ("d_model", "num_heads", "num_blocks", "context_length")
+}
+TINY |= {"dropout": PRESETS["tiny"].dropout}
+TINY_MODEL = [*(f"--model.{name}={value}" for name, value in TINY.items()), "--model.warmup_steps=2"]
+TINY_MODEL += ["--data.batch_size=8"]
 
 
 @pytest.fixture(scope="session")

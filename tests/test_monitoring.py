@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import lightning as L
 import pytest
 import torch
-from conftest import ROOT, Events
+from conftest import ROOT, TINY, Events
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from lightning_gpt import callbacks
@@ -24,7 +24,6 @@ from lightning_gpt.module import GPTModule
 
 PLOT = ROOT / "benchmarks" / "plot_loss_curve.py"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-TINY = {"d_model": 32, "num_heads": 2, "num_blocks": 2, "context_length": 32, "dropout": 0.0}
 VOCAB = "\n !,.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 

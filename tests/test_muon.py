@@ -7,12 +7,12 @@ import math
 
 import pytest
 import torch
+from conftest import TINY
 
 from lightning_gpt.errors import UserError
 from lightning_gpt.module import GPTModule
 from lightning_gpt.muon import MuonAdamW, orthogonalize
 
-TINY = {"d_model": 32, "num_heads": 2, "num_blocks": 2, "context_length": 32, "dropout": 0.0}
 VOCAB = "abcdefgh"
 
 

@@ -14,14 +14,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from conftest import ROOT, TINY_MODEL, tiny_fit_args
+from conftest import ROOT, TINY, TINY_MODEL, tiny_fit_args
 
 from lightning_gpt.cli import make_cli
 from lightning_gpt.data import CharDataModule, ConsecutiveWindows
 from lightning_gpt.generation import sample_next, stream_text
 from lightning_gpt.module import GPTModule, warmup_cosine
 
-TINY = {"d_model": 32, "num_heads": 2, "num_blocks": 2, "context_length": 32, "dropout": 0.0}
 RECIPES = sorted((ROOT / "configs").glob("*.yaml"))
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
 QUIET = [
