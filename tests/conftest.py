@@ -37,10 +37,8 @@ CORPUS_CANDIDATES = [
 ]
 
 # The "tiny" preset's shape, as GPTModule arguments and as cli.py flags (with a short warmup and batch).
-TINY = {
-    name: getattr(PRESETS["tiny"], name) for name in ("d_model", "num_heads", "num_blocks", "context_length")
-}
-TINY |= {"dropout": PRESETS["tiny"].dropout}
+SETTINGS = ("d_model", "num_heads", "num_blocks", "context_length", "dropout")
+TINY = {name: getattr(PRESETS["tiny"], name) for name in SETTINGS}
 TINY_MODEL = [*(f"--model.{name}={value}" for name, value in TINY.items()), "--model.warmup_steps=2"]
 TINY_MODEL += ["--data.batch_size=8"]
 
