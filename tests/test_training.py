@@ -5,6 +5,7 @@ validation loss, and the sampling temperature."""
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import math
 from pathlib import Path
@@ -240,6 +241,15 @@ def test_every_recipe_clips_gradients_and_keeps_the_module_optimizer(monkeypatch
     assert config["trainer"].get("gradient_clip_algorithm") in (None, "norm")  # None means norm
     # An optimizer or lr_scheduler section would replace configure_optimizers (groups, schedule).
     assert config.get("optimizer") is None and config.get("lr_scheduler") is None
+
+
+def test_the_seed_recipe_states_the_code_defaults():
+    """configs/shakespeare_char.yaml spells out the seed recipe, which is also the defaults of GPTModule
+    and CharDataModule (what Python users get): one may not drift from the other."""
+    recipe = yaml.safe_load((ROOT / "configs" / "shakespeare_char.yaml").read_text())
+    for section, cls in (("model", GPTModule), ("data", CharDataModule)):
+        defaults = {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()}
+        assert {name: defaults[name] for name in recipe[section]} == recipe[section], section
 
 
 def test_gradients_are_clipped_in_a_real_fit(recorded_cli_fit):
