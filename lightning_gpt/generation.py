@@ -36,10 +36,17 @@ def check_sampling(
     keep: int | None = None,
     context_length: int | None = None,
     seed: int | None = None,
+    num_samples: int = 1,
 ) -> None:
     """The one check of sampling settings: raise ValueError with a one-line reason for settings that
     cannot sample (``keep`` also against the model's ``context_length`` when given)."""
-    whole = {"top_k": top_k, "max_new_tokens": max_new_tokens, "keep": keep, "seed": seed}
+    whole = {
+        "top_k": top_k,
+        "max_new_tokens": max_new_tokens,
+        "keep": keep,
+        "seed": seed,
+        "num_samples": num_samples,
+    }
     for name, value in {**whole, "temperature": temperature, "top_p": top_p}.items():  # e.g. 20.0 from JSON
         kind, what = (Integral, "an integer") if name in whole else (Real, "a number")
         if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
@@ -52,8 +59,9 @@ def check_sampling(
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    for name, value in {"max_new_tokens": max_new_tokens, "num_samples": num_samples}.items():
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
     if keep is not None and keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
     if keep is not None and context_length is not None and keep > context_length:
@@ -203,9 +211,7 @@ class GenerationSettings:
         """Raise ValueError with a one-line reason for impossible settings (``keep`` against the
         model's ``context_length`` where it is known)."""
         sampling = (self.temperature, self.top_k, self.top_p, self.max_new_tokens, self.keep)
-        check_sampling(*sampling, context_length, self.seed)
-        if self.num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
+        check_sampling(*sampling, context_length, self.seed, self.num_samples)
         if isinstance(self.prompt, str):
             self.prompt = [self.prompt]
         if not self.prompt and not self.prompt_file:
@@ -250,8 +256,7 @@ def stream_text(
     The model is put in eval mode while sampling; afterwards every submodule gets back its own
     train/eval flag (Lightning >= 2.2 relies on mixed modes surviving).
     """
-    if isinstance(num_samples, bool) or not isinstance(num_samples, Integral) or num_samples < 1:
-        raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")  # not repeat()'s error
+    check_sampling(temperature, top_k, top_p, max_new_tokens, keep, seed=seed, num_samples=num_samples)
     prompt = prepare_prompt(prompt, tokenizer, hint="")  # an empty one starts from a newline
     ids = torch.from_numpy(tokenizer.encode(prompt)).unsqueeze(0).repeat(num_samples, 1)  # [S, T0]
     modes = [(module, module.training) for module in model.modules()]

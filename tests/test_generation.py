@@ -231,8 +231,11 @@ def test_python_api_from_checkpoint(tiny_checkpoint):
     for seed in (-1, 2**63, 2**64):  # sampled, sampled, and an OverflowError before
         with pytest.raises(ValueError, match=r"seed must be in \[0, 2\*\*63\)"):
             module.generate_text("ROMEO:", 5, seed=seed)
-    for count in (0, 2.0):  # empty lists; a TypeError of torch's repeat()
-        with pytest.raises(ValueError, match=f"num_samples must be an integer >= 1, got {count}"):
+    for count, reason in (
+        (0, ">= 1, got 0"),
+        (2.0, "an integer, got 2.0"),
+    ):  # empty lists; repeat()'s TypeError
+        with pytest.raises(ValueError, match=f"num_samples must be {reason}"):
             list(module.stream_text("ROMEO:", 5, num_samples=count))
     with pytest.raises(TypeError, match="num_samples"):  # one text: it returned the first of two, silently
         module.generate_text("ROMEO:", 5, num_samples=2)
