@@ -40,13 +40,7 @@ def check_sampling(
 ) -> None:
     """The one check of sampling settings: raise ValueError with a one-line reason for settings that
     cannot sample (``keep`` also against the model's ``context_length`` when given)."""
-    whole = {
-        "top_k": top_k,
-        "max_new_tokens": max_new_tokens,
-        "keep": keep,
-        "seed": seed,
-        "num_samples": num_samples,
-    }
+    whole = dict(top_k=top_k, max_new_tokens=max_new_tokens, keep=keep, seed=seed, num_samples=num_samples)
     for name, value in {**whole, "temperature": temperature, "top_p": top_p}.items():  # e.g. 20.0 from JSON
         kind, what = (Integral, "an integer") if name in whole else (Real, "a number")
         if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
