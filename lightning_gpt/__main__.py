@@ -33,5 +33,5 @@ def main(args: list[str] | None = None) -> None:
         sys.exit(1)
 
 
-if __name__ == "__main__":  # not on import: serve's worker processes import the main module again
+if __name__ == "__main__":  # not when cli.py, the lightning-gpt script or a test imports it
     main()

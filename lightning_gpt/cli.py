@@ -377,7 +377,7 @@ def make_cli(
         trainer_defaults=defaults,
         seed_everything_default=1337,
         save_config_kwargs={"overwrite": True},
-        # parse errors raise ArgumentError (one line from main()) instead of printing the whole usage
+        # parse errors raise ArgumentError (one line from __main__.main()) instead of printing the whole usage
         parser_kwargs={
             "exit_on_error": False,
             "description": "Train (fit), evaluate (validate) and sample (predict) a character-level GPT; "
@@ -402,3 +402,11 @@ def run(args: list[str] | None = None) -> None:
     # under DDP: the validation values are reduced over the ranks already, by torchmetrics
     warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val_|step')")
     make_cli(args)
+
+
+def main(args: list[str] | None = None) -> None:
+    """The entry that ``lightning-gpt`` scripts installed before 2026-12-01 call (``pip install -e .``
+    writes one that calls ``lightning_gpt.__main__.main``)."""
+    from lightning_gpt.__main__ import main as entry
+
+    entry(args)

@@ -250,6 +250,7 @@ def stream_text(
     The model is put in eval mode while sampling; afterwards every submodule gets back its own
     train/eval flag (Lightning >= 2.2 relies on mixed modes surviving).
     """
+    # all of them, as the caller named them (generate_tokens sees num_samples only as its batch)
     check_sampling(temperature, top_k, top_p, max_new_tokens, keep, seed=seed, num_samples=num_samples)
     prompt = prepare_prompt(prompt, tokenizer, hint="")  # an empty one starts from a newline
     ids = torch.from_numpy(tokenizer.encode(prompt)).unsqueeze(0).repeat(num_samples, 1)  # [S, T0]

@@ -213,7 +213,7 @@ def main_in_process(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     sys.argv = [str(CLI)]  # as if run as cli.py: no pytest arguments
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
-            warnings.showwarning = _show_on_stderr  # (restored on exit, with the filters main() adds)
+            warnings.showwarning = _show_on_stderr  # (restored on exit, with the filters run() adds)
             main(list(args))
         code = 0
     except SystemExit as exit_:

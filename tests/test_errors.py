@@ -429,3 +429,15 @@ def test_only_fit_needs_checkpointing(tmp_path, cli_main, subcommand):
     assert error_lines(cli_main(*args, cwd=tmp_path)) == [
         "error: checkpoint none.ckpt does not exist; pass the path of a .ckpt file"
     ]
+
+
+@pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")  # pytest's own arguments in sys.argv
+def test_a_lightning_gpt_script_installed_before_the_entry_moved_still_works(capsys):
+    """pip wrote ``lightning-gpt`` scripts that call ``lightning_gpt.cli:main`` until 2026-12-01; such a
+    script is kept by a ``git pull`` (an editable install writes it only once)."""
+    from lightning_gpt.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["predict", "--generate.temprature=1"])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.startswith("error: unrecognized arguments: --generate.temprature=1; did")

@@ -3,6 +3,7 @@
 import lightning as L
 import pytest
 import torch
+from conftest import TINY
 
 import lightning_gpt.generation as generation
 from lightning_gpt import GPT, CharTokenizer, preset
@@ -261,7 +262,7 @@ def test_a_boolean_is_not_a_sampling_number(name):
 def test_python_predict_takes_any_datamodule_window_length(tmp_path):
     """predict reads prompts only: a DataModule's window length (its default 256) does not matter."""
     vocab = "\n !,.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-    module = GPTModule(d_model=32, num_heads=2, num_blocks=2, context_length=32, dropout=0.0, vocab=vocab)
+    module = GPTModule(**TINY, vocab=vocab)
     module.generation = GenerationSettings(max_new_tokens=3, seed=0)
     data = CharDataModule(cache_dir=str(tmp_path / "cache"))
     data.prompts = ["ROMEO:"]

@@ -99,7 +99,7 @@ def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch, tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
-@pytest.mark.filterwarnings("ignore:.*infer the batch indices")  # as cli.py's main() does
+@pytest.mark.filterwarnings("ignore:.*infer the batch indices")  # as cli.run() does
 def test_predict_decodes_in_fp32_on_a_cpu_where_fit_would_take_bf16(machine, tiny_checkpoint, small_corpus):
     """Decoding one position at a time gains nothing from CPU autocast: predict stays fp32."""
     machine(cpu_bf16=True)

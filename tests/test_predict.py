@@ -47,7 +47,7 @@ def test_several_prompts_and_samples(bare_dir, cli_main):
     assert alone.stdout == "==> prompt 1, sample 1 <==\n" + second, alone.stderr
 
 
-@pytest.mark.filterwarnings("ignore:.*infer the batch indices")  # as main() filters it
+@pytest.mark.filterwarnings("ignore:.*infer the batch indices")  # as cli.run() filters it
 def test_predict_takes_one_device_where_lightning_would_take_them_all(bare_dir, monkeypatch):
     """--trainer.devices defaults to "auto": every GPU of the machine, each printing its share."""
     monkeypatch.chdir(bare_dir)
