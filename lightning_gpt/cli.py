@@ -382,7 +382,13 @@ def make_cli(
             "exit_on_error": False,
             "description": "Train (fit), evaluate (validate) and sample (predict) a character-level GPT; "
             "`serve --help`: serve a checkpoint over HTTP.",
-            "fit": {"default_config_files": [str(SEED_RECIPE)]},
+            # what each --help opens with (else the Trainer method's words: "Run inference ... Useful to")
+            "fit": {
+                "default_config_files": [str(SEED_RECIPE)],
+                "description": "Train a GPT: the seed recipe (configs/shakespeare_char.yaml), then --config.",
+            },
+            "validate": {"description": "The loss of a checkpoint on the held-out part of the corpus."},
+            "predict": {"description": "Generate text from a checkpoint alone (--generate.* settings)."},
         },
         args=args,
         **kwargs,

@@ -65,6 +65,8 @@ def test_help_offers_fit_validate_and_predict_only(tmp_path, cli_main):
     assert result.returncode == 0
     assert re.findall(r"^    (\w+) ", result.stdout, re.MULTILINE) == ["fit", "validate", "predict"]
     assert "`serve --help`" in result.stdout  # serve has a parser of its own: the help points to it
+    predict = cli_main("predict", "--help", cwd=tmp_path)  # says what it does, not Trainer.predict's words
+    assert "Generate text from a checkpoint alone" in predict.stdout and "Useful to\n" not in predict.stdout
 
 
 @pytest.mark.parametrize(
