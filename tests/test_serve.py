@@ -90,10 +90,20 @@ def slow_checkpoint(tiny_checkpoint: Path, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def slow_server(slow_checkpoint: Path):
-    """The module's server of ``slow_checkpoint``: yields (base URL, path of its stderr)."""
+    """The module's server of ``slow_checkpoint``: yields (base URL, path of its stderr). Then its main
+    process is killed (kill -9, the OOM killer) and its process group gets SIGTERM: every process ends
+    (before, the request queue's process ignored it and kept the inference workers and their memory)."""
     log = slow_checkpoint.with_name("stderr.txt")
-    with serving(slow_checkpoint, log) as (_, url):
+    with serving(slow_checkpoint, log) as (process, url):
         yield url, log
+        children = children_of(process.pid)
+        process.kill()
+        process.wait()
+        os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while running(children) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(children) >= 4 and not running(children)
 
 
 def stops(log: Path) -> list[str]:
@@ -406,17 +416,3 @@ def test_page_streams_and_stops_in_a_browser(slow_server):
         browser.close()
     # the server stopped too (and logged it before the next test reads its log)
     assert len(new_stops(log, before, 1)) == 1, log.read_text()[-2000:]
-
-
-def test_a_killed_servers_processes_end_with_its_group(tiny_checkpoint: Path, tmp_path: Path):
-    """The main process killed (kill -9, the OOM killer), then SIGTERM to its process group: before, the
-    request queue's process ignored it and kept the inference workers (and their memory) alive."""
-    with serving(tiny_checkpoint, tmp_path / "stderr.txt") as (process, _):
-        children = children_of(process.pid)
-        process.kill()
-        process.wait()
-        os.killpg(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        while running(children) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert len(children) >= 4 and not running(children)
