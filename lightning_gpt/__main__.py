@@ -1,6 +1,6 @@
 """The command line (``python cli.py`` and the ``lightning-gpt`` command): ``serve`` without importing
-Lightning, which takes seconds; the other subcommands through LightningCLI (``lightning_gpt.cli``). A
-``UserError`` ends it with one line per mistake and exit status 2."""
+Lightning (most of its start-up time otherwise); the other subcommands through LightningCLI
+(``lightning_gpt.cli``). A ``UserError`` ends it with one line per mistake and exit status 2."""
 
 from __future__ import annotations
 

@@ -122,7 +122,7 @@ def test_a_port_that_a_stopped_server_left_in_time_wait_can_be_served_again():
 
 
 def test_serve_starts_without_importing_lightning(tmp_path: Path):
-    """serve needs LitServe, not Lightning, whose import took over two seconds of the server's start."""
+    """serve needs LitServe, not Lightning, whose import was most of its start (benchmarks/README.md)."""
     command = [sys.executable, "-X", "importtime", str(CLI), "serve", "--ckpt_path", "none.ckpt"]
     result = run_command(command, cwd=tmp_path, timeout=120)
     imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if "|" in line]
