@@ -44,6 +44,7 @@ from lightning_gpt.checks import (
     no_cuda_hint,
     overridden,
     settings_error,
+    values_of,
 )
 from lightning_gpt.corpus import read_corpus
 from lightning_gpt.data import CharDataModule
@@ -155,6 +156,8 @@ class GPTLightningCLI(LightningCLI):
             ) from None
         subcommand = self.config.get("subcommand")
         check_settings(subcommand, self.config[subcommand] if subcommand else self.config)
+        if subcommand in ("validate", "predict") and not values_of("--seed_everything", self.argv):
+            self.config[subcommand].seed_everything = False  # nothing random: no "Seed set to 1337" line
         ignored = ignored_flags(subcommand, self.argv)
         if ignored and rank_zero_only.rank == 0:  # said once, not by every rank Lightning starts
             print(f"note: {subcommand} ignores {', '.join(ignored)} (another subcommand's)", file=sys.stderr)
