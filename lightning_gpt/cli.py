@@ -398,14 +398,15 @@ def make_cli(
     )
 
 
-def _no_cloud_logger_tip(record: logging.LogRecord) -> bool:
-    """Drops Lightning's advertisement for its cloud logger, printed at every start."""
-    return "litlogger" not in record.getMessage()
+def _quiet(record: logging.LogRecord) -> bool:
+    """Drops two of Lightning's lines at every start: the tip for its cloud logger, and "no TPU"."""
+    message = record.getMessage()
+    return "litlogger" not in message and not message.startswith("TPU available: False")
 
 
 def run(args: list[str] | None = None) -> None:
     """``python cli.py fit|validate|predict ARGS``: LightningCLI, without Lightning's noise."""
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_cloud_logger_tip)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_quiet)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     warnings.filterwarnings("ignore", message=r".*infer the batch indices.*")
     # under DDP: the validation values are reduced over the ranks already, by torchmetrics

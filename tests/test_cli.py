@@ -25,6 +25,7 @@ NOISE = [
     "is not supported by the model summary",
     "FLOPs",
     "litlogger",
+    "TPU available",  # on every machine without one
     "callbacks used to create the checkpoint",
     "`weights_only` was not set",  # Lightning, when a save does not say (the last.ckpt at the end did not)
     "Traceback",
