@@ -110,7 +110,7 @@ def plain_loop(corpus: Path, recipe: dict, steps: int, seed: int = 1337) -> list
     return ends
 
 
-def trainer_fit(corpus: Path, name: str, steps: int, extra: list[str]) -> list[float]:
+def trainer_fit(corpus: Path, name: str, decay_steps: int, steps: int, extra: list[str]) -> list[float]:
     """``cli.py fit --config RECIPE`` in this process (the users' path), with a StepTimer added, the
     recipe's schedule and no validation. Returns step end times."""
     timer = StepTimer()
@@ -120,7 +120,7 @@ def trainer_fit(corpus: Path, name: str, steps: int, extra: list[str]) -> list[f
             f"--config={RECIPES[name]}",
             f"--data.path={corpus}",
             f"--data.cache_dir={tmp}/data",
-            f"--model.decay_steps={recipe_settings(name)['trainer']['max_steps']}",  # as in the plain loop
+            f"--model.decay_steps={decay_steps}",  # the recipe's max_steps, as in the plain loop
             f"--trainer.max_steps={steps}",
             "--trainer.limit_val_batches=0",  # time training steps only
             f"--trainer.default_root_dir={tmp}",
@@ -181,7 +181,8 @@ def main() -> None:
             if name == "plain-fp32":
                 ends = plain_loop(args.corpus, recipe, total)
             else:
-                ends = trainer_fit(args.corpus, args.preset, total, contenders[name])
+                decay = recipe["trainer"]["max_steps"]
+                ends = trainer_fit(args.corpus, args.preset, decay, total, contenders[name])
             times = step_times(ends, args.warmup)
             results[name].extend(times)
             median = 1000 * statistics.median(times)

@@ -173,8 +173,8 @@ def lock_folder(folder: str) -> int | None:
     made = None if os.path.isdir(folder) else os.path.abspath(folder)
     try:
         os.makedirs(folder, exist_ok=True)
-        if not os.access(folder, os.W_OK | os.X_OK):  # found now, not at the first save
-            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+        if reason := unwritable(folder):  # found now, not at the first save
+            raise PermissionError(errno.EACCES, reason)
         descriptor = os.open(folder, os.O_RDONLY)
     except OSError as error:  # a read-only mount, a file in the way, no permission
         raise UserError(

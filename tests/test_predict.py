@@ -136,9 +136,8 @@ def test_an_output_that_is_a_file_predict_reads_is_refused(bare_dir, cli_main):
         result = cli_main(*args, f"--generate.output={output}", cwd=bare_dir)
         assert result.returncode == 2 and result.stdout == ""
         assert result.stderr.strip() == f"error: --generate.output {output} is the {name}; pass another file"
-    assert (bare_dir / "model.ckpt").read_bytes() == checkpoint and (
-        bare_dir / "prompt.txt"
-    ).read_text() == "A"
+    assert (bare_dir / "model.ckpt").read_bytes() == checkpoint
+    assert (bare_dir / "prompt.txt").read_text() == "A"
 
 
 def test_an_output_that_cannot_be_written_is_one_line(bare_dir, cli_main):

@@ -53,9 +53,8 @@ def test_a_new_slurm_run_still_requeues_after_its_sanity_check(monkeypatch):
     requeued = []
     saved = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)}
     try:
-        signal.signal(
-            signal.SIGUSR1, lambda signum, frame: requeued.append(signum)
-        )  # Lightning's, as it were
+        # Lightning's requeue handler, as it were
+        signal.signal(signal.SIGUSR1, lambda signum, frame: requeued.append(signum))
         save, trainer = SaveLastStep(), trainer_at(0)
         save.on_sanity_check_start(trainer, None)
         save.on_train_start(trainer, None)
