@@ -31,36 +31,6 @@ def sha256_of(path: Path, suffix: bytes = b"") -> str:
     return digest.hexdigest()
 
 
-def _fetch_once(url: str, file: BinaryIO, timeout: float, progress: bool, progress_min_bytes: int) -> str:
-    """Stream ``url`` into ``file``; return the body's sha256. Raises requests errors: ChunkedEncodingError
-    for a body shorter than ``Content-Length`` (urllib3 >= 2 counts the bytes off the wire)."""
-    digest = hashlib.sha256()
-    headers = {"Accept-Encoding": "identity"}
-    with requests.get(url, stream=True, timeout=timeout, headers=headers) as response:
-        response.raise_for_status()
-        expected = int(response.headers.get("Content-Length") or 0)
-        hide = not progress or expected <= progress_min_bytes
-        with tqdm(
-            total=expected, unit="B", unit_scale=True, desc=f"downloading {Path(url).name}", disable=hide
-        ) as bar:
-            for chunk in response.iter_content(_CHUNK):
-                file.write(chunk)
-                digest.update(chunk)
-                bar.update(len(chunk))
-    return digest.hexdigest()
-
-
-def _describe(error: requests.RequestException, timeout: float) -> str:
-    """A few words on a retryable failure, for the final error message."""
-    if isinstance(error, requests.Timeout) or "timed out" in str(error).lower():
-        return f"no answer within the {timeout:g} s timeout"
-    if isinstance(error, requests.exceptions.ChunkedEncodingError):
-        return "the connection closed before the whole file arrived"
-    if isinstance(error, requests.exceptions.SSLError):
-        return "a TLS/SSL error"
-    return "cannot connect to the server"
-
-
 def download(
     url: str,
     dest: str | os.PathLike,
@@ -86,10 +56,24 @@ def download(
     last_problem = ""
 
     def fetch(file: BinaryIO) -> None:
-        digest = _fetch_once(url, file, timeout, progress, progress_min_bytes)
-        if sha256 is not None and digest != sha256:
+        """Stream ``url`` into ``file``. A body shorter than ``Content-Length`` is a ChunkedEncodingError
+        (urllib3 >= 2 counts the bytes off the wire)."""
+        digest = hashlib.sha256()
+        with requests.get(
+            url, stream=True, timeout=timeout, headers={"Accept-Encoding": "identity"}
+        ) as answer:
+            answer.raise_for_status()
+            expected = int(answer.headers.get("Content-Length") or 0)
+            hide = not progress or expected <= progress_min_bytes
+            name = f"downloading {Path(url).name}"
+            with tqdm(total=expected, unit="B", unit_scale=True, desc=name, disable=hide) as bar:
+                for chunk in answer.iter_content(_CHUNK):
+                    file.write(chunk)
+                    digest.update(chunk)
+                    bar.update(len(chunk))
+        if sha256 is not None and digest.hexdigest() != sha256:
             raise UserError(
-                f"{url} sent a file with sha256 {digest}, expected {sha256}; nothing was saved. "
+                f"{url} sent a file with sha256 {digest.hexdigest()}, expected {sha256}; nothing was saved. "
                 f"Check the URL, or {manual}"
             )
 
@@ -104,8 +88,15 @@ def download(
             if status < 500:
                 raise UserError(f"cannot download {url}: HTTP {status}; {manual}") from None
             last_problem = f"HTTP {status}"
-        except _RETRYABLE as error:
-            last_problem = _describe(error, timeout)
+        except _RETRYABLE as error:  # in a few words, for the final message
+            if isinstance(error, requests.Timeout) or "timed out" in str(error).lower():
+                last_problem = f"no answer within the {timeout:g} s timeout"
+            elif isinstance(error, requests.exceptions.ChunkedEncodingError):
+                last_problem = "the connection closed before the whole file arrived"
+            elif isinstance(error, requests.exceptions.SSLError):
+                last_problem = "a TLS/SSL error"
+            else:
+                last_problem = "cannot connect to the server"
         except requests.RequestException as error:  # a malformed URL, too many redirects, ...
             raise UserError(f"cannot download {url}: {error}; {manual}") from None
     raise UserError(f"cannot download {url} after {retries + 1} attempts (last: {last_problem}); {manual}")

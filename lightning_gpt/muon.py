@@ -13,12 +13,10 @@ from collections.abc import Iterable
 
 import torch
 
-NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # Keller Jordan's quintic iteration
-
 
 def orthogonalize(matrix: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
     """Approximately U V^T of ``matrix`` = U S V^T [rows, cols], by a Newton-Schulz iteration in fp32."""
-    a, b, c = NS_COEFFICIENTS
+    a, b, c = 3.4445, -4.7750, 2.0315  # Keller Jordan's quintic iteration
     x = matrix.float()
     wide = x.size(0) <= x.size(1)
     x = x if wide else x.T  # [small, large]: the Gram matrix is the small one
@@ -30,10 +28,8 @@ def orthogonalize(matrix: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> to
 
 
 class MuonAdamW(torch.optim.AdamW):
-    """``torch.optim.AdamW``, except for the param groups with ``muon=True`` (2-D matrices), which get
-    Muon: momentum buffer ``m = momentum * m + g``, Nesterov update ``g + momentum * m``, orthogonalized
-    and scaled by ``0.2 * sqrt(max(rows, cols))``; weight decay ``lr * weight_decay`` as in AdamW.
-    """
+    """``torch.optim.AdamW``, except for the param groups with ``muon=True`` (2-D matrices): Muon, with
+    momentum ``m = momentum * m + g``, Nesterov update ``g + momentum * m`` and AdamW's weight decay."""
 
     def __init__(self, params: Iterable[dict], lr: float, betas: tuple[float, float] = (0.9, 0.99)):
         super().__init__(params, lr=lr, betas=betas, weight_decay=0.0, foreach=True)  # groups set their own

@@ -29,13 +29,9 @@ def cpu_has_native_bf16() -> bool:
 
 def resolve_accelerator(accelerator: str = "auto") -> str:
     """``cuda``, ``mps`` or ``cpu``: what Lightning picks for ``--trainer.accelerator``."""
-    if accelerator in ("cuda", "mps", "cpu"):
-        return accelerator
-    if accelerator in ("gpu", "auto") and torch.cuda.is_available():
-        return "cuda"
-    if accelerator in ("gpu", "auto") and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
+    if accelerator in ("gpu", "auto"):
+        return "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    return accelerator if accelerator in ("cuda", "mps") else "cpu"
 
 
 def auto_precision(accelerator: str = "auto") -> str:
@@ -43,9 +39,7 @@ def auto_precision(accelerator: str = "auto") -> str:
     device = resolve_accelerator(accelerator)
     if device == "cuda" and torch.cuda.is_available():  # else Lightning refuses the accelerator
         return "bf16-mixed" if torch.cuda.get_device_capability() >= NATIVE_BF16_CAPABILITY else "16-mixed"
-    if device == "mps":
-        return "32-true"
-    return "bf16-mixed" if cpu_has_native_bf16() else "32-true"
+    return "bf16-mixed" if device != "mps" and cpu_has_native_bf16() else "32-true"
 
 
 def auto_compile(device: torch.device) -> bool:

@@ -180,15 +180,14 @@ class Gate:
             return await answer(scope, receive, send)
         stop = uuid.uuid4().hex
         if route[1] == CHAT:  # LitServe's chat request has no id and no seed field: both go in metadata
-            for key in ("n", "model"):  # null (OpenAI's API allows it) is the default; LitServe failed on it
-                if key in request and request[key] is None:
-                    del request[key]
-            metadata = request.get("metadata") if isinstance(request.get("metadata"), dict) else {}
-            metadata = {key: value for key, value in metadata.items() if key != SEED_KEY}
-            metadata |= {STOP_KEY: stop, CHOICES_KEY: str(request.get("n") or 1)}
-            if request.get("seed") is not None:
-                metadata[SEED_KEY] = str(request["seed"])
-            request["metadata"] = metadata
+            # a null "n" or "model" (OpenAI's API allows it) is the default; LitServe failed on it
+            request = {
+                key: value for key, value in request.items() if value is not None or key not in ("n", "model")
+            }
+            given = request.get("metadata") if isinstance(request.get("metadata"), dict) else {}
+            seed = {} if request.get("seed") is None else {SEED_KEY: str(request["seed"])}
+            ours = {STOP_KEY: stop, CHOICES_KEY: str(request.get("n") or 1), **seed}
+            request["metadata"] = {key: value for key, value in given.items() if key != SEED_KEY} | ours
         else:
             request["id"] = stop
         pending = [{"type": "http.request", "body": json.dumps(request).encode()}]
