@@ -168,6 +168,11 @@ def test_a_resumed_run_never_writes_over_another_runs_checkpoints(tmp_path, smal
         "--checkpoint.dirpath"
     )
     assert (tmp_path / "runB" / "last.ckpt").read_bytes() == before
+    # a checkpoint of last.ckpt's own step (a best one saved at the last validation) continues the run
+    shutil.copy(tmp_path / "runB" / "last.ckpt", tmp_path / "runB" / "step6.ckpt")
+    resume[-1] = "--ckpt_path=runB/step6.ckpt"
+    assert cli_main(*resume, "--checkpoint.dirpath=runB", cwd=tmp_path).returncode == 0
+    assert torch.load(tmp_path / "runB" / "last.ckpt", weights_only=True)["global_step"] == 8
 
 
 def test_save_last_false_writes_no_last_checkpoint(tmp_path, small_corpus, cli_main):

@@ -1,5 +1,6 @@
 """The corpus reader and token cache: folders, chunked UTF-8, cache reuse and rebuilds, errors."""
 
+import itertools
 import json
 import os
 import pickle
@@ -137,9 +138,14 @@ def test_two_corpora_never_share_a_cache(tmp_path):
     assert cache_folder(tmp_path / "x" / ".." / "x" / "corpus.txt", tmp_path / "cache") == x.folder
 
 
-@pytest.mark.parametrize(("size", "dtype"), [(256, torch.uint8), (257, torch.uint16), (300, torch.uint16)])
+@pytest.mark.parametrize(
+    ("size", "dtype"), [(256, torch.uint8), (257, torch.uint16), (65536, torch.uint16), (65537, torch.int32)]
+)
 def test_the_token_dtype_is_the_smallest_that_holds_the_vocabulary(tmp_path, size, dtype):
-    text = "".join(chr(0x100 + i) for i in range(size)) * 3
+    characters = (
+        chr(point) for point in range(0x100, 0x110000) if not 0xD800 <= point < 0xE000
+    )  # no surrogates
+    text = "".join(itertools.islice(characters, size)) * 3
     make_folder(tmp_path / "corpus", {"wide.txt": text})
     data = CharDataModule(path=str(tmp_path / "corpus"), cache_dir=str(tmp_path / "cache"), context_length=8)
     data.setup("fit")

@@ -196,6 +196,7 @@ def test_a_tiny_temperature_samples_the_most_likely_token():
         ({"top_k": 20.0}, "top_k must be an integer, got 20.0"),  # a TypeError deep in torch.topk
         ({"seed": 1.5}, "seed must be an integer, got 1.5"),
         ({"temperature": "0.8"}, "temperature must be a number, got '0.8'"),
+        ({"keep": 17}, "keep must be <= the model's context_length 16"),  # before the window is full
     ],
 )
 def test_invalid_sampling_settings(model, kwargs, message):

@@ -276,6 +276,7 @@ def test_each_prompts_samples_are_flushed_when_they_are_done(monkeypatch):
         (["--generate.top_k=0"], "top_k"),
         (["--generate.top_p=1.5"], "top_p"),
         (["--generate.max_new_tokens=0"], "max_new_tokens"),
+        (["--generate.num_samples=0"], "num_samples must be >= 1"),
         (["--generate.keep=0"], "keep must be >= 1"),
         (["--generate.seed=99999999999999999999"], "seed must be in [0, 2**63), got 99999999999999999999"),
         (["--generate.keep=33"], "context_length 32"),  # known once the checkpoint is loaded

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import re
 import shutil
 import socket
 import sys
@@ -13,7 +16,18 @@ import torch
 from conftest import CLI, run_command
 
 from lightning_gpt.errors import UserError
-from lightning_gpt.serve import MAX_NEW_TOKENS, MAX_PROMPT_CHARS, check_port, foreign, request_settings
+from lightning_gpt.serve import (
+    CHAT,
+    CHOICES_KEY,
+    MAX_NEW_TOKENS,
+    MAX_PROMPT_CHARS,
+    SEED_KEY,
+    STOP_KEY,
+    Gate,
+    check_port,
+    foreign,
+    request_settings,
+)
 from lightning_gpt.tokenizer import CharTokenizer
 
 
@@ -57,6 +71,38 @@ def test_pages_of_other_origins_are_refused_even_on_this_machine():
         assert "refused" in foreign({b"host": host, b"origin": origin}, loopback=True), origin
     assert foreign({b"host": b"[::1]:8000"}, loopback=False) is None  # --host :: answers any name
     assert "not this machine" in foreign({b"host": b"192.168.1.5:8000"}, loopback=True)
+
+
+def test_a_chat_request_cannot_set_the_servers_own_metadata(tmp_path: Path):
+    """The stop mark names the file that stops a generation (removed when the request ends), and the count
+    of choices gives each its seed: a client's metadata keeps its own keys, never the server's."""
+    forwarded = []
+
+    async def litserve(scope, receive, send) -> None:  # stands in for LitServe: keeps what reaches it
+        forwarded.append(json.loads((await receive())["body"]))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async def post(body: dict) -> dict:
+        messages = [{"type": "http.request", "body": json.dumps(body).encode()}]
+
+        async def receive() -> dict:  # the request, then a client that stays
+            return messages.pop() if messages else await asyncio.Event().wait()
+
+        async def send(message: dict) -> None:
+            pass
+
+        scope = {"type": "http", "method": "POST", "path": CHAT, "headers": [(b"host", b"127.0.0.1:8000")]}
+        await Gate(litserve, "\n AB", str(tmp_path), loopback=True)(scope, receive, send)
+        return forwarded[-1]["metadata"]
+
+    planted = {STOP_KEY: "../../victim", CHOICES_KEY: "1", SEED_KEY: "9", "mine": "kept"}
+    chat = {"messages": [{"role": "user", "content": "A"}], "n": 3, "metadata": planted}
+    metadata = asyncio.run(post({**chat, "seed": 7}))
+    assert re.fullmatch("[0-9a-f]{32}", metadata[STOP_KEY]), metadata
+    assert (metadata[CHOICES_KEY], metadata[SEED_KEY], metadata["mine"]) == ("3", "7", "kept")
+    assert SEED_KEY not in asyncio.run(post(chat))  # no seed given: another text each time
+    assert list(tmp_path.iterdir()) == []  # answered: no stop mark left
 
 
 def test_serve_refuses_bad_arguments_in_one_line(cli_main, tiny_checkpoint: Path, tmp_path: Path):

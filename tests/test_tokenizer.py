@@ -48,6 +48,7 @@ def test_non_ascii_vocabulary_and_compact_dtype():
     assert tokenizer.decode(ids) == text
     with pytest.raises(ValueError, match="token ids"):
         tokenizer.decode([tokenizer.vocab_size])
+    assert tokenizer.decode([]) == "" and len(tokenizer.encode("")) == 0  # nothing to look up
 
 
 def test_an_empty_vocabulary_is_refused():
