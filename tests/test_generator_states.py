@@ -90,3 +90,16 @@ def test_a_resume_with_another_number_of_processes_says_so(bare_dir, small_corpu
     result = cli_main(*fit, "--ckpt_path=two.ckpt", "--checkpoint.dirpath=resumed", cwd=bare_dir)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "of 2 process(es) and this run has 1: a resume with another number" in result.stderr
+
+
+def test_the_cuda_state_goes_back_to_the_ranks_own_gpu(monkeypatch, keep_generators):
+    """Checked without a GPU: each rank's saved CUDA state reaches ``torch.cuda.set_rng_state`` for its
+    own device (a resumed GPU run with dropout repeats the uninterrupted one only then)."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: calls.append((state, device)))
+    saved = [{**rng_states(), "cuda": torch.full((16,), rank, dtype=torch.uint8)} for rank in (0, 1)]
+    restore_rng_states(saved, rank=1, world_size=2, device=torch.device("cuda", 1))
+    ((state, device),) = calls
+    assert device == torch.device("cuda", 1) and torch.equal(state, saved[1]["cuda"])
+    restore_rng_states(saved, rank=0, world_size=2, device=torch.device("cpu"))
+    assert len(calls) == 1  # a CPU process has no CUDA generator to set

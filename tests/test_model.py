@@ -39,7 +39,38 @@ def test_seed_parameter_count():
 def test_sinusoidal_and_rotary_positions_have_no_parameters():
     learned = GPT(preset("seed")).num_parameters()
     for positional in ("sinusoidal", "rotary"):
-        assert learned - GPT(preset("seed", positional=positional)).num_parameters() == 256 * 256
+        model = GPT(preset("seed", positional=positional))
+        assert learned - model.num_parameters() == 256 * 256
+        # nor do checkpoints hold their tables: made again from the shape (a saved one would not load)
+        assert set(model.state_dict()) == {name for name, _ in model.named_parameters(remove_duplicate=False)}
+
+
+def test_bias_false_leaves_no_linear_layer_a_bias():
+    without = GPT(preset("tiny", bias=False))  # C 32, 2 blocks
+    linears = [module for module in without.modules() if isinstance(module, nn.Linear)]
+    assert len(linears) == 2 * 4 + 1 and all(linear.bias is None for linear in linears)
+    # qkv 3C, proj C, up 4C, down C per block; the LayerNorms keep theirs
+    assert GPT(preset("tiny")).num_parameters() - without.num_parameters() == 2 * 9 * 32
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_attention_is_the_softmax_of_scaled_scores_over_earlier_positions(autocast):
+    """softmax(q k^T / sqrt(hs), later positions masked) v, by hand. The forward and the cached decoding
+    share ``attend``, so comparing them cannot find a wrong scale or mask; under CPU autocast (bf16) it
+    takes another branch."""
+    torch.manual_seed(0)
+    attention = GPT(preset("tiny")).eval().blocks[0].attn
+    q, k, v = torch.randn(3, 2, 2, 5, 16).unbind(0)  # [B, H, T, hs]
+    later = torch.ones(5, 5, dtype=torch.bool).triu(1)  # [T, T]: key after query
+    scores = (q @ k.transpose(-1, -2) / math.sqrt(16)).masked_fill(later, float("-inf"))
+    expected = torch.softmax(scores, dim=-1) @ v  # [B, H, T, hs]
+    dtype = torch.bfloat16 if autocast else torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        causal = attention.attend(q.to(dtype), k.to(dtype), v.to(dtype), is_causal=True)
+        newest = attention.attend(q[:, :, -1:].to(dtype), k.to(dtype), v.to(dtype), is_causal=False)
+    tolerance = {"atol": 2e-2, "rtol": 2e-2} if autocast else {"atol": 1e-5, "rtol": 1e-5}
+    torch.testing.assert_close(causal.float(), expected, **tolerance)
+    torch.testing.assert_close(newest.float(), expected[:, :, -1:], **tolerance)  # sees every position
 
 
 def test_position_tables_hold_the_papers_values():
@@ -77,7 +108,8 @@ def test_initial_weights_follow_gpt2():
     model = GPT(GPTConfig(d_model=256, num_blocks=8))
     assert not any(p.any() for name, p in model.named_parameters() if name.endswith("bias"))
     block = model.blocks[3]
-    assert block.ffn.up.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    for weights in (block.ffn.up, block.attn.qkv, model.token_embedding, model.position_embedding):
+        assert weights.weight.std().item() == pytest.approx(0.02, rel=0.05)
     for projection in (block.attn.proj, block.ffn.down):  # into the residual stream: 0.02 / sqrt(2N)
         assert projection.weight.std().item() == pytest.approx(0.02 / math.sqrt(2 * 8), rel=0.05)
 

@@ -199,6 +199,13 @@ def test_weight_decay_goes_to_exactly_the_matrices():
     assert decay_of[id(module.model.head.weight)] == 0.1
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_the_adamw_groups_take_the_betas_given(optimizer):
+    module = GPTModule(**TINY, vocab="abcdefgh", beta1=0.8, beta2=0.95, optimizer=optimizer, decay_steps=10)
+    groups = module.configure_optimizers()["optimizer"].param_groups
+    assert {group["betas"] for group in groups if not group.get("muon")} == {(0.8, 0.95)}
+
+
 def test_an_optimizer_step_with_zero_gradients_shrinks_only_the_matrices():
     """AdamW with zero gradients moves only by its decoupled decay: p <- p * (1 - lr * wd)."""
     # warmup 1: the full learning rate at step 0
