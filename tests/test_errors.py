@@ -24,7 +24,10 @@ from lightning_gpt.module import GPTModule
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["predict", "--generate.temprature", "0.5"], "; did you mean --generate.temperature?"),
+        (
+            ["predict", "--generate.temprature", "0.5"],
+            "temprature 0.5; did you mean --generate.temperature? (options: cli.py predict --help)",
+        ),
         (["fit", "--model.d_model", "abc"], "--model.d_model: Expected a <class 'int'>. Got value: abc"),
         (  # the values it takes (jsonargparse names their types only)
             ["fit", "--trainer.precision", "17"],
