@@ -3,6 +3,7 @@ fit per folder (its lock)."""
 
 import errno
 import fcntl
+import fractions
 import os
 import signal
 import stat
@@ -17,7 +18,7 @@ import torch
 
 from lightning_gpt.atomic import write_atomically
 from lightning_gpt.callbacks import AtomicCheckpointIO
-from lightning_gpt.checkpoint_io import lock_folder, unlock
+from lightning_gpt.checkpoint_io import lock_folder, step_of, unlock
 from lightning_gpt.errors import UserError
 
 
@@ -207,3 +208,24 @@ def test_a_failed_write_to_a_url_leaves_the_old_object(tmp_path):
     with pytest.raises(OSError):
         write_atomically(url, failing)
     assert fsspec.filesystem("memory").cat(url) == b"old checkpoint"
+
+
+def test_a_checkpoint_saved_on_a_gpu_loads_on_a_machine_without_one(tmp_path, monkeypatch):
+    """Lightning passes the checkpoint plugin no map_location: without "cpu", the tensors of a checkpoint
+    trained on a GPU would go back to a GPU, and predict or a resume on a CPU-only machine failed."""
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")  # as saved on a GPU
+        torch.save({"state_dict": {"w": torch.ones(2)}}, tmp_path / "gpu.ckpt")
+    loaded = AtomicCheckpointIO().load_checkpoint(tmp_path / "gpu.ckpt")
+    assert loaded["state_dict"]["w"].device.type == "cpu"
+    if not torch.cuda.is_available():  # what torch alone does with it here
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(tmp_path / "gpu.ckpt", weights_only=True)
+
+
+def test_the_step_of_a_checkpoint_that_cannot_be_read_safely_is_minus_one(tmp_path):
+    """A last.ckpt holding objects that weights_only loading refuses holds no step to keep (a traceback
+    before, when another checkpoint of its folder was resumed)."""
+    torch.save({"global_step": 7, "odd": fractions.Fraction(1, 3)}, tmp_path / "odd.ckpt")
+    torch.save({"global_step": 7}, tmp_path / "last.ckpt")
+    assert (step_of(str(tmp_path / "odd.ckpt")), step_of(str(tmp_path / "last.ckpt"))) == (-1, 7)

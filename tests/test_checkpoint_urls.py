@@ -1,5 +1,9 @@
 """Checkpoint folders and checkpoints at URLs: file:// and fsspec's in-memory filesystem, in-process."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import fsspec
 import pytest
 import torch
@@ -71,3 +75,17 @@ def test_paths_and_urls_are_told_apart(tmp_path):
             readable_copy(f"memory://{tmp_path.name}-folder")
     finally:
         memory.rm(f"/{tmp_path.name}-folder", recursive=True)
+
+
+def test_the_local_copy_of_a_remote_checkpoint_is_removed_at_exit():
+    """predict, validate and resumes read a URL's checkpoint from a local copy: one left behind per run
+    would fill the disk with whole checkpoints."""
+    script = (
+        "import fsspec; from lightning_gpt.checkpoint_io import readable_copy\n"
+        "fsspec.filesystem('memory').pipe('/run/last.ckpt', b'weights')\n"
+        "copy = readable_copy('memory://run/last.ckpt'); print(copy, open(copy, 'rb').read() == b'weights')"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    copy, same = done.stdout.split()
+    assert done.returncode == 0 and same == "True", done.stderr
+    assert Path(copy).name == "last.ckpt" and not Path(copy).parent.exists()

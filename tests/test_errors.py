@@ -294,6 +294,7 @@ def forged_shape(**shape):
         (b"\x80\x04\x95" + b"\x00" * 40, "is not a checkpoint (not saved by PyTorch)"),  # a plain pickle
         ("half", "is damaged (cut short or altered)"),
         (lambda checkpoint: checkpoint.pop("hyper_parameters"), "is not a lightning-gpt checkpoint"),
+        (forged_shape(vocab=""), "is not a lightning-gpt checkpoint (no model vocabulary or weights)"),
         (forged_shape(d_model=64), "is damaged: its weights do not fit its model settings"),
         (forged_shape(positional="sinusoidal"), "is damaged: its weights do not fit its model settings"),
         (forged_shape(d_model=2**16, num_blocks=1024), "impossible model settings: the shape needs 5.3e+13"),
@@ -309,6 +310,7 @@ def forged_shape(**shape):
         "pickle",
         "cut",
         "foreign",
+        "no vocabulary",
         "wider",
         "positional",
         "huge",
