@@ -419,8 +419,9 @@ def test_validate_names_a_missing_corpus_with_the_other_mistakes(tmp_path, cli_m
     [
         ["--trainer.overfit_batches=2", "--trainer.max_steps=-1", "--trainer.max_epochs=2"],  # epochs end
         ["--trainer.max_steps=-1", "--trainer.max_epochs=-1"],  # Lightning's "no limit", not a count
+        ["--trainer.limit_train_batches=2", "--trainer.max_steps=-1", "--trainer.max_epochs=2"],  # epochs end
     ],
-    ids=["overfit_batches", "max_epochs -1"],
+    ids=["overfit_batches", "max_epochs -1", "limit_train_batches"],
 )
 def test_settings_that_can_end_or_run_on_are_not_refused(tmp_path, small_corpus, cli_main, settings):
     """Every mistake is named at once: a setting wrongly refused would add a line to the one planted."""
