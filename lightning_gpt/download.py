@@ -71,9 +71,9 @@ def download(
                     file.write(chunk)
                     digest.update(chunk)
                     bar.update(len(chunk))
-        if sha256 is not None and digest.hexdigest() != sha256:
+        if sha256 is not None and (sent := digest.hexdigest()) != sha256:
             raise UserError(
-                f"{url} sent a file with sha256 {digest.hexdigest()}, expected {sha256}; nothing was saved. "
+                f"{url} sent a file with sha256 {sent}, expected {sha256}; nothing was saved. "
                 f"Check the URL, or {manual}"
             )
 
